@@ -1,0 +1,27 @@
+//! `sieve-core`: the pruning core of sieve, independent of any tensor runtime.
+//!
+//! - [`Tensor`]: the small tensor trait that scoring needs; [`HostTensor`] is its reference
+//!   implementation on host memory and the oracle for every backend's conformance tests.
+//! - [`scorer`]: token-importance scorers (attention-based, norm-based, positional, random)
+//!   and head aggregation that understands GQA groups.
+//! - [`select`]: deterministic selection of the tokens to keep (ratio, fixed budget,
+//!   cumulative mass) with protected sinks and recent tokens.
+//! - [`schedule`]: how the kept fraction varies across layers (constant, progressive, pyramid).
+//! - [`policy`]: the pruning policy as written in a TOML file, validated.
+
+pub mod error;
+pub mod host;
+pub mod policy;
+pub mod rng;
+pub mod schedule;
+pub mod scorer;
+pub mod select;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use host::HostTensor;
+pub use policy::{Budget, DecodePolicy, KvPolicy, Policy, PrefillPolicy};
+pub use schedule::Schedule;
+pub use scorer::{Aggregation, Observation, Scorer, ScorerSpec};
+pub use select::Selector;
+pub use tensor::{Pool, Tensor};

@@ -1,0 +1,422 @@
+//! Pruning policies: the on-disk TOML form ([`PolicyFile`]) and the validated form
+//! ([`Policy`]) that the engine runs.
+//!
+//! A policy has up to three independent sections:
+//! - `[prefill]`: prompt tokens dropped between layers during prefill (LazyLLM);
+//! - `[kv]`: each layer's KV cache cut to its budget after prefill (SnapKV, PyramidKV, ...);
+//! - `[decode]`: a cache budget held while generating (H2O, StreamingLLM, TOVA).
+//!
+//! A policy with no section is the unpruned model. Unknown keys are errors, and every
+//! value is range-checked with a message naming the key and the allowed range.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::schedule::Schedule;
+use crate::scorer::{Aggregation, ScorerSpec};
+pub use crate::select::Budget;
+use crate::select::Selector;
+
+/// `keep` in `[prefill]`: one fraction, or one per entry of `layers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KeepList {
+    /// The same fraction at every pruning layer (only the first one prunes).
+    One(f64),
+    /// A fraction of the original prompt per pruning layer, non-increasing.
+    Many(Vec<f64>),
+}
+
+/// `schedule` in `[kv]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    /// Every layer gets the same budget.
+    #[default]
+    Uniform,
+    /// Budgets fall with depth (PyramidKV), summing to the uniform total.
+    Pyramid,
+}
+
+/// `[prefill]` as written in a file.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefillFile {
+    /// The scorer; default: last-query attention.
+    pub scorer: Option<ScorerSpec>,
+    /// Layers before which tokens are pruned (each >= 1), scored by the layer before.
+    pub layers: Vec<usize>,
+    /// Fraction(s) of the original prompt kept from each of `layers` on.
+    pub keep: Option<KeepList>,
+    /// Adaptive alternative to `keep`: keep the smallest set holding this score mass.
+    pub mass: Option<f64>,
+    /// First tokens never pruned.
+    #[serde(default)]
+    pub sinks: usize,
+    /// Last tokens never pruned (the last token is always kept).
+    #[serde(default)]
+    pub recent: usize,
+    /// Never fewer tokens than this.
+    #[serde(default)]
+    pub min_keep: usize,
+    /// Never more tokens than this.
+    pub max_keep: Option<usize>,
+}
+
+/// `[kv]` as written in a file.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvFile {
+    /// The scorer; default: SnapKV.
+    pub scorer: Option<ScorerSpec>,
+    /// Fraction of each layer's cache kept.
+    pub keep: Option<f64>,
+    /// Entries kept per layer.
+    pub tokens: Option<usize>,
+    /// Adaptive: score mass kept per layer.
+    pub mass: Option<f64>,
+    /// Uniform or pyramid budgets.
+    #[serde(default)]
+    pub schedule: ScheduleKind,
+    /// Pyramid steepness (mean over the last layer's budget).
+    pub beta: Option<f64>,
+    /// First tokens never evicted.
+    #[serde(default)]
+    pub sinks: usize,
+    /// Last tokens never evicted.
+    #[serde(default)]
+    pub recent: usize,
+    /// Never fewer entries than this.
+    #[serde(default)]
+    pub min_keep: usize,
+    /// Never more entries than this.
+    pub max_keep: Option<usize>,
+}
+
+/// `[decode]` as written in a file.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeFile {
+    /// The scorer; default: H2O accumulated attention.
+    pub scorer: Option<ScorerSpec>,
+    /// Cache entries per layer that are never exceeded while generating.
+    pub budget: usize,
+    /// Entries evicted at once when the cache is full: eviction runs every this many steps.
+    #[serde(default = "one")]
+    pub every: usize,
+    /// First tokens never evicted.
+    #[serde(default)]
+    pub sinks: usize,
+    /// Last tokens never evicted.
+    #[serde(default)]
+    pub recent: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// A policy file.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Short name, shown in statistics.
+    pub name: Option<String>,
+    /// What the policy does.
+    pub description: Option<String>,
+    /// Prompt pruning during prefill.
+    pub prefill: Option<PrefillFile>,
+    /// KV eviction after prefill.
+    pub kv: Option<KvFile>,
+    /// KV budget during decoding.
+    pub decode: Option<DecodeFile>,
+}
+
+/// How much of the prompt each prefill pruning layer keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PrefillKeep {
+    /// Fraction of the original prompt, one per pruning layer, non-increasing.
+    Fractions(Vec<f64>),
+    /// Smallest set of the current tokens holding this score mass.
+    Mass(f64),
+}
+
+/// Validated prefill pruning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefillPolicy {
+    /// The scorer.
+    pub scorer: ScorerSpec,
+    /// Layers before which tokens are pruned, strictly increasing, each >= 1.
+    pub layers: Vec<usize>,
+    /// How much each of them keeps.
+    pub keep: PrefillKeep,
+    /// Protection and clamps (its budget is replaced per layer by [`PrefillPolicy::budget`]).
+    pub selector: Selector,
+}
+
+impl PrefillPolicy {
+    /// The budget at pruning stage `stage` for a prompt of `n_prompt` tokens.
+    pub fn budget(&self, stage: usize, n_prompt: usize) -> Budget {
+        match &self.keep {
+            PrefillKeep::Fractions(f) => Budget::Tokens((((f[stage] * n_prompt as f64) - 1e-9).ceil() as usize).max(1)),
+            PrefillKeep::Mass(p) => Budget::Mass(*p),
+        }
+    }
+}
+
+/// Validated KV eviction after prefill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvPolicy {
+    /// The scorer.
+    pub scorer: ScorerSpec,
+    /// Budget per layer (uniform), or the mean budget (pyramid).
+    pub budget: Budget,
+    /// Uniform or pyramid.
+    pub schedule: ScheduleKind,
+    /// Pyramid steepness.
+    pub beta: f64,
+    /// Protection and clamps.
+    pub selector: Selector,
+}
+
+impl KvPolicy {
+    /// The budget of each of `n_layers` layers for a cache of `n_tokens` entries.
+    pub fn layer_budgets(&self, n_tokens: usize, n_layers: usize) -> Result<Vec<Budget>> {
+        let keep = match (self.schedule, self.budget) {
+            (ScheduleKind::Uniform, b) => return Ok(vec![b; n_layers]),
+            (ScheduleKind::Pyramid, Budget::Ratio(r)) => r,
+            (ScheduleKind::Pyramid, Budget::Tokens(t)) => (t as f64 / n_tokens.max(1) as f64).min(1.0),
+            (ScheduleKind::Pyramid, Budget::Mass(_)) => {
+                return Err(Error::InvalidPolicy("kv: a pyramid schedule needs `keep` or `tokens`, not `mass`".into()));
+            }
+        };
+        let budgets = Schedule::Pyramid { keep, beta: self.beta }.budgets(n_tokens, n_layers)?;
+        Ok(budgets.into_iter().map(Budget::Tokens).collect())
+    }
+}
+
+/// Validated decode-phase budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodePolicy {
+    /// The scorer.
+    pub scorer: ScorerSpec,
+    /// Entries per layer never exceeded.
+    pub budget: usize,
+    /// Entries evicted at once when the cache is full.
+    pub every: usize,
+    /// Protection.
+    pub selector: Selector,
+}
+
+/// A validated pruning policy.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Policy {
+    /// Short name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// Prompt pruning during prefill.
+    pub prefill: Option<PrefillPolicy>,
+    /// KV eviction after prefill.
+    pub kv: Option<KvPolicy>,
+    /// KV budget during decoding.
+    pub decode: Option<DecodePolicy>,
+}
+
+fn exactly_one_budget(key: &str, keep: Option<f64>, tokens: Option<usize>, mass: Option<f64>) -> Result<Budget> {
+    match (keep, tokens, mass) {
+        (Some(r), None, None) => Ok(Budget::Ratio(r)),
+        (None, Some(t), None) => Ok(Budget::Tokens(t)),
+        (None, None, Some(p)) => Ok(Budget::Mass(p)),
+        _ => Err(Error::InvalidPolicy(format!("{key}: give exactly one of `keep`, `tokens` or `mass`"))),
+    }
+}
+
+impl PrefillFile {
+    fn validate(&self) -> Result<PrefillPolicy> {
+        let scorer = self.scorer.clone().unwrap_or(ScorerSpec::LastQuery { aggregation: Aggregation::Mean });
+        scorer.validate("prefill")?;
+        if self.layers.is_empty() {
+            return Err(Error::InvalidPolicy("prefill: `layers` must name at least one layer".into()));
+        }
+        if self.layers[0] == 0 {
+            return Err(Error::out_of_range("prefill.layers", 0, "at least 1 (tokens are scored by the layer before)"));
+        }
+        let keep = match (&self.keep, self.mass) {
+            (Some(KeepList::One(f)), None) => PrefillKeep::Fractions(vec![*f; self.layers.len()]),
+            (Some(KeepList::Many(f)), None) => PrefillKeep::Fractions(f.clone()),
+            (None, Some(p)) => {
+                Budget::Mass(p).validate("prefill")?;
+                PrefillKeep::Mass(p)
+            }
+            _ => {
+                return Err(Error::InvalidPolicy("prefill: give exactly one of `keep` or `mass`".into()));
+            }
+        };
+        let fractions = match &keep {
+            PrefillKeep::Fractions(f) => f.clone(),
+            PrefillKeep::Mass(_) => vec![1.0; self.layers.len()],
+        };
+        Schedule::Progressive { layers: self.layers.clone(), keep: fractions }.validate("prefill", None)?;
+        let selector = Selector::new(Budget::Ratio(1.0))
+            .protect(self.sinks, self.recent.max(1))
+            .clamp(self.min_keep, self.max_keep);
+        selector.validate("prefill")?;
+        Ok(PrefillPolicy { scorer, layers: self.layers.clone(), keep, selector })
+    }
+}
+
+impl KvFile {
+    fn validate(&self) -> Result<KvPolicy> {
+        let scorer = self.scorer.clone().unwrap_or(ScorerSpec::Snapkv {
+            window: 32,
+            kernel: 5,
+            pooling: crate::Pool::Avg,
+            aggregation: Aggregation::Mean,
+        });
+        scorer.validate("kv")?;
+        let budget = exactly_one_budget("kv", self.keep, self.tokens, self.mass)?;
+        let beta = self.beta.unwrap_or(20.0);
+        if self.schedule == ScheduleKind::Pyramid {
+            if let Budget::Mass(_) = budget {
+                return Err(Error::InvalidPolicy("kv: a pyramid schedule needs `keep` or `tokens`, not `mass`".into()));
+            }
+            Schedule::Pyramid { keep: 0.5, beta }.validate("kv", None)?;
+        } else if self.beta.is_some() {
+            return Err(Error::InvalidPolicy("kv: `beta` only applies to schedule = \"pyramid\"".into()));
+        }
+        let selector = Selector::new(budget).protect(self.sinks, self.recent).clamp(self.min_keep, self.max_keep);
+        selector.validate("kv")?;
+        Ok(KvPolicy { scorer, budget, schedule: self.schedule, beta, selector })
+    }
+}
+
+impl DecodeFile {
+    fn validate(&self) -> Result<DecodePolicy> {
+        let scorer = self.scorer.clone().unwrap_or(ScorerSpec::H2o { aggregation: Aggregation::Mean });
+        scorer.validate("decode")?;
+        let protected = self.sinks + self.recent;
+        if self.budget <= protected {
+            return Err(Error::out_of_range(
+                "decode.budget",
+                self.budget,
+                format!("more than sinks + recent = {protected}"),
+            ));
+        }
+        if self.every == 0 || self.every > self.budget - protected {
+            return Err(Error::out_of_range(
+                "decode.every",
+                self.every,
+                format!("1..={} (budget - sinks - recent)", self.budget - protected),
+            ));
+        }
+        let selector = Selector::new(Budget::Tokens(self.budget - self.every)).protect(self.sinks, self.recent);
+        selector.validate("decode")?;
+        Ok(DecodePolicy { scorer, budget: self.budget, every: self.every, selector })
+    }
+}
+
+impl PolicyFile {
+    /// Parses a policy file; unknown keys and wrong types are errors.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Writes the policy as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string(self)?)
+    }
+
+    /// Range-checks every value and builds the runtime policy.
+    pub fn validate(&self) -> Result<Policy> {
+        Ok(Policy {
+            name: self.name.clone().unwrap_or_else(|| "custom".into()),
+            description: self.description.clone().unwrap_or_default(),
+            prefill: self.prefill.as_ref().map(PrefillFile::validate).transpose()?,
+            kv: self.kv.as_ref().map(KvFile::validate).transpose()?,
+            decode: self.decode.as_ref().map(DecodeFile::validate).transpose()?,
+        })
+    }
+}
+
+impl Policy {
+    /// Parses and validates a policy file.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        PolicyFile::from_toml(text)?.validate()
+    }
+
+    /// The unpruned model.
+    pub fn none() -> Self {
+        Policy { name: "none".into(), ..Policy::default() }
+    }
+
+    /// Whether the policy prunes or evicts anything at all.
+    pub fn is_none(&self) -> bool {
+        self.prefill.is_none() && self.kv.is_none() && self.decode.is_none()
+    }
+
+    /// Checks the policy against a model with `n_layers` layers.
+    pub fn check_model(&self, n_layers: usize) -> Result<()> {
+        if let Some(p) = &self.prefill {
+            if let Some(&bad) = p.layers.iter().find(|&&l| l >= n_layers) {
+                return Err(Error::out_of_range(
+                    "prefill.layers",
+                    bad,
+                    format!("1..{n_layers} (the model has {n_layers} layers)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The file form of this policy (for writing it back out).
+    pub fn to_file(&self) -> PolicyFile {
+        let budget_fields = |b: Budget| match b {
+            Budget::Ratio(r) => (Some(r), None, None),
+            Budget::Tokens(t) => (None, Some(t), None),
+            Budget::Mass(p) => (None, None, Some(p)),
+        };
+        PolicyFile {
+            name: Some(self.name.clone()),
+            description: (!self.description.is_empty()).then(|| self.description.clone()),
+            prefill: self.prefill.as_ref().map(|p| {
+                let (keep, mass) = match &p.keep {
+                    PrefillKeep::Fractions(f) => (Some(KeepList::Many(f.clone())), None),
+                    PrefillKeep::Mass(m) => (None, Some(*m)),
+                };
+                PrefillFile {
+                    scorer: Some(p.scorer.clone()),
+                    layers: p.layers.clone(),
+                    keep,
+                    mass,
+                    sinks: p.selector.sinks,
+                    recent: p.selector.recent,
+                    min_keep: p.selector.min_keep,
+                    max_keep: p.selector.max_keep,
+                }
+            }),
+            kv: self.kv.as_ref().map(|k| {
+                let (keep, tokens, mass) = budget_fields(k.budget);
+                KvFile {
+                    scorer: Some(k.scorer.clone()),
+                    keep,
+                    tokens,
+                    mass,
+                    schedule: k.schedule,
+                    beta: (k.schedule == ScheduleKind::Pyramid).then_some(k.beta),
+                    sinks: k.selector.sinks,
+                    recent: k.selector.recent,
+                    min_keep: k.selector.min_keep,
+                    max_keep: k.selector.max_keep,
+                }
+            }),
+            decode: self.decode.as_ref().map(|d| DecodeFile {
+                scorer: Some(d.scorer.clone()),
+                budget: d.budget,
+                every: d.every,
+                sinks: d.selector.sinks,
+                recent: d.selector.recent,
+            }),
+        }
+    }
+}

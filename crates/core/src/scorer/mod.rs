@@ -1,0 +1,227 @@
+//! Token-importance scorers and the aggregation of per-head scores.
+//!
+//! A scorer looks at an [`Observation`] of one layer (the attention of the last queries,
+//! the cached keys and values, the tokens' original positions) and gives every token a
+//! score per head, higher meaning more important. [`aggregate`] folds the heads into one
+//! score per token, which a [`crate::Selector`] turns into the kept indices.
+
+mod attention;
+mod simple;
+
+use serde::{Deserialize, Serialize};
+
+pub use attention::{AccumulatedAttention, LastQuery, ObservationWindow};
+pub use simple::{KeyNorm, RandomScore, Recency, ValueNorm};
+
+use crate::error::{Error, Result};
+use crate::tensor::{Pool, Tensor};
+
+/// What a layer shows a scorer. Tensors stay on the backend's device.
+#[derive(Debug, Clone)]
+pub struct Observation<'a, T: Tensor> {
+    /// Index of the layer.
+    pub layer: usize,
+    /// How many times this layer has been observed before (0 at prefill); seeds streams.
+    pub step: u64,
+    /// Number of key/value heads; query heads come in groups of `q_heads / kv_heads`.
+    pub kv_heads: usize,
+    /// Original position of each of the `k` tokens being scored.
+    pub positions: &'a [usize],
+    /// Attention probabilities of the last `w` queries over all keys: `[q_heads, w, k]`.
+    pub attention: Option<&'a T>,
+    /// Cached keys (after RoPE): `[kv_heads, k, head_dim]`.
+    pub keys: Option<&'a T>,
+    /// Cached values: `[kv_heads, k, head_dim]`.
+    pub values: Option<&'a T>,
+    /// Device on which to create score tensors.
+    pub device: T::Device,
+}
+
+impl<T: Tensor> Observation<'_, T> {
+    /// Number of tokens being scored.
+    pub fn tokens(&self) -> usize {
+        self.positions.len()
+    }
+
+    fn attention(&self, scorer: &'static str) -> Result<&T> {
+        let a = self.attention.ok_or(Error::MissingInput { scorer, what: "attention probabilities" })?;
+        let shape = a.shape();
+        if shape.len() != 3 || shape[2] != self.tokens() {
+            return Err(Error::Shape {
+                op: scorer,
+                detail: format!("attention must be [heads, queries, {}], got {shape:?}", self.tokens()),
+            });
+        }
+        Ok(a)
+    }
+}
+
+/// What a scorer needs the backend to compute for an [`Observation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Needs {
+    /// Attention of the last this-many queries (`usize::MAX`: every query); 0 for none.
+    pub attention_queries: usize,
+    /// The cached keys.
+    pub keys: bool,
+    /// The cached values.
+    pub values: bool,
+}
+
+/// Scores tokens of one layer. A scorer may keep state across calls (H2O's running sum);
+/// [`Scorer::retain`] tells it which tokens survived an eviction so it can compact it.
+pub trait Scorer<T: Tensor>: Send {
+    /// Short name, as in policy files.
+    fn name(&self) -> &'static str;
+
+    /// What the observation must carry.
+    fn needs(&self) -> Needs;
+
+    /// Per-head scores `[heads, k]`, higher is more important. Stateful scorers update
+    /// their state with this observation.
+    fn score(&mut self, obs: &Observation<'_, T>) -> Result<T>;
+
+    /// How per-head scores are folded into one score per token.
+    fn aggregation(&self) -> Aggregation {
+        Aggregation::Mean
+    }
+
+    /// One score per token: [`Scorer::score`] folded with [`aggregate`].
+    fn score_tokens(&mut self, obs: &Observation<'_, T>) -> Result<T> {
+        let per_head = self.score(obs)?;
+        aggregate(&per_head, obs.kv_heads, self.aggregation())
+    }
+
+    /// Only the tokens at `kept` (sorted indices into the last scored set) remain.
+    fn retain(&mut self, _kept: &[usize]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// How scores of several heads become one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// The average over heads.
+    #[default]
+    Mean,
+    /// The largest head's score: a token is kept if any head needs it.
+    Max,
+}
+
+/// Folds per-head scores `[heads, k]` into `[k]`.
+///
+/// When `heads` is a multiple of `kv_heads` greater than it (query heads of a GQA model),
+/// the query heads of each group are first averaged, since they read the same cached
+/// key/value entry; the groups are then combined with `agg`. Otherwise `agg` is applied
+/// over all heads directly.
+pub fn aggregate<T: Tensor>(scores: &T, kv_heads: usize, agg: Aggregation) -> Result<T> {
+    let shape = scores.shape();
+    if shape.len() != 2 {
+        return Err(Error::Shape { op: "aggregate", detail: format!("expected [heads, tokens], got {shape:?}") });
+    }
+    let (heads, k) = (shape[0], shape[1]);
+    let per_kv = if kv_heads > 0 && heads > kv_heads && heads % kv_heads == 0 {
+        scores.reshape(&[kv_heads, heads / kv_heads, k])?.mean(1)?
+    } else {
+        scores.clone()
+    };
+    match agg {
+        Aggregation::Mean => per_kv.mean(0),
+        Aggregation::Max => per_kv.max(0),
+    }
+}
+
+fn default_window() -> usize {
+    32
+}
+fn default_kernel() -> usize {
+    5
+}
+fn default_pool() -> Pool {
+    Pool::Avg
+}
+
+/// A scorer as written in a policy file (`[section.scorer]` with a `kind`). Variants
+/// without settings are empty structs so that unknown keys are still rejected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ScorerSpec {
+    /// Attention of the last query over all tokens (LazyLLM; TOVA during decoding).
+    #[serde(alias = "tova", alias = "lazyllm")]
+    LastQuery {
+        #[serde(default)]
+        aggregation: Aggregation,
+    },
+    /// Attention of an observation window of the last `window` queries, summed and smoothed
+    /// by 1-D pooling (SnapKV).
+    Snapkv {
+        #[serde(default = "default_window")]
+        window: usize,
+        #[serde(default = "default_kernel")]
+        kernel: usize,
+        #[serde(default = "default_pool")]
+        pooling: Pool,
+        #[serde(default)]
+        aggregation: Aggregation,
+    },
+    /// Attention accumulated over every query seen so far (H2O heavy hitters).
+    H2o {
+        #[serde(default)]
+        aggregation: Aggregation,
+    },
+    /// Negated L2 norm of the keys: low-norm keys draw attention (KNorm).
+    Knorm {},
+    /// L2 norm of the values.
+    Vnorm {},
+    /// Later tokens score higher (StreamingLLM, with sinks protected by the selector).
+    #[serde(alias = "streaming")]
+    Recency {},
+    /// Uniform random scores from a seed: the baseline.
+    Random {
+        #[serde(default)]
+        seed: u64,
+    },
+}
+
+impl ScorerSpec {
+    /// Checks ranges; `key` names the policy section in messages.
+    pub fn validate(&self, key: &str) -> Result<()> {
+        if let ScorerSpec::Snapkv { window, kernel, .. } = *self {
+            if window == 0 {
+                return Err(Error::out_of_range(format!("{key}.scorer.window"), window, "at least 1"));
+            }
+            if kernel == 0 || kernel % 2 == 0 || kernel > 63 {
+                return Err(Error::out_of_range(format!("{key}.scorer.kernel"), kernel, "an odd number from 1 to 63"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The policy-file name of this scorer.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ScorerSpec::LastQuery { .. } => "last-query",
+            ScorerSpec::Snapkv { .. } => "snapkv",
+            ScorerSpec::H2o { .. } => "h2o",
+            ScorerSpec::Knorm {} => "knorm",
+            ScorerSpec::Vnorm {} => "vnorm",
+            ScorerSpec::Recency {} => "recency",
+            ScorerSpec::Random { .. } => "random",
+        }
+    }
+
+    /// A fresh scorer (with empty state) for tensors of type `T`.
+    pub fn build<T: Tensor + Send + 'static>(&self) -> Box<dyn Scorer<T>> {
+        match *self {
+            ScorerSpec::LastQuery { aggregation } => Box::new(LastQuery { aggregation }),
+            ScorerSpec::Snapkv { window, kernel, pooling, aggregation } => {
+                Box::new(ObservationWindow { window, kernel, pooling, aggregation })
+            }
+            ScorerSpec::H2o { aggregation } => Box::new(AccumulatedAttention::new(aggregation)),
+            ScorerSpec::Knorm {} => Box::new(KeyNorm),
+            ScorerSpec::Vnorm {} => Box::new(ValueNorm),
+            ScorerSpec::Recency {} => Box::new(Recency),
+            ScorerSpec::Random { seed } => Box::new(RandomScore { seed }),
+        }
+    }
+}

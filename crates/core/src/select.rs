@@ -1,0 +1,251 @@
+//! Deterministic selection of the tokens to keep from a 1-D score vector.
+//!
+//! Every selector ranks tokens the same way: protected tokens first (the first `sinks`
+//! and the last `recent`), then the others by score, higher first, ties to the lower
+//! index. The budget only decides how long a prefix of that ranking is kept, so the kept
+//! set grows monotonically with the budget, and two backends that computed the same
+//! scores keep the same tokens. Kept indices come out sorted and unique.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How many tokens to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Budget {
+    /// Keep `ceil(ratio * n)` tokens; `ratio` in `(0, 1]`.
+    Ratio(f64),
+    /// Keep at most this many tokens.
+    Tokens(usize),
+    /// Adaptive: keep the smallest set (in ranking order) whose share of the total score
+    /// mass reaches `p`, in `(0, 1]`. Scores are shifted so that the smallest is zero when
+    /// any is negative; attention scores are used as they are. The kept count follows the
+    /// input: a peaked score distribution keeps few tokens, a flat one many.
+    Mass(f64),
+}
+
+impl Budget {
+    /// Checks the value's range; `key` names the setting in messages.
+    pub fn validate(&self, key: &str) -> Result<()> {
+        match *self {
+            Budget::Ratio(r) if !(r > 0.0 && r <= 1.0) => Err(Error::out_of_range(format!("{key}.keep"), r, "(0, 1]")),
+            Budget::Mass(p) if !(p > 0.0 && p <= 1.0) => Err(Error::out_of_range(format!("{key}.mass"), p, "(0, 1]")),
+            Budget::Tokens(0) => Err(Error::out_of_range(format!("{key}.tokens"), 0, "at least 1")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Chooses which tokens to keep. See the module documentation for the ranking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selector {
+    /// The budget.
+    pub budget: Budget,
+    /// The first `sinks` tokens are always kept (attention sinks, StreamingLLM).
+    pub sinks: usize,
+    /// The last `recent` tokens are always kept.
+    pub recent: usize,
+    /// Never keep fewer than this many tokens (or all of them, if there are fewer).
+    pub min_keep: usize,
+    /// Never keep more than this many tokens.
+    pub max_keep: Option<usize>,
+}
+
+impl Selector {
+    /// A selector with a budget and no protected tokens or clamps.
+    pub fn new(budget: Budget) -> Self {
+        Self { budget, sinks: 0, recent: 0, min_keep: 0, max_keep: None }
+    }
+
+    /// Protects the first `sinks` and the last `recent` tokens.
+    pub fn protect(mut self, sinks: usize, recent: usize) -> Self {
+        self.sinks = sinks;
+        self.recent = recent;
+        self
+    }
+
+    /// Clamps the kept count to `[min_keep, max_keep]`.
+    pub fn clamp(mut self, min_keep: usize, max_keep: Option<usize>) -> Self {
+        self.min_keep = min_keep;
+        self.max_keep = max_keep;
+        self
+    }
+
+    /// Checks that the budget is in range and that the protected tokens and clamps fit in
+    /// it; `key` names the policy section in messages.
+    pub fn validate(&self, key: &str) -> Result<()> {
+        self.budget.validate(key)?;
+        let protected = self.sinks + self.recent;
+        if let Budget::Tokens(t) = self.budget {
+            if protected > t {
+                return Err(Error::InvalidPolicy(format!(
+                    "{key}: sinks + recent = {protected} protected tokens do not fit in a budget of {t} tokens"
+                )));
+            }
+            if self.min_keep > t {
+                return Err(Error::out_of_range(
+                    format!("{key}.min_keep"),
+                    self.min_keep,
+                    format!("at most the budget of {t} tokens"),
+                ));
+            }
+        }
+        if let Some(max) = self.max_keep {
+            if max < protected.max(self.min_keep).max(1) {
+                return Err(Error::out_of_range(
+                    format!("{key}.max_keep"),
+                    max,
+                    format!("at least 1, min_keep ({}) and sinks + recent ({protected})", self.min_keep),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Selects the tokens to keep among `scores.len()` tokens; sorted, unique indices.
+    pub fn select(&self, scores: &[f32]) -> Result<Vec<usize>> {
+        self.select_with(scores, self.budget)
+    }
+
+    /// Like [`Selector::select`] with another budget (a layer schedule's per-layer budget).
+    pub fn select_with(&self, scores: &[f32], budget: Budget) -> Result<Vec<usize>> {
+        let this = Selector { budget, ..self.clone() };
+        this.validate("selector")?;
+        let n = scores.len();
+        let order = rank_protected(scores, self.sinks, self.recent)?;
+        let protected = protected_count(n, self.sinks, self.recent);
+        let target = match budget {
+            Budget::Ratio(r) => ((r * n as f64) - 1e-9).ceil().max(0.0) as usize,
+            Budget::Tokens(t) => t,
+            Budget::Mass(p) => mass_count(scores, &order, p),
+        };
+        let mut count = target.max(protected).max(self.min_keep);
+        if let Some(max) = self.max_keep {
+            count = count.min(max);
+        }
+        let mut kept = order;
+        kept.truncate(count.min(n));
+        kept.sort_unstable();
+        Ok(kept)
+    }
+}
+
+/// How many distinct tokens the first `sinks` and last `recent` of `n` cover.
+pub fn protected_count(n: usize, sinks: usize, recent: usize) -> usize {
+    (sinks + recent).min(n)
+}
+
+/// All token indices ranked by score, higher first, ties to the lower index. Errors on a
+/// NaN or infinite score.
+pub fn rank_by_score(scores: &[f32]) -> Result<Vec<usize>> {
+    check_finite(scores)?;
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    Ok(order)
+}
+
+/// The ranking with protected tokens first (in index order), then the rest by score.
+fn rank_protected(scores: &[f32], sinks: usize, recent: usize) -> Result<Vec<usize>> {
+    let n = scores.len();
+    let is_protected = |i: usize| i < sinks || i + recent >= n;
+    let mut order: Vec<usize> = (0..n).filter(|&i| is_protected(i)).collect();
+    order.extend(rank_by_score(scores)?.into_iter().filter(|&i| !is_protected(i)));
+    Ok(order)
+}
+
+fn check_finite(scores: &[f32]) -> Result<()> {
+    match scores.iter().position(|s| !s.is_finite()) {
+        Some(index) => Err(Error::NonFiniteScore { index, value: scores[index] }),
+        None => Ok(()),
+    }
+}
+
+/// Normalised score mass of each token: shifted to be non-negative, summing to one
+/// (uniform when every score is equal).
+pub fn mass_weights(scores: &[f32]) -> Vec<f64> {
+    let min = scores.iter().copied().fold(f32::INFINITY, f32::min) as f64;
+    let shift = if min < 0.0 { -min } else { 0.0 };
+    let w: Vec<f64> = scores.iter().map(|&s| s as f64 + shift).collect();
+    let total: f64 = w.iter().sum();
+    if total > 0.0 {
+        w.iter().map(|x| x / total).collect()
+    } else {
+        vec![1.0 / scores.len().max(1) as f64; scores.len()]
+    }
+}
+
+/// Slack in the mass comparison: scores are `f32`, so a set whose mass is `p` in decimal
+/// may sum to a hair less.
+pub const MASS_TOLERANCE: f64 = 1e-6;
+
+/// Length of the shortest prefix of `order` whose mass reaches `p`.
+fn mass_count(scores: &[f32], order: &[usize], p: f64) -> usize {
+    let w = mass_weights(scores);
+    let mut acc = 0.0;
+    for (taken, &i) in order.iter().enumerate() {
+        if acc >= p - MASS_TOLERANCE {
+            return taken;
+        }
+        acc += w[i];
+    }
+    order.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_keeps_the_best_and_sorts() {
+        let s = [0.1, 0.9, 0.3, 0.8, 0.2];
+        let kept = Selector::new(Budget::Ratio(0.4)).select(&s).unwrap();
+        assert_eq!(kept, vec![1, 3]);
+    }
+
+    #[test]
+    fn ties_go_to_the_lower_index() {
+        let s = [0.5, 0.5, 0.5, 0.5];
+        assert_eq!(Selector::new(Budget::Tokens(2)).select(&s).unwrap(), vec![0, 1]);
+        assert_eq!(rank_by_score(&[1.0, 2.0, 2.0]).unwrap(), vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn protected_tokens_come_first() {
+        let s = [0.0, 0.9, 0.8, 0.7, 0.0];
+        let kept = Selector::new(Budget::Tokens(3)).protect(1, 1).select(&s).unwrap();
+        assert_eq!(kept, vec![0, 1, 4]);
+    }
+
+    #[test]
+    fn mass_keeps_the_smallest_sufficient_set() {
+        let s = [0.5, 0.3, 0.15, 0.05];
+        assert_eq!(Selector::new(Budget::Mass(0.8)).select(&s).unwrap(), vec![0, 1]);
+        assert_eq!(Selector::new(Budget::Mass(0.81)).select(&s).unwrap(), vec![0, 1, 2]);
+        assert_eq!(Selector::new(Budget::Mass(1.0)).select(&s).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn ratio_rounding_is_not_fooled_by_float_error() {
+        // 0.1 * 30 is 3.0000000000000004 in f64.
+        let s = vec![1.0; 30];
+        assert_eq!(Selector::new(Budget::Ratio(0.1)).select(&s).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        assert!(matches!(
+            Selector::new(Budget::Ratio(0.5)).select(&[0.1, f32::NAN]),
+            Err(Error::NonFiniteScore { index: 1, .. })
+        ));
+        assert!(Selector::new(Budget::Ratio(1.5)).select(&[0.1]).is_err());
+        assert!(Selector::new(Budget::Mass(0.0)).select(&[0.1]).is_err());
+        assert!(Selector::new(Budget::Tokens(2)).protect(2, 1).select(&[0.1; 8]).is_err());
+        assert!(Selector::new(Budget::Ratio(0.5)).clamp(4, Some(2)).select(&[0.1; 8]).is_err());
+    }
+
+    #[test]
+    fn empty_input_keeps_nothing() {
+        assert!(Selector::new(Budget::Ratio(0.5)).select(&[]).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,139 @@
+//! Policy files: round trips, defaults and rejections.
+
+use sieve_core::policy::{PolicyFile, PrefillKeep, ScheduleKind};
+use sieve_core::{Budget, Policy, ScorerSpec};
+
+const FULL: &str = r#"
+name = "combined"
+description = "prefill pruning, SnapKV eviction and a decode budget"
+
+[prefill]
+layers = [8, 16]
+keep = [0.6, 0.4]
+sinks = 4
+[prefill.scorer]
+kind = "last-query"
+aggregation = "max"
+
+[kv]
+keep = 0.25
+schedule = "pyramid"
+beta = 10
+recent = 16
+[kv.scorer]
+kind = "snapkv"
+window = 16
+kernel = 7
+pooling = "max"
+
+[decode]
+budget = 256
+every = 8
+sinks = 4
+recent = 32
+[decode.scorer]
+kind = "h2o"
+"#;
+
+#[test]
+fn a_full_policy_parses_and_round_trips() {
+    let policy = Policy::from_toml(FULL).unwrap();
+    let prefill = policy.prefill.as_ref().unwrap();
+    assert_eq!(prefill.layers, vec![8, 16]);
+    assert_eq!(prefill.keep, PrefillKeep::Fractions(vec![0.6, 0.4]));
+    assert_eq!(prefill.selector.recent, 1, "the last token is always protected");
+    let kv = policy.kv.as_ref().unwrap();
+    assert_eq!(kv.budget, Budget::Ratio(0.25));
+    assert_eq!(kv.schedule, ScheduleKind::Pyramid);
+    assert_eq!(kv.beta, 10.0);
+    assert_eq!(policy.decode.as_ref().unwrap().budget, 256);
+
+    let text = policy.to_file().to_toml().unwrap();
+    let again = Policy::from_toml(&text).unwrap();
+    assert_eq!(policy, again, "round trip through:\n{text}");
+}
+
+#[test]
+fn defaults_fill_in_the_scorers() {
+    let p = Policy::from_toml("[kv]\nkeep = 0.5\n").unwrap();
+    assert!(matches!(p.kv.unwrap().scorer, ScorerSpec::Snapkv { window: 32, kernel: 5, .. }));
+    let p = Policy::from_toml("[decode]\nbudget = 64\n").unwrap();
+    assert!(matches!(p.decode.unwrap().scorer, ScorerSpec::H2o { .. }));
+    let p = Policy::from_toml("[prefill]\nlayers = [3]\nkeep = 0.5\n").unwrap();
+    assert!(matches!(p.prefill.unwrap().scorer, ScorerSpec::LastQuery { .. }));
+    assert!(Policy::from_toml("").unwrap().is_none());
+}
+
+#[test]
+fn scorer_aliases_are_accepted() {
+    for kind in ["tova", "lazyllm", "last-query"] {
+        let p = Policy::from_toml(&format!("[kv]\nkeep = 0.5\n[kv.scorer]\nkind = \"{kind}\"\n")).unwrap();
+        assert!(matches!(p.kv.unwrap().scorer, ScorerSpec::LastQuery { .. }), "{kind}");
+    }
+    let p = Policy::from_toml("[kv]\ntokens = 64\nsinks = 4\n[kv.scorer]\nkind = \"streaming\"\n").unwrap();
+    assert_eq!(p.kv.unwrap().scorer, ScorerSpec::Recency {});
+}
+
+fn rejects(text: &str, needle: &str) {
+    let err = Policy::from_toml(text).expect_err(text).to_string();
+    assert!(err.contains(needle), "error for\n{text}\nwas `{err}`, expected it to mention `{needle}`");
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    rejects("kepp = 0.5\n", "kepp");
+    rejects("[kv]\nkeep = 0.5\nwindow = 3\n", "window");
+    rejects("[kv]\nkeep = 0.5\n[kv.scorer]\nkind = \"knorm\"\nwindow = 4\n", "window");
+    rejects("[kv]\nkeep = 0.5\n[kv.scorer]\nkind = \"magic\"\n", "magic");
+    rejects("[prefetch]\n", "prefetch");
+}
+
+#[test]
+fn out_of_range_values_name_key_and_range() {
+    rejects("[kv]\nkeep = 1.5\n", "`kv.keep` = 1.5 is out of range: (0, 1]");
+    rejects("[kv]\nkeep = 0.0\n", "`kv.keep` = 0");
+    rejects("[kv]\nmass = -0.1\n", "`kv.mass` = -0.1");
+    rejects("[kv]\ntokens = 0\n", "`kv.tokens` = 0");
+    rejects("[kv]\ntokens = 8\nsinks = 4\nrecent = 8\n", "do not fit");
+    rejects("[kv]\nkeep = 0.5\nmass = 0.5\n", "exactly one");
+    rejects("[kv]\nkeep = 0.5\nschedule = \"pyramid\"\nbeta = 0.5\n", "`kv.beta` = 0.5");
+    rejects("[kv]\nmass = 0.5\nschedule = \"pyramid\"\n", "pyramid");
+    rejects("[kv]\nkeep = 0.5\nbeta = 4\n", "beta");
+    rejects("[kv]\nkeep = 0.5\n[kv.scorer]\nkind = \"snapkv\"\nkernel = 4\n", "`kv.scorer.kernel` = 4");
+    rejects("[prefill]\nlayers = [0]\nkeep = 0.5\n", "`prefill.layers` = 0");
+    rejects("[prefill]\nlayers = [4, 2]\nkeep = [0.5, 0.4]\n", "strictly increase");
+    rejects("[prefill]\nlayers = [2, 4]\nkeep = [0.5]\n", "equal length");
+    rejects("[prefill]\nlayers = [2]\nkeep = [1.2]\n", "`prefill.keep[0]` = 1.2");
+    rejects("[decode]\nbudget = 8\nsinks = 4\nrecent = 4\n", "`decode.budget` = 8");
+    rejects("[decode]\nbudget = 64\nevery = 0\n", "`decode.every` = 0");
+    rejects("[kv]\nkeep = \"half\"\n", "keep");
+}
+
+#[test]
+fn layers_are_checked_against_the_model() {
+    let p = Policy::from_toml("[prefill]\nlayers = [10, 40]\nkeep = [0.5, 0.3]\n").unwrap();
+    let err = p.check_model(30).unwrap_err().to_string();
+    assert!(err.contains("`prefill.layers` = 40") && err.contains("30 layers"), "{err}");
+    assert!(p.check_model(41).is_ok());
+}
+
+#[test]
+fn pyramid_layer_budgets_sum_to_the_uniform_total() {
+    let p = Policy::from_toml("[kv]\nkeep = 0.25\nschedule = \"pyramid\"\n").unwrap();
+    let budgets = p.kv.unwrap().layer_budgets(1000, 30).unwrap();
+    let total: usize = budgets
+        .iter()
+        .map(|b| match b {
+            Budget::Tokens(t) => *t,
+            _ => panic!("{b:?}"),
+        })
+        .sum();
+    assert_eq!(total, 7500);
+}
+
+#[test]
+fn file_form_serialises_every_section() {
+    let file = PolicyFile::from_toml(FULL).unwrap();
+    let text = file.to_toml().unwrap();
+    assert_eq!(PolicyFile::from_toml(&text).unwrap(), file);
+}

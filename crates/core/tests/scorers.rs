@@ -1,0 +1,148 @@
+//! Every scorer against values computed by hand.
+
+use sieve_core::host::Host;
+use sieve_core::scorer::{
+    AccumulatedAttention, KeyNorm, LastQuery, ObservationWindow, RandomScore, Recency, ValueNorm, aggregate,
+};
+use sieve_core::{Aggregation, HostTensor, Observation, Pool, Scorer, ScorerSpec, Tensor};
+
+fn t(data: &[f32], shape: &[usize]) -> HostTensor {
+    HostTensor::new(data.to_vec(), shape).unwrap()
+}
+
+fn obs<'a>(
+    positions: &'a [usize],
+    attention: Option<&'a HostTensor>,
+    keys: Option<&'a HostTensor>,
+) -> Observation<'a, HostTensor> {
+    Observation { layer: 0, step: 0, kv_heads: 1, positions, attention, keys, values: keys, device: Host }
+}
+
+fn close(a: &[f32], b: &[f32]) {
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    for (x, y) in a.iter().zip(b) {
+        assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
+    }
+}
+
+// Two heads, two queries, four keys.
+fn attention() -> HostTensor {
+    t(
+        &[
+            0.1, 0.2, 0.3, 0.4, /* head 0, query 0 */
+            0.5, 0.1, 0.1, 0.3, /* head 0, query 1 */
+            0.25, 0.25, 0.25, 0.25, /* head 1, query 0 */
+            0.7, 0.1, 0.1, 0.1, /* head 1, query 1 */
+        ],
+        &[2, 2, 4],
+    )
+}
+
+#[test]
+fn last_query_takes_the_last_row_of_each_head() {
+    let a = attention();
+    let pos = [0, 1, 2, 3];
+    let s = LastQuery::default().score(&obs(&pos, Some(&a), None)).unwrap();
+    assert_eq!(s.shape(), vec![2, 4]);
+    close(&s.to_host().unwrap(), &[0.5, 0.1, 0.1, 0.3, 0.7, 0.1, 0.1, 0.1]);
+    let mut scorer = LastQuery { aggregation: Aggregation::Mean };
+    let o = Observation { kv_heads: 2, ..obs(&pos, Some(&a), None) };
+    close(&scorer.score_tokens(&o).unwrap().to_host().unwrap(), &[0.6, 0.1, 0.1, 0.2]);
+}
+
+#[test]
+fn snapkv_sums_the_window_and_pools() {
+    let a = attention();
+    let pos = [0, 1, 2, 3];
+    // window sums: head 0 = [0.6, 0.3, 0.4, 0.7]; head 1 = [0.95, 0.35, 0.35, 0.35]
+    let mut max = ObservationWindow { window: 2, kernel: 3, pooling: Pool::Max, aggregation: Aggregation::Mean };
+    let s = max.score(&obs(&pos, Some(&a), None)).unwrap().to_host().unwrap();
+    close(&s, &[0.6, 0.6, 0.7, 0.7, 0.95, 0.95, 0.35, 0.35]);
+    let mut avg = ObservationWindow { window: 2, kernel: 3, pooling: Pool::Avg, aggregation: Aggregation::Mean };
+    let s = avg.score(&obs(&pos, Some(&a), None)).unwrap().to_host().unwrap();
+    close(&s, &[0.3, 1.3 / 3.0, 1.4 / 3.0, 1.1 / 3.0, 1.3 / 3.0, 1.65 / 3.0, 1.05 / 3.0, 0.7 / 3.0]);
+    // A window wider than the observation uses all of it.
+    let mut wide = ObservationWindow { window: 8, kernel: 1, pooling: Pool::Avg, aggregation: Aggregation::Mean };
+    let s = wide.score(&obs(&pos, Some(&a), None)).unwrap().to_host().unwrap();
+    close(&s, &[0.6, 0.3, 0.4, 0.7, 0.95, 0.35, 0.35, 0.35]);
+}
+
+#[test]
+fn h2o_accumulates_grows_and_compacts() {
+    let mut h2o = AccumulatedAttention::new(Aggregation::Mean);
+    let a1 = t(&[0.5, 0.5, 1.0, 0.0], &[1, 2, 2]); // two queries over two keys
+    let pos2 = [0, 1];
+    let s = h2o.score(&obs(&pos2, Some(&a1), None)).unwrap();
+    close(&s.to_host().unwrap(), &[1.5, 0.5]);
+    // one new token: the observation has three keys
+    let a2 = t(&[0.2, 0.3, 0.5], &[1, 1, 3]);
+    let pos3 = [0, 1, 2];
+    let s = h2o.score(&obs(&pos3, Some(&a2), None)).unwrap();
+    close(&s.to_host().unwrap(), &[1.7, 0.8, 0.5]);
+    h2o.retain(&[0, 2]).unwrap();
+    close(&h2o.state().unwrap().to_host().unwrap(), &[1.7, 0.5]);
+    let a3 = t(&[0.1, 0.9], &[1, 1, 2]);
+    let pos_kept = [0, 2];
+    let s = h2o.score(&obs(&pos_kept, Some(&a3), None)).unwrap();
+    close(&s.to_host().unwrap(), &[1.8, 1.4]);
+    // An observation smaller than the state is a bookkeeping error, not a silent answer.
+    let a4 = t(&[1.0], &[1, 1, 1]);
+    assert!(h2o.score(&obs(&[0], Some(&a4), None)).is_err());
+}
+
+#[test]
+fn norms_of_keys_and_values() {
+    let k = t(&[3., 4., 0., 1., 6., 8.], &[1, 3, 2]);
+    let pos = [0, 1, 2];
+    let s = KeyNorm.score(&obs(&pos, None, Some(&k))).unwrap().to_host().unwrap();
+    close(&s, &[-5., -1., -10.]);
+    let s = ValueNorm.score(&obs(&pos, None, Some(&k))).unwrap().to_host().unwrap();
+    close(&s, &[5., 1., 10.]);
+    assert!(KeyNorm.score(&obs(&pos, None, None)).is_err());
+}
+
+#[test]
+fn recency_scores_original_positions() {
+    let pos = [0, 5, 9];
+    let s = Recency.score(&obs(&pos, None, None)).unwrap();
+    assert_eq!(s.shape(), vec![1, 3]);
+    close(&s.to_host().unwrap(), &[0., 5., 9.]);
+}
+
+#[test]
+fn random_is_reproducible_and_seed_dependent() {
+    let pos: Vec<usize> = (0..64).collect();
+    let a = RandomScore { seed: 1 }.score(&obs(&pos, None, None)).unwrap().to_host().unwrap();
+    let b = RandomScore { seed: 1 }.score(&obs(&pos, None, None)).unwrap().to_host().unwrap();
+    let c = RandomScore { seed: 2 }.score(&obs(&pos, None, None)).unwrap().to_host().unwrap();
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    let other_layer = Observation { layer: 1, ..obs(&pos, None, None) };
+    assert_ne!(a, RandomScore { seed: 1 }.score(&other_layer).unwrap().to_host().unwrap());
+}
+
+#[test]
+fn aggregation_averages_gqa_groups_first() {
+    // 4 query heads in 2 groups (kv_heads = 2), 2 tokens.
+    let s = t(&[1., 0., 3., 0., 0., 4., 0., 0.], &[4, 2]);
+    // group means: [2, 0] and [0, 2]
+    close(&aggregate(&s, 2, Aggregation::Max).unwrap().to_host().unwrap(), &[2., 2.]);
+    close(&aggregate(&s, 2, Aggregation::Mean).unwrap().to_host().unwrap(), &[1., 1.]);
+    // Without groups, max is over every head.
+    close(&aggregate(&s, 4, Aggregation::Max).unwrap().to_host().unwrap(), &[3., 4.]);
+}
+
+#[test]
+fn specs_build_scorers_that_state_their_needs() {
+    let spec = ScorerSpec::Snapkv { window: 16, kernel: 5, pooling: Pool::Avg, aggregation: Aggregation::Max };
+    let s = spec.build::<HostTensor>();
+    assert_eq!(s.name(), "snapkv");
+    assert_eq!(s.needs().attention_queries, 16);
+    assert!(ScorerSpec::Knorm {}.build::<HostTensor>().needs().keys);
+    assert_eq!(ScorerSpec::Recency {}.build::<HostTensor>().needs().attention_queries, 0);
+    assert!(
+        ScorerSpec::Snapkv { window: 16, kernel: 4, pooling: Pool::Avg, aggregation: Aggregation::Max }
+            .validate("kv")
+            .is_err()
+    );
+}

@@ -1,0 +1,119 @@
+//! The one error type of `sieve-engine`.
+
+use std::path::{Path, PathBuf};
+
+/// Errors from loading models, tokenizing, running backends and generating.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// No `--model` was given and the default model is not in the cache.
+    #[error("the default model is not in the cache ({}); fetch it with `{command}` or pass --model", path.display())]
+    DefaultModelMissing { path: PathBuf, command: &'static str },
+
+    /// A downloaded file did not match its known digest.
+    #[error("{}: sha256 {actual} does not match the expected {expected}", path.display())]
+    Checksum { path: PathBuf, expected: String, actual: String },
+
+    /// Fetching the default model failed.
+    #[error("fetching the default model: {0}")]
+    Fetch(String),
+
+    /// A GGUF file that candle could not read.
+    #[error("{}: not a readable GGUF file: {source}", path.display())]
+    Gguf {
+        path: PathBuf,
+        #[source]
+        source: candle_core::Error,
+    },
+
+    /// A safetensors file that could not be read.
+    #[error("{}: {source}", path.display())]
+    Safetensors {
+        path: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+
+    /// A model configuration that is missing a value or has a wrong one.
+    #[error("{source_name}: {message}")]
+    Config { source_name: String, message: String },
+
+    /// An architecture sieve does not implement.
+    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, smollm)")]
+    UnsupportedArchitecture(String),
+
+    /// A weight the architecture needs is absent.
+    #[error("{source_name}: missing tensor `{name}`")]
+    MissingTensor { source_name: String, name: String },
+
+    /// A weight with the wrong shape.
+    #[error("{source_name}: tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    TensorShape { source_name: String, name: String, expected: Vec<usize>, actual: Vec<usize> },
+
+    /// A weight stored in a type sieve cannot convert.
+    #[error("{source_name}: tensor `{name}` has unsupported type {dtype}")]
+    TensorType { source_name: String, name: String, dtype: String },
+
+    /// The tokenizer could not be built or failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[source] Box<dyn std::error::Error + Send + Sync>),
+
+    /// The chat template failed to parse or render.
+    #[error("chat template: {0}")]
+    Template(#[from] minijinja::Error),
+
+    /// A prompt with no tokens.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+
+    /// A prompt (plus what is already cached) longer than the model's context.
+    #[error("the prompt needs {needed} positions but the model's context is {context} tokens")]
+    ContextOverflow { needed: usize, context: usize },
+
+    /// The model produced NaN or infinite logits.
+    #[error("the model produced a non-finite logit ({value}) at position {position}")]
+    NonFiniteLogits { position: usize, value: f32 },
+
+    /// An invalid request (sampling settings, an unknown backend, ...).
+    #[error("{0}")]
+    Invalid(String),
+
+    /// The pruning core rejected something.
+    #[error(transparent)]
+    Core(#[from] sieve_core::Error),
+
+    /// A backend runtime failed.
+    #[error("backend {backend}: {source}")]
+    Backend {
+        backend: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io { path: path.to_path_buf(), source }
+    }
+
+    /// A configuration problem in `source_name`.
+    pub fn config(source_name: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config { source_name: source_name.into(), message: message.into() }
+    }
+
+    /// A backend runtime error.
+    pub fn backend<E: std::error::Error + Send + Sync + 'static>(backend: &'static str, source: E) -> Self {
+        Error::Backend { backend, source: Box::new(source) }
+    }
+}
+
+/// Result with the engine's error.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,288 @@
+//! Loading a model: a GGUF file, or a Hugging Face directory with safetensors.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use candle_core::quantized::gguf_file::{Content, Value};
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::template::ChatTemplate;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{self, HostWeight, TensorSource, Weights};
+
+/// A loaded model: configuration, `f32` weights, tokenizer and chat template.
+#[derive(Debug)]
+pub struct Model {
+    /// Where it came from.
+    pub path: PathBuf,
+    /// Shape of the network.
+    pub config: ModelConfig,
+    /// The weights.
+    pub weights: Weights,
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    /// The chat template, if the model ships one.
+    pub chat_template: Option<ChatTemplate>,
+    /// The chat template's source text.
+    pub chat_template_source: Option<String>,
+    /// Tensor count and storage types, for `sieve inspect`.
+    pub tensor_summary: Vec<(String, String, Vec<usize>)>,
+}
+
+impl Model {
+    /// Loads a GGUF file or a directory with `config.json`, safetensors and `tokenizer.json`.
+    pub fn load(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            load_hf_dir(path)
+        } else if path.is_file() {
+            load_gguf(path)
+        } else {
+            Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such model file or directory")))
+        }
+    }
+
+    /// Renders `messages` with the chat template (or an error if the model has none).
+    pub fn render_chat(&self, messages: &[crate::template::Message]) -> Result<String> {
+        match &self.chat_template {
+            Some(t) => t.render(messages, true),
+            None => Err(Error::Invalid(format!("{} has no chat template; use --raw", self.path.display()))),
+        }
+    }
+}
+
+struct GgufSource {
+    path: PathBuf,
+    file: File,
+    content: Content,
+    len: u64,
+}
+
+impl TensorSource for GgufSource {
+    fn source_name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn read(&mut self, name: &str) -> Result<Option<HostWeight>> {
+        let Some(info) = self.content.tensor_infos.get(name) else {
+            return Ok(None);
+        };
+        let dtype = info.ggml_dtype;
+        let elems = info.shape.elem_count();
+        if elems % dtype.block_size() != 0 {
+            return Err(Error::config(
+                self.source_name(),
+                format!("tensor `{name}` has {elems} elements, not whole {dtype:?} blocks"),
+            ));
+        }
+        let size = (elems / dtype.block_size()) as u64 * dtype.type_size() as u64;
+        let start = self.content.tensor_data_offset.saturating_add(info.offset);
+        if start.checked_add(size).is_none_or(|end| end > self.len) {
+            return Err(Error::config(
+                self.source_name(),
+                format!(
+                    "tensor `{name}` ({size} bytes at offset {start}) runs past the end of the file ({} bytes); the file is truncated",
+                    self.len
+                ),
+            ));
+        }
+        let shape = info.shape.dims().to_vec();
+        let gguf = |source| Error::Gguf { path: self.path.clone(), source };
+        let q = self.content.tensor(&mut self.file, name, &Device::Cpu).map_err(gguf)?;
+        let t = q.dequantize(&Device::Cpu).map_err(gguf)?;
+        let data = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(gguf)?;
+        Ok(Some(HostWeight { data, shape }))
+    }
+}
+
+fn load_gguf(path: &Path) -> Result<Model> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = weights::file_len(path)?;
+    let content = Content::read(&mut file).map_err(|source| Error::Gguf { path: path.to_path_buf(), source })?;
+    let source = path.display().to_string();
+    let vocab = match content.tensor_infos.get(weights::GGUF_NAMES.embed) {
+        Some(info) if info.shape.rank() == 2 => info.shape.dims()[0],
+        Some(info) => {
+            return Err(Error::config(&source, format!("token embedding has shape {:?}", info.shape.dims())));
+        }
+        None => {
+            return Err(Error::MissingTensor { source_name: source, name: weights::GGUF_NAMES.embed.into() });
+        }
+    };
+    let config = ModelConfig::from_gguf(&content.metadata, vocab, &source)?;
+    let tokenizer = Tokenizer::from_gguf(&content.metadata)?;
+    check_vocab(&tokenizer, &config, &source)?;
+    let template_source = match content.metadata.get("tokenizer.chat_template") {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let mut tensor_summary: Vec<_> = content
+        .tensor_infos
+        .iter()
+        .map(|(n, i)| (n.clone(), format!("{:?}", i.ggml_dtype), i.shape.dims().to_vec()))
+        .collect();
+    tensor_summary.sort();
+    let mut src = GgufSource { path: path.to_path_buf(), file, content, len };
+    let weights =
+        weights::read_weights(&mut src, &weights::GGUF_NAMES, &config, weights::gguf_interleaved(config.arch))?;
+    let chat_template = compile_template(template_source.as_deref(), &tokenizer)?;
+    Ok(Model {
+        path: path.to_path_buf(),
+        config,
+        weights,
+        tokenizer,
+        chat_template,
+        chat_template_source: template_source,
+        tensor_summary,
+    })
+}
+
+fn check_vocab(tokenizer: &Tokenizer, config: &ModelConfig, source: &str) -> Result<()> {
+    let n = tokenizer.vocab_size();
+    if n > config.vocab {
+        return Err(Error::config(
+            source,
+            format!("the tokenizer has {n} tokens but the model's embedding only {}", config.vocab),
+        ));
+    }
+    for &id in tokenizer.eos.iter().chain(tokenizer.bos.iter()) {
+        if id as usize >= config.vocab {
+            return Err(Error::config(
+                source,
+                format!("special token id {id} is outside the vocabulary of {}", config.vocab),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn compile_template(source: Option<&str>, tokenizer: &Tokenizer) -> Result<Option<ChatTemplate>> {
+    let Some(src) = source else { return Ok(None) };
+    let text = |id: Option<u32>| id.and_then(|i| tokenizer.token(i)).unwrap_or_default();
+    Ok(Some(ChatTemplate::new(src, &text(tokenizer.bos), &text(tokenizer.eos.first().copied()))?))
+}
+
+struct SafetensorsSource {
+    dir: PathBuf,
+    /// tensor name -> shard file
+    index: HashMap<String, PathBuf>,
+    /// shard file -> its bytes (read once)
+    shards: HashMap<PathBuf, Vec<u8>>,
+}
+
+impl SafetensorsSource {
+    fn open(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let mut index = HashMap::new();
+        let mut shards = HashMap::new();
+        if index_path.is_file() {
+            let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::config(index_path.display().to_string(), e.to_string()))?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::config(index_path.display().to_string(), "no `weight_map`"))?;
+            for (name, file) in map {
+                let file = file.as_str().ok_or_else(|| {
+                    Error::config(index_path.display().to_string(), format!("`{name}` maps to a non-string"))
+                })?;
+                index.insert(name.clone(), dir.join(file));
+            }
+        } else if single.is_file() {
+            let bytes = std::fs::read(&single).map_err(|e| Error::io(&single, e))?;
+            let st = safetensors::SafeTensors::deserialize(&bytes)
+                .map_err(|source| Error::Safetensors { path: single.clone(), source })?;
+            for name in st.names() {
+                index.insert(name.to_string(), single.clone());
+            }
+            shards.insert(single, bytes);
+        } else {
+            return Err(Error::io(
+                &single,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no model.safetensors or model.safetensors.index.json",
+                ),
+            ));
+        }
+        Ok(Self { dir: dir.to_path_buf(), index, shards })
+    }
+}
+
+impl TensorSource for SafetensorsSource {
+    fn source_name(&self) -> String {
+        self.dir.display().to_string()
+    }
+
+    fn read(&mut self, name: &str) -> Result<Option<HostWeight>> {
+        let Some(file) = self.index.get(name).cloned() else {
+            return Ok(None);
+        };
+        if !self.shards.contains_key(&file) {
+            let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
+            self.shards.insert(file.clone(), bytes);
+        }
+        let bytes = &self.shards[&file];
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|source| Error::Safetensors { path: file.clone(), source })?;
+        let view = st.tensor(name).map_err(|source| Error::Safetensors { path: file.clone(), source })?;
+        let raw = view.data();
+        let data: Vec<f32> = match view.dtype() {
+            safetensors::Dtype::F32 => {
+                raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+            }
+            safetensors::Dtype::F16 => {
+                raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            safetensors::Dtype::BF16 => {
+                raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            other => {
+                return Err(Error::TensorType {
+                    source_name: file.display().to_string(),
+                    name: name.into(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        Ok(Some(HostWeight { data, shape: view.shape().to_vec() }))
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map(Some).map_err(|e| Error::config(path.display().to_string(), e.to_string()))
+}
+
+fn load_hf_dir(dir: &Path) -> Result<Model> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let config = ModelConfig::from_hf_json(&text, &config_path.display().to_string())?;
+    let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
+    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"), tok_config.as_ref())?;
+    check_vocab(&tokenizer, &config, &dir.display().to_string())?;
+    let template_source =
+        tok_config.as_ref().and_then(|c| c.get("chat_template")).and_then(|t| t.as_str()).map(String::from);
+    let mut src = SafetensorsSource::open(dir)?;
+    let mut tensor_summary: Vec<_> =
+        src.index.keys().map(|n| (n.clone(), "safetensors".to_string(), Vec::new())).collect();
+    tensor_summary.sort();
+    let weights = weights::read_weights(&mut src, &weights::HF_NAMES, &config, false)?;
+    let chat_template = compile_template(template_source.as_deref(), &tokenizer)?;
+    Ok(Model {
+        path: dir.to_path_buf(),
+        config,
+        weights,
+        tokenizer,
+        chat_template,
+        chat_template_source: template_source,
+        tensor_summary,
+    })
+}

