@@ -110,6 +110,10 @@ impl<T: Tensor + Send> Scorer<T> for AccumulatedAttention<T> {
         "h2o"
     }
 
+    fn is_stateful(&self) -> bool {
+        true
+    }
+
     fn needs(&self) -> Needs {
         Needs { attention_queries: usize::MAX, ..Needs::default() }
     }

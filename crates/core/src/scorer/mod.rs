@@ -85,6 +85,12 @@ pub trait Scorer<T: Tensor>: Send {
         Aggregation::Mean
     }
 
+    /// Whether the scorer accumulates state and so must observe every step, not only the
+    /// steps whose scores are used.
+    fn is_stateful(&self) -> bool {
+        false
+    }
+
     /// One score per token: [`Scorer::score`] folded with [`aggregate`].
     fn score_tokens(&mut self, obs: &Observation<'_, T>) -> Result<T> {
         let per_head = self.score(obs)?;

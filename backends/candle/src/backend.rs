@@ -1,0 +1,276 @@
+//! [`CandleBackend`]: the engine's Backend trait with candle ops.
+
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor};
+use sieve_engine::backend::{Backend, LayerCache, LayerOutput};
+use sieve_engine::config::ModelConfig;
+use sieve_engine::weights::{HostWeight, Weights};
+use sieve_engine::{Error, Result};
+
+use crate::tensor::CandleTensor;
+
+fn err(e: candle_core::Error) -> Error {
+    Error::backend("candle", e)
+}
+
+/// Where candle runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CandleDevice {
+    /// The CPU.
+    #[default]
+    Cpu,
+    /// A CUDA GPU by ordinal (needs the `cuda` feature).
+    Cuda(usize),
+}
+
+impl CandleDevice {
+    /// Opens the device; a CUDA device in a build without the `cuda` feature, or on a
+    /// machine without a GPU, is an error.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            CandleDevice::Cpu => Ok(Device::Cpu),
+            CandleDevice::Cuda(ordinal) => {
+                if !candle_core::utils::cuda_is_available() {
+                    return Err(Error::Invalid(
+                        "candle was built without CUDA; rebuild with `--features cuda` on a machine with nvcc".into(),
+                    ));
+                }
+                Device::new_cuda(ordinal).map_err(err)
+            }
+        }
+    }
+}
+
+struct Layer {
+    attn_norm: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Option<[Tensor; 3]>,
+    o: Tensor,
+    ffn_norm: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+type MaskKey = (Vec<usize>, Vec<usize>);
+
+/// A Llama-family decoder on candle (`f32`).
+pub struct CandleBackend {
+    config: ModelConfig,
+    device: Device,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Mutex<Option<(MaskKey, Tensor)>>,
+}
+
+fn upload(w: &HostWeight, device: &Device) -> Result<Tensor> {
+    Tensor::from_slice(&w.data, w.shape.as_slice(), device).map_err(err)
+}
+
+impl CandleBackend {
+    /// Uploads `weights` to `device`.
+    pub fn new(config: &ModelConfig, weights: &Weights, device: CandleDevice) -> Result<Self> {
+        let device = device.open()?;
+        let up = |w: &HostWeight| upload(w, &device);
+        let layers = weights
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    attn_norm: up(&l.attn_norm)?,
+                    q: up(&l.q)?,
+                    k: up(&l.k)?,
+                    v: up(&l.v)?,
+                    bias: match &l.qkv_bias {
+                        Some([bq, bk, bv]) => Some([up(bq)?, up(bk)?, up(bv)?]),
+                        None => None,
+                    },
+                    o: up(&l.o)?,
+                    ffn_norm: up(&l.ffn_norm)?,
+                    gate: up(&l.gate)?,
+                    up: up(&l.up)?,
+                    down: up(&l.down)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embed = up(&weights.embed)?;
+        let lm_head = match &weights.lm_head {
+            Some(w) => up(w)?,
+            None => embed.clone(),
+        };
+        // Rotary tables for every position of the context, half-split layout.
+        let inv_freq = config.rope_inv_freq();
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(config.context * half);
+        let mut sin = Vec::with_capacity(config.context * half);
+        for p in 0..config.context {
+            for &f in &inv_freq {
+                let angle = p as f64 * f;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        let cos = Tensor::from_vec(cos, (config.context, half), &device).map_err(err)?;
+        let sin = Tensor::from_vec(sin, (config.context, half), &device).map_err(err)?;
+        let norm = up(&weights.norm)?;
+        Ok(Self {
+            config: config.clone(),
+            device,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            mask: Mutex::new(None),
+        })
+    }
+
+    fn positions_tensor(&self, positions: &[usize]) -> Result<Tensor> {
+        if let Some(&bad) = positions.iter().find(|&&p| p >= self.config.context) {
+            return Err(Error::ContextOverflow { needed: bad + 1, context: self.config.context });
+        }
+        let ids: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        Tensor::from_vec(ids, positions.len(), &self.device).map_err(err)
+    }
+
+    /// Additive causal mask `[n, m]` by original positions; cached across layers that see
+    /// the same positions.
+    fn mask(&self, queries: &[usize], keys: &[usize]) -> Result<Tensor> {
+        let mut cached = self.mask.lock().map_err(|_| Error::Invalid("mask cache poisoned".into()))?;
+        if let Some(((q, k), t)) = cached.as_ref() {
+            if q == queries && k == keys {
+                return Ok(t.clone());
+            }
+        }
+        let mut data = Vec::with_capacity(queries.len() * keys.len());
+        for &q in queries {
+            data.extend(keys.iter().map(|&k| if k <= q { 0.0 } else { f32::NEG_INFINITY }));
+        }
+        let t = Tensor::from_vec(data, (queries.len(), keys.len()), &self.device).map_err(err)?;
+        *cached = Some(((queries.to_vec(), keys.to_vec()), t.clone()));
+        Ok(t)
+    }
+}
+
+fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    x.matmul(&w.t()?)
+}
+
+impl Backend for CandleBackend {
+    type Tensor = CandleTensor;
+
+    fn name(&self) -> &'static str {
+        "candle"
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn device(&self) -> Device {
+        self.device.clone()
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Result<CandleTensor> {
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
+            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {}", self.config.vocab)));
+        }
+        let ids = Tensor::from_slice(tokens, tokens.len(), &self.device).map_err(err)?;
+        self.embed.index_select(&ids, 0).map(CandleTensor).map_err(err)
+    }
+
+    fn layer(
+        &self,
+        index: usize,
+        hidden: &CandleTensor,
+        positions: &[usize],
+        cache: &mut LayerCache<CandleTensor>,
+        probe: usize,
+    ) -> Result<LayerOutput<CandleTensor>> {
+        let c = &self.config;
+        let w = self.layers.get(index).ok_or_else(|| Error::Invalid(format!("no layer {index}")))?;
+        let x = &hidden.0;
+        let n = x.dim(0).map_err(err)?;
+        if n != positions.len() {
+            return Err(Error::Invalid(format!("{n} hidden rows but {} positions", positions.len())));
+        }
+        let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let g = nh / nkv;
+        let eps = c.rms_eps as f32;
+        let pos = self.positions_tensor(positions)?;
+        let cos = self.cos.index_select(&pos, 0).map_err(err)?;
+        let sin = self.sin.index_select(&pos, 0).map_err(err)?;
+
+        let h = candle_nn::ops::rms_norm(x, &w.attn_norm, eps).map_err(err)?;
+        let (mut q, mut k, mut v) = (linear(&h, &w.q), linear(&h, &w.k), linear(&h, &w.v));
+        if let Some([bq, bk, bv]) = &w.bias {
+            q = q.and_then(|q| q.broadcast_add(bq));
+            k = k.and_then(|k| k.broadcast_add(bk));
+            v = v.and_then(|v| v.broadcast_add(bv));
+        }
+        let heads = |t: candle_core::Result<Tensor>, h: usize| -> candle_core::Result<Tensor> {
+            t?.reshape((1, n, h, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let q = candle_nn::rotary_emb::rope(&heads(q, nh).map_err(err)?, &cos, &sin).map_err(err)?;
+        let k = candle_nn::rotary_emb::rope(&heads(k, nkv).map_err(err)?, &cos, &sin).map_err(err)?;
+        let v = heads(v, nkv).map_err(err)?;
+        let (k, v) = (k.squeeze(0).map_err(err)?, v.squeeze(0).map_err(err)?);
+
+        // Append to the cache: [kv, len, hd].
+        let keys = match &cache.keys {
+            Some(old) => Tensor::cat(&[&old.0, &k], 1).map_err(err)?,
+            None => k,
+        };
+        let values = match &cache.values {
+            Some(old) => Tensor::cat(&[&old.0, &v], 1).map_err(err)?,
+            None => v,
+        };
+        cache.positions.extend_from_slice(positions);
+        let m = cache.positions.len();
+
+        // Grouped attention: the g query heads of a KV head attend together.
+        let q = q.reshape((nkv, g * n, hd)).map_err(err)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let att = q.matmul(&keys.t().map_err(err)?).map_err(err)?.affine(scale, 0.0).map_err(err)?;
+        let att = if n > 1 || positions.first().is_some_and(|&p| cache.positions.iter().any(|&k| k > p)) {
+            let mask = self.mask(positions, &cache.positions)?;
+            att.reshape((nkv, g, n, m)).and_then(|a| a.broadcast_add(&mask)).and_then(|a| a.reshape((nkv, g * n, m))).map_err(err)?
+        } else {
+            att
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att).map_err(err)?;
+        let attention = if probe > 0 {
+            let w_rows = probe.min(n);
+            let a = att.reshape((nh, n, m)).and_then(|a| a.narrow(1, n - w_rows, w_rows)).map_err(err)?;
+            Some(CandleTensor(a))
+        } else {
+            None
+        };
+        let out = att.matmul(&values).map_err(err)?; // [kv, g*n, hd]
+        let out = out.reshape((nh, n, hd)).and_then(|o| o.transpose(0, 1)).and_then(|o| o.reshape((n, nh * hd))).map_err(err)?;
+        let x = (x + linear(&out, &w.o).map_err(err)?).map_err(err)?;
+        cache.keys = Some(CandleTensor(keys));
+        cache.values = Some(CandleTensor(values));
+
+        let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, eps).map_err(err)?;
+        let gate = candle_nn::ops::silu(&linear(&h, &w.gate).map_err(err)?).map_err(err)?;
+        let upv = linear(&h, &w.up).map_err(err)?;
+        let mlp = linear(&(gate * upv).map_err(err)?, &w.down).map_err(err)?;
+        let x = (x + mlp).map_err(err)?;
+        Ok(LayerOutput { hidden: CandleTensor(x), attention })
+    }
+
+    fn logits(&self, hidden: &CandleTensor) -> Result<CandleTensor> {
+        let h = candle_nn::ops::rms_norm(&hidden.0, &self.norm, self.config.rms_eps as f32).map_err(err)?;
+        let logits = linear(&h, &self.lm_head).map_err(err)?;
+        logits.to_dtype(DType::F32).map(CandleTensor).map_err(err)
+    }
+}

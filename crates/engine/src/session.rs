@@ -1,0 +1,320 @@
+//! A session: the KV cache of one conversation, prefill and decode steps, with the
+//! policy's pruning applied.
+//!
+//! Prefill runs the prompt through the layers. After a layer whose successor is a
+//! pruning layer of `[prefill]`, the prompt's remaining tokens are scored from that
+//! layer's attention and only the kept rows (with their original positions) go on, so
+//! later layers compute nothing for the others. After each layer, `[kv]` cuts that
+//! layer's cache to its budget. During decoding, `[decode]` holds each layer's cache under
+//! its budget, evicting the lowest-scoring entries (never sinks or recent ones).
+
+use std::time::Instant;
+
+use sieve_core::policy::DecodePolicy;
+use sieve_core::{Observation, Policy, Scorer, Tensor};
+
+use crate::backend::{BTensor, Backend, LayerCache};
+use crate::error::{Error, Result};
+use crate::stats::{RunStats, causal_pairs, layer_flops};
+
+/// Which logits [`Session::prefill`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// The last prompt token's.
+    Last,
+    /// Every row that reached the last layer (all prompt tokens unless prefill pruned).
+    All,
+}
+
+/// Logits of a prefill, row by row.
+#[derive(Debug, Clone)]
+pub struct PrefillOutput {
+    /// `rows x vocab`, row-major.
+    pub logits: Vec<f32>,
+    /// Original position of each row.
+    pub positions: Vec<usize>,
+    /// Vocabulary size (row length).
+    pub vocab: usize,
+}
+
+impl PrefillOutput {
+    /// Logits of the last row.
+    pub fn last(&self) -> &[f32] {
+        &self.logits[self.logits.len() - self.vocab..]
+    }
+
+    /// Logits of row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.logits[i * self.vocab..(i + 1) * self.vocab]
+    }
+}
+
+struct DecodeState<T> {
+    policy: DecodePolicy,
+    scorers: Vec<Box<dyn Scorer<T>>>,
+    scores: Vec<Option<Vec<f32>>>,
+}
+
+/// The state of one conversation on one backend.
+pub struct Session<'b, B: Backend> {
+    backend: &'b B,
+    policy: Policy,
+    caches: Vec<LayerCache<BTensor<B>>>,
+    next_pos: usize,
+    decode: Option<DecodeState<BTensor<B>>>,
+    /// Statistics of the latest prefill and the steps after it.
+    pub stats: RunStats,
+}
+
+fn probe_rows(queries: usize, rows: usize) -> usize {
+    queries.min(rows)
+}
+
+impl<'b, B: Backend> Session<'b, B> {
+    /// A new, empty session; fails if the policy does not fit the model.
+    pub fn new(backend: &'b B, policy: Policy) -> Result<Self> {
+        let n_layers = backend.config().n_layers;
+        policy.check_model(n_layers)?;
+        let decode = policy.decode.clone().map(|d| DecodeState {
+            scorers: (0..n_layers).map(|_| d.scorer.build()).collect(),
+            scores: vec![None; n_layers],
+            policy: d,
+        });
+        let stats = RunStats { backend: backend.name().into(), policy: policy.name.clone(), ..RunStats::default() };
+        Ok(Self { backend, policy, caches: (0..n_layers).map(|_| LayerCache::default()).collect(), next_pos: 0, decode, stats })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &'b B {
+        self.backend
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Position the next token will get.
+    pub fn next_position(&self) -> usize {
+        self.next_pos
+    }
+
+    /// The per-layer caches.
+    pub fn caches(&self) -> &[LayerCache<BTensor<B>>] {
+        &self.caches
+    }
+
+    /// Bytes the KV cache holds now.
+    pub fn kv_bytes(&self) -> usize {
+        let per = self.backend.config().kv_bytes_per_token_layer();
+        self.caches.iter().map(|c| c.len() * per).sum()
+    }
+
+    /// Forgets every token at position `pos` or later, so that a conversation can continue
+    /// from a common prefix.
+    pub fn truncate(&mut self, pos: usize) -> Result<()> {
+        for cache in &mut self.caches {
+            let kept: Vec<usize> = (0..cache.len()).filter(|&i| cache.positions[i] < pos).collect();
+            if kept.is_empty() {
+                *cache = LayerCache::default();
+            } else {
+                cache.retain(&kept)?;
+            }
+        }
+        if let Some(d) = &mut self.decode {
+            d.scorers = (0..self.caches.len()).map(|_| d.policy.scorer.build()).collect();
+            d.scores.iter_mut().for_each(|s| *s = None);
+        }
+        self.next_pos = self.next_pos.min(pos);
+        Ok(())
+    }
+
+    fn check_context(&self, extra: usize) -> Result<()> {
+        let context = self.backend.config().context;
+        let needed = self.next_pos + extra;
+        if needed > context {
+            return Err(Error::ContextOverflow { needed, context });
+        }
+        Ok(())
+    }
+
+    /// Attention queries layer `l` must report.
+    fn probe_for(&self, l: usize, prune_next: bool) -> usize {
+        let mut q = 0;
+        if let (true, Some(p)) = (prune_next, &self.policy.prefill) {
+            q = q.max(p.scorer.build::<BTensor<B>>().needs().attention_queries);
+        }
+        if let Some(kv) = &self.policy.kv {
+            q = q.max(kv.scorer.build::<BTensor<B>>().needs().attention_queries);
+        }
+        if let Some(d) = &self.decode {
+            q = q.max(d.scorers[l].needs().attention_queries);
+        }
+        q
+    }
+
+    /// Runs the prompt `tokens` through every layer and returns logits.
+    pub fn prefill(&mut self, tokens: &[u32], want: Logits) -> Result<PrefillOutput> {
+        if tokens.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        self.check_context(tokens.len())?;
+        let config = self.backend.config().clone();
+        let n_layers = config.n_layers;
+        let n = tokens.len();
+        let mut positions: Vec<usize> = (self.next_pos..self.next_pos + n).collect();
+        let mut hidden = self.backend.embed(tokens)?;
+        let mut stage = 0;
+        let mut stats = RunStats {
+            backend: self.backend.name().into(),
+            policy: self.policy.name.clone(),
+            prompt_tokens: n,
+            tokens_per_layer: vec![0; n_layers],
+            ..RunStats::default()
+        };
+        let device = self.backend.device();
+        for l in 0..n_layers {
+            let prune_next = self.policy.prefill.as_ref().is_some_and(|p| p.layers.get(stage) == Some(&(l + 1)));
+            let probe = probe_rows(self.probe_for(l, prune_next), positions.len());
+            let out = self.backend.layer(l, &hidden, &positions, &mut self.caches[l], probe)?;
+            let rows = positions.len();
+            stats.tokens_per_layer[l] = rows;
+            stats.prefill_flops += layer_flops(&config, rows, causal_pairs(&positions, &self.caches[l].positions));
+            let unpruned_pairs = n * self.next_pos + n * (n + 1) / 2;
+            stats.prefill_flops_unpruned += layer_flops(&config, n, unpruned_pairs);
+            hidden = out.hidden;
+            let started = Instant::now();
+
+            // Prefill pruning: choose which current rows go on to layer l + 1.
+            if prune_next {
+                let p = self.policy.prefill.as_ref().ok_or_else(|| Error::Invalid("prefill policy vanished".into()))?;
+                let cache = &self.caches[l];
+                let (m, total) = (rows, cache.len());
+                let attention = out.attention.as_ref().map(|a| a.narrow(2, total - m, m)).transpose()?;
+                let keys = cache.keys.as_ref().map(|k| k.narrow(1, total - m, m)).transpose()?;
+                let values = cache.values.as_ref().map(|v| v.narrow(1, total - m, m)).transpose()?;
+                let obs = Observation {
+                    layer: l,
+                    step: 0,
+                    kv_heads: config.n_kv_heads,
+                    positions: &positions,
+                    attention: attention.as_ref(),
+                    keys: keys.as_ref(),
+                    values: values.as_ref(),
+                    device: device.clone(),
+                };
+                let scores = p.scorer.build::<BTensor<B>>().score_tokens(&obs)?.to_host()?;
+                let kept = p.selector.select_with(&scores, p.budget(stage, n))?;
+                if kept.len() < rows {
+                    hidden = hidden.index_select(0, &kept)?;
+                    positions = kept.iter().map(|&i| positions[i]).collect();
+                }
+                stage += 1;
+            }
+
+            // Observation of the whole cache, for KV eviction and the decode budget.
+            if self.policy.kv.is_some() || self.decode.is_some() {
+                let cache = &self.caches[l];
+                let obs = Observation {
+                    layer: l,
+                    step: 0,
+                    kv_heads: config.n_kv_heads,
+                    positions: &cache.positions,
+                    attention: out.attention.as_ref(),
+                    keys: cache.keys.as_ref(),
+                    values: cache.values.as_ref(),
+                    device: device.clone(),
+                };
+                let mut decode_scores = None;
+                if let Some(d) = &mut self.decode {
+                    decode_scores = Some(d.scorers[l].score_tokens(&obs)?.to_host()?);
+                }
+                let mut kept_kv = None;
+                if let Some(kv) = &self.policy.kv {
+                    let scores = kv.scorer.build::<BTensor<B>>().score_tokens(&obs)?.to_host()?;
+                    let budget = kv.layer_budgets(cache.len(), n_layers)?[l];
+                    kept_kv = Some(kv.selector.select_with(&scores, budget)?);
+                }
+                if let Some(kept) = &kept_kv {
+                    self.caches[l].retain(kept)?;
+                }
+                if let Some(d) = &mut self.decode {
+                    let mut s = decode_scores.unwrap_or_default();
+                    if let Some(kept) = &kept_kv {
+                        d.scorers[l].retain(kept)?;
+                        s = kept.iter().map(|&i| s[i]).collect();
+                    }
+                    d.scores[l] = Some(s);
+                }
+            }
+            stats.prune_ms += started.elapsed().as_secs_f64() * 1e3;
+        }
+        let rows = positions.len();
+        let head_in = match want {
+            Logits::Last => hidden.narrow(0, rows - 1, 1)?,
+            Logits::All => hidden,
+        };
+        let logits = self.backend.logits(&head_in)?;
+        let vocab = logits.dim(1)?;
+        let logits = logits.to_host()?;
+        let out_positions = match want {
+            Logits::Last => vec![positions[rows - 1]],
+            Logits::All => positions,
+        };
+        self.next_pos += n;
+        stats.flops_saved = 1.0 - stats.prefill_flops / stats.prefill_flops_unpruned.max(1.0);
+        self.stats = stats;
+        self.update_kv_stats();
+        Ok(PrefillOutput { logits, positions: out_positions, vocab })
+    }
+
+    /// Feeds one token and returns the logits of the next.
+    pub fn step(&mut self, token: u32) -> Result<Vec<f32>> {
+        self.check_context(1)?;
+        let config = self.backend.config();
+        let positions = [self.next_pos];
+        let mut hidden = self.backend.embed(&[token])?;
+        let device = self.backend.device();
+        for l in 0..config.n_layers {
+            if let Some(d) = &mut self.decode {
+                if self.caches[l].len() >= d.policy.budget {
+                    let scores = d.scores[l].take().filter(|s| s.len() == self.caches[l].len()).ok_or_else(|| {
+                        Error::Invalid(format!("layer {l}: no current scores for decode eviction"))
+                    })?;
+                    let kept = d.policy.selector.select(&scores)?;
+                    self.caches[l].retain(&kept)?;
+                    d.scorers[l].retain(&kept)?;
+                }
+            }
+            let probe = self.decode.as_ref().map_or(0, |d| d.scorers[l].needs().attention_queries.min(1));
+            let out = self.backend.layer(l, &hidden, &positions, &mut self.caches[l], probe)?;
+            hidden = out.hidden;
+            if let Some(d) = &mut self.decode {
+                let cache = &self.caches[l];
+                if d.scorers[l].is_stateful() || cache.len() >= d.policy.budget {
+                    let obs = Observation {
+                        layer: l,
+                        step: self.next_pos as u64,
+                        kv_heads: config.n_kv_heads,
+                        positions: &cache.positions,
+                        attention: out.attention.as_ref(),
+                        keys: cache.keys.as_ref(),
+                        values: cache.values.as_ref(),
+                        device: device.clone(),
+                    };
+                    d.scores[l] = Some(d.scorers[l].score_tokens(&obs)?.to_host()?);
+                }
+            }
+        }
+        self.next_pos += 1;
+        self.update_kv_stats();
+        Ok(self.backend.logits(&hidden)?.to_host()?)
+    }
+
+    fn update_kv_stats(&mut self) {
+        let per = self.backend.config().kv_bytes_per_token_layer();
+        self.stats.kv_entries = self.caches.iter().map(|c| c.len()).collect();
+        self.stats.kv_bytes = self.kv_bytes();
+        self.stats.kv_bytes_unpruned = self.next_pos * self.caches.len() * per;
+    }
+}
