@@ -70,38 +70,44 @@ pub struct CandleBackend {
     mask: Mutex<Option<(MaskKey, Tensor)>>,
 }
 
-fn upload(w: &HostWeight, device: &Device) -> Result<Tensor> {
-    Tensor::from_slice(&w.data, w.shape.as_slice(), device).map_err(err)
+fn upload(w: HostWeight, device: &Device) -> Result<Tensor> {
+    // On the CPU this takes the vector over without copying.
+    Tensor::from_vec(w.data, w.shape.as_slice(), device).map_err(err)
 }
 
 impl CandleBackend {
-    /// Uploads `weights` to `device`.
+    /// Copies `weights` to `device`.
     pub fn new(config: &ModelConfig, weights: &Weights, device: CandleDevice) -> Result<Self> {
+        Self::from_weights(config, weights.clone(), device)
+    }
+
+    /// Moves `weights` to `device`; on the CPU without a copy.
+    pub fn from_weights(config: &ModelConfig, weights: Weights, device: CandleDevice) -> Result<Self> {
         let device = device.open()?;
-        let up = |w: &HostWeight| upload(w, &device);
+        let up = |w: HostWeight| upload(w, &device);
         let layers = weights
             .layers
-            .iter()
+            .into_iter()
             .map(|l| {
                 Ok(Layer {
-                    attn_norm: up(&l.attn_norm)?,
-                    q: up(&l.q)?,
-                    k: up(&l.k)?,
-                    v: up(&l.v)?,
-                    bias: match &l.qkv_bias {
+                    attn_norm: up(l.attn_norm)?,
+                    q: up(l.q)?,
+                    k: up(l.k)?,
+                    v: up(l.v)?,
+                    bias: match l.qkv_bias {
                         Some([bq, bk, bv]) => Some([up(bq)?, up(bk)?, up(bv)?]),
                         None => None,
                     },
-                    o: up(&l.o)?,
-                    ffn_norm: up(&l.ffn_norm)?,
-                    gate: up(&l.gate)?,
-                    up: up(&l.up)?,
-                    down: up(&l.down)?,
+                    o: up(l.o)?,
+                    ffn_norm: up(l.ffn_norm)?,
+                    gate: up(l.gate)?,
+                    up: up(l.up)?,
+                    down: up(l.down)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let embed = up(&weights.embed)?;
-        let lm_head = match &weights.lm_head {
+        let embed = up(weights.embed)?;
+        let lm_head = match weights.lm_head {
             Some(w) => up(w)?,
             None => embed.clone(),
         };
@@ -119,18 +125,8 @@ impl CandleBackend {
         }
         let cos = Tensor::from_vec(cos, (config.context, half), &device).map_err(err)?;
         let sin = Tensor::from_vec(sin, (config.context, half), &device).map_err(err)?;
-        let norm = up(&weights.norm)?;
-        Ok(Self {
-            config: config.clone(),
-            device,
-            embed,
-            layers,
-            norm,
-            lm_head,
-            cos,
-            sin,
-            mask: Mutex::new(None),
-        })
+        let norm = up(weights.norm)?;
+        Ok(Self { config: config.clone(), device, embed, layers, norm, lm_head, cos, sin, mask: Mutex::new(None) })
     }
 
     fn positions_tensor(&self, positions: &[usize]) -> Result<Tensor> {
@@ -242,7 +238,10 @@ impl Backend for CandleBackend {
         let att = q.matmul(&keys.t().map_err(err)?).map_err(err)?.affine(scale, 0.0).map_err(err)?;
         let att = if n > 1 || positions.first().is_some_and(|&p| cache.positions.iter().any(|&k| k > p)) {
             let mask = self.mask(positions, &cache.positions)?;
-            att.reshape((nkv, g, n, m)).and_then(|a| a.broadcast_add(&mask)).and_then(|a| a.reshape((nkv, g * n, m))).map_err(err)?
+            att.reshape((nkv, g, n, m))
+                .and_then(|a| a.broadcast_add(&mask))
+                .and_then(|a| a.reshape((nkv, g * n, m)))
+                .map_err(err)?
         } else {
             att
         };
@@ -255,7 +254,11 @@ impl Backend for CandleBackend {
             None
         };
         let out = att.matmul(&values).map_err(err)?; // [kv, g*n, hd]
-        let out = out.reshape((nh, n, hd)).and_then(|o| o.transpose(0, 1)).and_then(|o| o.reshape((n, nh * hd))).map_err(err)?;
+        let out = out
+            .reshape((nh, n, hd))
+            .and_then(|o| o.transpose(0, 1))
+            .and_then(|o| o.reshape((n, nh * hd)))
+            .map_err(err)?;
         let x = (x + linear(&out, &w.o).map_err(err)?).map_err(err)?;
         cache.keys = Some(CandleTensor(keys));
         cache.values = Some(CandleTensor(values));

@@ -34,7 +34,11 @@ impl sieve_core::Tensor for CandleTensor {
     }
 
     fn to_host(&self) -> Result<Vec<f32>> {
-        self.0.flatten_all().and_then(|t| t.to_dtype(DType::F32)).and_then(|t| t.to_vec1::<f32>()).map_err(wrap("to_host"))
+        self.0
+            .flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(wrap("to_host"))
     }
 
     fn reshape(&self, shape: &[usize]) -> Result<Self> {
@@ -69,7 +73,9 @@ impl sieve_core::Tensor for CandleTensor {
     }
 
     fn softmax_last(&self) -> Result<Self> {
-        candle_nn::ops::softmax_last_dim(&self.0.contiguous().map_err(wrap("softmax"))?).map(Self).map_err(wrap("softmax"))
+        candle_nn::ops::softmax_last_dim(&self.0.contiguous().map_err(wrap("softmax"))?)
+            .map(Self)
+            .map_err(wrap("softmax"))
     }
 
     fn matmul(&self, rhs: &Self) -> Result<Self> {
@@ -94,7 +100,11 @@ impl sieve_core::Tensor for CandleTensor {
 
     fn pool1d(&self, kernel: usize, pool: Pool) -> Result<Self> {
         if kernel == 0 || kernel % 2 == 0 {
-            return Err(Error::OutOfRange { key: "kernel".into(), value: kernel.to_string(), allowed: "an odd number >= 1".into() });
+            return Err(Error::OutOfRange {
+                key: "kernel".into(),
+                value: kernel.to_string(),
+                allowed: "an odd number >= 1".into(),
+            });
         }
         let e = wrap("pool1d");
         let x = &self.0;

@@ -112,6 +112,11 @@ pub struct DecodeFile {
     pub recent: usize,
 }
 
+#[derive(Deserialize)]
+struct ScorerTable {
+    scorer: ScorerSpec,
+}
+
 fn one() -> usize {
     1
 }
@@ -317,6 +322,51 @@ impl DecodeFile {
 }
 
 impl PolicyFile {
+    /// Overrides the kept fraction, as `--keep` does: in `[kv]` (replacing `tokens` or
+    /// `mass`) and in `[prefill]` where present; a policy with neither gets a `[kv]`
+    /// section with the default scorer.
+    pub fn override_keep(&mut self, keep: f64) {
+        if self.kv.is_none() && self.prefill.is_none() {
+            self.kv = Some(KvFile::default());
+        }
+        if let Some(kv) = &mut self.kv {
+            kv.keep = Some(keep);
+            kv.tokens = None;
+            kv.mass = None;
+        }
+        if let Some(p) = &mut self.prefill {
+            p.keep = Some(match &p.keep {
+                Some(KeepList::Many(list)) if list.len() > 1 => {
+                    // Scale the stages so that the last keeps `keep`, preserving their shape.
+                    let last = list[list.len() - 1];
+                    KeepList::Many(list.iter().map(|f| (f / last * keep).min(1.0)).collect())
+                }
+                _ => KeepList::One(keep),
+            });
+            p.mass = None;
+        }
+    }
+
+    /// Overrides the scorer, as `--scorer NAME` does (with that scorer's default
+    /// settings), in every section present; a policy with none gets a `[kv]` section.
+    pub fn override_scorer(&mut self, name: &str) -> Result<()> {
+        let spec: ScorerSpec = toml::from_str::<ScorerTable>(&format!("scorer = {{ kind = {name:?} }}"))?.scorer;
+        if self.kv.is_none() && self.prefill.is_none() && self.decode.is_none() {
+            self.kv = Some(KvFile { keep: Some(0.5), ..KvFile::default() });
+        }
+        for slot in [
+            self.prefill.as_mut().map(|p| &mut p.scorer),
+            self.kv.as_mut().map(|k| &mut k.scorer),
+            self.decode.as_mut().map(|d| &mut d.scorer),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *slot = Some(spec.clone());
+        }
+        Ok(())
+    }
+
     /// Parses a policy file; unknown keys and wrong types are errors.
     pub fn from_toml(text: &str) -> Result<Self> {
         Ok(toml::from_str(text)?)

@@ -137,3 +137,28 @@ fn file_form_serialises_every_section() {
     let text = file.to_toml().unwrap();
     assert_eq!(PolicyFile::from_toml(&text).unwrap(), file);
 }
+
+#[test]
+fn command_line_overrides_change_the_same_fields() {
+    let mut file = PolicyFile::from_toml("[kv]\ntokens = 64\n").unwrap();
+    file.override_keep(0.25);
+    file.override_scorer("knorm").unwrap();
+    let p = file.validate().unwrap();
+    let kv = p.kv.unwrap();
+    assert_eq!(kv.budget, Budget::Ratio(0.25));
+    assert_eq!(kv.scorer, ScorerSpec::Knorm {});
+
+    let mut none = PolicyFile::default();
+    none.override_keep(0.5);
+    assert_eq!(none.validate().unwrap().kv.unwrap().budget, Budget::Ratio(0.5));
+
+    let mut staged = PolicyFile::from_toml("[prefill]\nlayers = [4, 8]\nkeep = [0.8, 0.4]\n").unwrap();
+    staged.override_keep(0.2);
+    assert_eq!(staged.validate().unwrap().prefill.unwrap().keep, PrefillKeep::Fractions(vec![0.4, 0.2]));
+
+    let mut bad = PolicyFile::default();
+    assert!(bad.override_scorer("magic").unwrap_err().to_string().contains("magic"));
+    let mut out_of_range = PolicyFile::default();
+    out_of_range.override_keep(2.0);
+    assert!(out_of_range.validate().unwrap_err().to_string().contains("`kv.keep` = 2"));
+}

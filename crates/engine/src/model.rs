@@ -44,6 +44,12 @@ impl Model {
         }
     }
 
+    /// Moves the weights out (for a backend that takes ownership, so that they are not
+    /// held twice), leaving empty weights behind.
+    pub fn take_weights(&mut self) -> Weights {
+        std::mem::take(&mut self.weights)
+    }
+
     /// Renders `messages` with the chat template (or an error if the model has none).
     pub fn render_chat(&self, messages: &[crate::template::Message]) -> Result<String> {
         match &self.chat_template {

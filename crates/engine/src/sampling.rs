@@ -150,7 +150,8 @@ mod tests {
         assert_eq!(s.sample(&[0.0, 5.0, 1.0], &[]).unwrap(), 1);
         let params = SamplingParams { temperature: 1.0, seed: 9, ..Default::default() };
         let logits = [0.0f32; 50];
-        let a: Vec<u32> = (0..10).scan(Sampler::new(params.clone()).unwrap(), |s, _| s.sample(&logits, &[]).ok()).collect();
+        let a: Vec<u32> =
+            (0..10).scan(Sampler::new(params.clone()).unwrap(), |s, _| s.sample(&logits, &[]).ok()).collect();
         let b: Vec<u32> = (0..10).scan(Sampler::new(params).unwrap(), |s, _| s.sample(&logits, &[]).ok()).collect();
         assert_eq!(a, b);
         assert!(a.iter().any(|&x| x != a[0]));

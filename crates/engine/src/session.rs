@@ -81,7 +81,14 @@ impl<'b, B: Backend> Session<'b, B> {
             policy: d,
         });
         let stats = RunStats { backend: backend.name().into(), policy: policy.name.clone(), ..RunStats::default() };
-        Ok(Self { backend, policy, caches: (0..n_layers).map(|_| LayerCache::default()).collect(), next_pos: 0, decode, stats })
+        Ok(Self {
+            backend,
+            policy,
+            caches: (0..n_layers).map(|_| LayerCache::default()).collect(),
+            next_pos: 0,
+            decode,
+            stats,
+        })
     }
 
     /// The backend.
@@ -278,9 +285,10 @@ impl<'b, B: Backend> Session<'b, B> {
         for l in 0..config.n_layers {
             if let Some(d) = &mut self.decode {
                 if self.caches[l].len() >= d.policy.budget {
-                    let scores = d.scores[l].take().filter(|s| s.len() == self.caches[l].len()).ok_or_else(|| {
-                        Error::Invalid(format!("layer {l}: no current scores for decode eviction"))
-                    })?;
+                    let scores = d.scores[l]
+                        .take()
+                        .filter(|s| s.len() == self.caches[l].len())
+                        .ok_or_else(|| Error::Invalid(format!("layer {l}: no current scores for decode eviction")))?;
                     let kept = d.policy.selector.select(&scores)?;
                     self.caches[l].retain(&kept)?;
                     d.scorers[l].retain(&kept)?;

@@ -11,7 +11,7 @@ use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
 
 /// A dense `f32` tensor in host memory.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct HostWeight {
     /// Row-major values.
     pub data: Vec<f32>,
@@ -52,7 +52,7 @@ pub struct LayerWeights {
 }
 
 /// All weights of a decoder.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Weights {
     /// Token embedding `[vocab, hidden]`.
     pub embed: HostWeight,

@@ -1,0 +1,131 @@
+//! Command-line arguments. Pruning flags use the names of the policy file's fields.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "sieve", version, about = "LLM inference with dynamic token pruning")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Generate a continuation of a prompt, streamed to stdout.
+    Generate(GenerateArgs),
+    /// Chat in the terminal; the KV cache is reused between turns.
+    Chat(ChatArgs),
+    /// Show a model's configuration, tokenizer and tensors.
+    Inspect(ModelArgs),
+    /// Fetch the default model (SmolLM2-135M-Instruct) into the cache.
+    Fetch,
+}
+
+/// Runtimes sieve can run on. Each exists only when compiled in (Cargo features).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// candle (CPU; CUDA with the `cuda` feature).
+    Candle,
+    /// libtorch through tch.
+    Tch,
+    /// ONNX Runtime through ort.
+    Ort,
+}
+
+#[derive(Args, Clone)]
+pub struct ModelArgs {
+    /// A GGUF file, or a directory with config.json, safetensors and tokenizer.json.
+    /// Default: SmolLM2-135M-Instruct from the cache (`sieve fetch`).
+    #[arg(short, long)]
+    pub model: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub struct RuntimeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The runtime.
+    #[arg(long, value_enum, default_value_t = BackendKind::Candle)]
+    pub backend: BackendKind,
+    /// `cpu`, or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample among the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample from the smallest set of tokens with this probability.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Penalty for tokens already seen (1 disables it).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct PolicyArgs {
+    /// A pruning policy (TOML, see configs/). Default: no pruning.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Override the kept fraction (`keep` in the policy file).
+    #[arg(long)]
+    pub keep: Option<f64>,
+    /// Override the scorer (`kind` of the policy's scorer): last-query, tova, snapkv, h2o,
+    /// knorm, vnorm, recency, streaming, random.
+    #[arg(long)]
+    pub scorer: Option<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct GenerateArgs {
+    /// The prompt; or use --prompt-file, or pipe it on stdin.
+    pub prompt: Option<String>,
+    /// Read the prompt from a file (UTF-8).
+    #[arg(long, conflicts_with = "prompt")]
+    pub prompt_file: Option<PathBuf>,
+    /// Send the prompt as it is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// A system message for the chat template.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Write one JSON record (text and statistics) to stdout instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct ChatArgs {
+    /// A system message.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
