@@ -1,0 +1,98 @@
+//! The `sieve` binary end to end on the default model (CI fetches it first).
+
+use assert_cmd::Command;
+
+fn sieve() -> Command {
+    let mut cmd = Command::cargo_bin("sieve").expect("sieve binary");
+    cmd.env_remove("SIEVE_CACHE");
+    cmd
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn greedy_answer_names_paris_and_stops_at_eos() {
+    let out = sieve().args(["generate", "What is the capital of France?", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON record");
+    let text = record["text"].as_str().unwrap();
+    assert!(text.contains("Paris"), "{text}");
+    assert_eq!(record["stop_reason"], "eos");
+    for key in ["prompt_tokens", "generated_tokens", "ttft_ms", "decode_tok_s", "kv_bytes"] {
+        assert!(record[key].is_number(), "{key} missing in {record}");
+    }
+    let generated = record["generated_tokens"].as_u64().unwrap();
+    assert!(generated > 0 && generated < 256);
+    // Unpruned: the cache holds every token of every layer.
+    assert_eq!(record["kv_bytes"], record["kv_bytes_unpruned"]);
+}
+
+#[test]
+fn streams_text_to_stdout_and_statistics_to_stderr() {
+    let out = sieve().args(["generate", "-n", "5", "--raw", "The capital of France is"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    let err = stderr_of(&out);
+    assert!(err.contains("time to first token") && err.contains("tokens/s") && err.contains("KV"), "{err}");
+}
+
+#[test]
+fn prompt_from_stdin_and_file() {
+    let out = sieve().args(["generate", "-n", "3", "--raw"]).write_stdin("Once upon a time").output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let dir = std::env::temp_dir().join(format!("sieve-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.txt");
+    std::fs::write(&bad, [b'h', b'i', 0xff, 0xfe]).unwrap();
+    let out = sieve().args(["generate", "--prompt-file"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("not valid UTF-8"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["generate", ""], "the prompt is empty"),
+        (&["generate", "hi", "--keep", "1.5"], "`kv.keep` = 1.5 is out of range"),
+        (&["generate", "hi", "--scorer", "magic"], "magic"),
+        (&["generate", "hi", "--backend", "tch"], "backend `tch` is not available"),
+        (&["generate", "hi", "--device", "tpu"], "--device `tpu`"),
+        (&["generate", "hi", "--temperature=-1"], "--temperature"),
+        (&["generate", "hi", "-m", "/nonexistent/model.gguf"], "/nonexistent/model.gguf"),
+    ];
+    for (args, needle) in cases {
+        let out = sieve().args(*args).output().unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: expected `{needle}` in `{err}`");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn missing_default_model_names_the_fetch_command() {
+    let empty = std::env::temp_dir().join(format!("sieve-empty-cache-{}", std::process::id()));
+    let out = sieve().env("SIEVE_CACHE", &empty).args(["generate", "hi"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("cargo xtask fetch-model"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn inspect_shows_the_configuration() {
+    let out = sieve().arg("inspect").output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("layers       30"), "{text}");
+    assert!(text.contains("9 query, 3 key/value"), "{text}");
+    assert!(text.contains("vocabulary   49152"), "{text}");
+}
+
+#[test]
+fn prompts_longer_than_the_context_are_refused() {
+    let long = "hello ".repeat(9000);
+    let out = sieve().args(["generate", "--raw", "-n", "1"]).write_stdin(long).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("context is 8192 tokens"), "{}", stderr_of(&out));
+}
