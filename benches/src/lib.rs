@@ -1,0 +1,102 @@
+//! Helpers of sieve's end-to-end benchmarks: the WikiText-2 prompt, the candle-transformers
+//! reference model, and small statistics.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use sieve_engine::tokenizer::Tokenizer;
+
+/// Peak f32 GEMM throughput of the benchmark machine, GFLOP/s. Measured for ONNX Runtime's
+/// 512x576x576 matmul on this 2-core machine, per the project's recipes; prefill GFLOP/s
+/// are reported as a fraction of it.
+pub const PEAK_GEMM_GFLOPS: f64 = 480.0;
+
+/// WikiText-2's test split: `$SIEVE_DATA/wikitext-2/wiki.test.raw`, by default from the
+/// `shared/data` folder beside the workspace root.
+pub fn wikitext_path() -> PathBuf {
+    let dir = std::env::var_os("SIEVE_DATA")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    let path = dir.join("wikitext-2/wiki.test.raw");
+    std::fs::canonicalize(&path).unwrap_or(path)
+}
+
+/// Exactly `n` tokens from the start of the text in `path`, tokenizing a growing prefix
+/// until it is long enough.
+pub fn prompt_tokens(tokenizer: &Tokenizer, path: &Path, n: usize) -> Result<Vec<u32>> {
+    if n == 0 {
+        bail!("the prompt needs at least one token");
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {} (set SIEVE_DATA or pass --text FILE)", path.display()))?;
+    let mut len = (n * 8 + 1024).min(text.len());
+    loop {
+        while !text.is_char_boundary(len) {
+            len += 1;
+        }
+        let ids = tokenizer.encode(&text[..len]).context("tokenizing the prompt text")?;
+        if ids.len() > n || len == text.len() {
+            // One token to spare, so that the last one is not cut from a longer word.
+            if ids.len() < n {
+                bail!("{} holds only {} tokens, fewer than the {n} asked for", path.display(), ids.len());
+            }
+            return Ok(ids[..n].to_vec());
+        }
+        len = (len * 2).min(text.len());
+    }
+}
+
+/// candle-transformers' `quantized_llama` on the GGUF file at `path` with every tensor
+/// dequantized to f32 (as in sieve-candle's reference test), so that both sides compute
+/// in f32 from the same values.
+pub fn reference_f32(path: &Path) -> Result<ModelWeights> {
+    let ctx = || format!("building the f32 reference from {}", path.display());
+    let mut file = std::fs::File::open(path).with_context(ctx)?;
+    let content = gguf_file::Content::read(&mut file).with_context(ctx)?;
+    let mut tensors = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let q = content.tensor(&mut file, name, &Device::Cpu).with_context(|| format!("reading tensor {name}"))?;
+        let f = q.dequantize(&Device::Cpu).with_context(|| format!("dequantizing tensor {name}"))?;
+        tensors.push((name.clone(), QTensor::quantize(&f, GgmlDType::F32).with_context(ctx)?));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut buf = Cursor::new(Vec::new());
+    gguf_file::write(&mut buf, &metadata, &tensor_refs).with_context(ctx)?;
+    buf.set_position(0);
+    let content = gguf_file::Content::read(&mut buf).with_context(ctx)?;
+    ModelWeights::from_gguf(content, &mut buf, &Device::Cpu).with_context(ctx)
+}
+
+/// Median of `xs` (the mean of the middle two for an even count); 0 when empty.
+pub fn median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+/// Bytes in MiB.
+pub fn mib(bytes: f64) -> f64 {
+    bytes / (1024.0 * 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+    }
+}
