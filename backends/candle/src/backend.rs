@@ -156,6 +156,75 @@ impl CandleBackend {
     }
 }
 
+/// Query rows per attention block. Blocks only read the keys their last query may see,
+/// which skips most of the masked half of causal attention in a long prefill.
+const QUERY_BLOCK: usize = 256;
+
+impl CandleBackend {
+    /// Causal attention of scaled queries `[kv, g, n, hd]` over `keys`/`values`
+    /// `[kv, m, hd]`, by original positions, in blocks of query rows. Returns the output
+    /// `[kv, g, n, hd]` and, with `probe > 0`, the probabilities of the last `probe` query
+    /// rows `[kv * g, probe, m]` (zero where masked).
+    fn attention(
+        &self,
+        q: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        q_pos: &[usize],
+        k_pos: &[usize],
+        probe: usize,
+    ) -> Result<(Tensor, Option<CandleTensor>)> {
+        let (nkv, g, n, hd) = q.dims4().map_err(err)?;
+        let m = k_pos.len();
+        let probe = probe.min(n);
+        let mut outs = Vec::new();
+        let mut probes = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let rows = QUERY_BLOCK.min(n - start);
+            let last_pos = q_pos[start + rows - 1];
+            // Keys are in increasing position order: the block sees a prefix of them.
+            let visible = k_pos.partition_point(|&p| p <= last_pos);
+            let qb = q.narrow(2, start, rows).and_then(|t| t.reshape((nkv, g * rows, hd))).map_err(err)?;
+            let kb = keys.narrow(1, 0, visible).map_err(err)?;
+            let vb = values.narrow(1, 0, visible).map_err(err)?;
+            let mut att = qb.matmul(&kb.t().map_err(err)?).map_err(err)?;
+            let needs_mask = visible > 0 && k_pos[visible - 1] > q_pos[start];
+            if needs_mask {
+                let mask = self.mask(q_pos, k_pos)?;
+                let mb = mask.narrow(0, start, rows).and_then(|t| t.narrow(1, 0, visible)).map_err(err)?;
+                att = att
+                    .reshape((nkv, g, rows, visible))
+                    .and_then(|a| a.broadcast_add(&mb))
+                    .and_then(|a| a.reshape((nkv, g * rows, visible)))
+                    .map_err(err)?;
+            }
+            let att = candle_nn::ops::softmax_last_dim(&att).map_err(err)?;
+            // Rows of this block among the last `probe` rows of the call.
+            let first_probe = n - probe;
+            if probe > 0 && start + rows > first_probe {
+                let from = first_probe.max(start) - start;
+                let a = att
+                    .reshape((nkv * g, rows, visible))
+                    .and_then(|a| a.narrow(1, from, rows - from))
+                    .and_then(|a| if visible < m { a.pad_with_zeros(2, 0, m - visible) } else { Ok(a) })
+                    .map_err(err)?;
+                probes.push(a);
+            }
+            let ob = att.matmul(&vb).and_then(|o| o.reshape((nkv, g, rows, hd))).map_err(err)?;
+            outs.push(ob);
+            start += rows;
+        }
+        let out = if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 2).map_err(err)? };
+        let probe = match probes.len() {
+            0 => None,
+            1 => Some(CandleTensor(probes.remove(0))),
+            _ => Some(CandleTensor(Tensor::cat(&probes, 1).map_err(err)?)),
+        };
+        Ok((out, probe))
+    }
+}
+
 fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     x.matmul(&w.t()?)
 }
@@ -230,30 +299,10 @@ impl Backend for CandleBackend {
             None => v,
         };
         cache.positions.extend_from_slice(positions);
-        let m = cache.positions.len();
 
         // Grouped attention: the g query heads of a KV head attend together.
-        let q = q.reshape((nkv, g * n, hd)).map_err(err)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let att = q.matmul(&keys.t().map_err(err)?).map_err(err)?.affine(scale, 0.0).map_err(err)?;
-        let att = if n > 1 || positions.first().is_some_and(|&p| cache.positions.iter().any(|&k| k > p)) {
-            let mask = self.mask(positions, &cache.positions)?;
-            att.reshape((nkv, g, n, m))
-                .and_then(|a| a.broadcast_add(&mask))
-                .and_then(|a| a.reshape((nkv, g * n, m)))
-                .map_err(err)?
-        } else {
-            att
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att).map_err(err)?;
-        let attention = if probe > 0 {
-            let w_rows = probe.min(n);
-            let a = att.reshape((nh, n, m)).and_then(|a| a.narrow(1, n - w_rows, w_rows)).map_err(err)?;
-            Some(CandleTensor(a))
-        } else {
-            None
-        };
-        let out = att.matmul(&values).map_err(err)?; // [kv, g*n, hd]
+        let q = q.affine(1.0 / (hd as f64).sqrt(), 0.0).and_then(|q| q.reshape((nkv, g, n, hd))).map_err(err)?;
+        let (out, attention) = self.attention(&q, &keys, &values, positions, &cache.positions, probe)?;
         let out = out
             .reshape((nh, n, hd))
             .and_then(|o| o.transpose(0, 1))

@@ -78,3 +78,53 @@ fn token_by_token_decoding_matches_prefill() {
         assert!(diff < 1e-3, "position {i}: {diff}");
     }
 }
+
+#[test]
+fn long_prompts_spanning_several_attention_blocks_match() {
+    // 600 tokens: three blocks of query rows in sieve-candle's attention.
+    let tokens = common::passage_tokens(600);
+    let backend = common::candle();
+    let mut session = Session::new(backend, Policy::none()).unwrap();
+    let ours = session.prefill(&tokens, Logits::All).unwrap();
+    let reference = reference_f32();
+    for end in [300usize, 600] {
+        let mut fresh = reference.clone();
+        let x = Tensor::new(&tokens[..end], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let theirs = fresh.forward(&x, 0).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let row = ours.row(end - 1);
+        let diff = row.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff <= 1e-2, "position {}: max abs difference {diff}", end - 1);
+        assert_eq!(argmax(row), argmax(&theirs));
+    }
+}
+
+#[test]
+fn attention_probe_is_causal_and_normalised() {
+    use sieve_core::Tensor as _;
+    use sieve_engine::Backend;
+    let tokens = common::passage_tokens(300);
+    let backend = common::candle();
+    let positions: Vec<usize> = (0..300).collect();
+    let hidden = backend.embed(&tokens).unwrap();
+    let mut cache = sieve_engine::LayerCache::default();
+    let all = backend.layer(0, &hidden, &positions, &mut cache, usize::MAX).unwrap().attention.unwrap();
+    assert_eq!(all.shape(), vec![9, 300, 300]);
+    let probs = all.to_host().unwrap();
+    for h in 0..9 {
+        for i in 0..300 {
+            let row = &probs[(h * 300 + i) * 300..(h * 300 + i + 1) * 300];
+            let sum: f32 = row.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-4, "head {h} row {i} sums to {sum}");
+            assert!(row[i + 1..].iter().all(|&p| p == 0.0), "row {i} attends to the future");
+        }
+    }
+    let mut cache = sieve_engine::LayerCache::default();
+    let last = backend.layer(0, &hidden, &positions, &mut cache, 1).unwrap().attention.unwrap();
+    assert_eq!(last.shape(), vec![9, 1, 300]);
+    let last = last.to_host().unwrap();
+    for h in 0..9 {
+        let a = &probs[(h * 300 + 299) * 300..(h * 300 + 300) * 300];
+        let b = &last[h * 300..(h + 1) * 300];
+        assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6));
+    }
+}

@@ -93,7 +93,13 @@ impl Schedule {
             Schedule::Constant { keep } => vec![*keep; n_layers],
             Schedule::Progressive { layers, keep } => (0..n_layers)
                 .map(|l| {
-                    layers.iter().zip(keep).filter(|&(&start, _)| start <= l).map(|(_, &f)| f).next_back().unwrap_or(1.0)
+                    layers
+                        .iter()
+                        .zip(keep)
+                        .filter(|&(&start, _)| start <= l)
+                        .map(|(_, &f)| f)
+                        .next_back()
+                        .unwrap_or(1.0)
                 })
                 .collect(),
             Schedule::Pyramid { keep, beta } => {

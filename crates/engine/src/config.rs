@@ -100,8 +100,7 @@ impl ModelConfig {
         if self.head_dim % 2 != 0 {
             return bad(format!("head dim {} is odd; rotary embeddings need pairs", self.head_dim));
         }
-        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0 && self.rms_eps.is_finite() && self.rms_eps > 0.0)
-        {
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0 && self.rms_eps.is_finite() && self.rms_eps > 0.0) {
             return bad(format!("rope theta {} and rms eps {} must be positive", self.rope_theta, self.rms_eps));
         }
         Ok(())
