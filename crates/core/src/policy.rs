@@ -185,7 +185,8 @@ pub struct KvPolicy {
 }
 
 impl KvPolicy {
-    /// The budget of each of `n_layers` layers for a cache of `n_tokens` entries.
+    /// The budget of each of `n_layers` layers for a cache of `n_tokens` entries. Pyramid
+    /// budgets are never below `sinks + recent`.
     pub fn layer_budgets(&self, n_tokens: usize, n_layers: usize) -> Result<Vec<Budget>> {
         let keep = match (self.schedule, self.budget) {
             (ScheduleKind::Uniform, b) => return Ok(vec![b; n_layers]),
@@ -196,7 +197,10 @@ impl KvPolicy {
             }
         };
         let budgets = Schedule::Pyramid { keep, beta: self.beta }.budgets(n_tokens, n_layers)?;
-        Ok(budgets.into_iter().map(Budget::Tokens).collect())
+        // A layer never gets less than its protected tokens, so steep pyramids on short
+        // inputs keep slightly more than the uniform total.
+        let floor = (self.selector.sinks + self.selector.recent).min(n_tokens);
+        Ok(budgets.into_iter().map(|b| Budget::Tokens(b.max(floor))).collect())
     }
 }
 

@@ -162,3 +162,10 @@ fn command_line_overrides_change_the_same_fields() {
     out_of_range.override_keep(2.0);
     assert!(out_of_range.validate().unwrap_err().to_string().contains("`kv.keep` = 2"));
 }
+
+#[test]
+fn pyramid_budgets_never_drop_below_the_protected_tokens() {
+    let p = Policy::from_toml("[kv]\nkeep = 0.25\nschedule = \"pyramid\"\nsinks = 4\nrecent = 32\n").unwrap();
+    let budgets = p.kv.unwrap().layer_budgets(400, 30).unwrap();
+    assert!(budgets.iter().all(|b| matches!(b, Budget::Tokens(t) if *t >= 36)), "{budgets:?}");
+}
