@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
-use sieve_engine::backend::{Backend, LayerCache, LayerOutput};
+use sieve_engine::backend::{Backend, LayerCache, LayerOutput, Probe};
 use sieve_engine::config::ModelConfig;
 use sieve_engine::weights::{HostWeight, Weights};
 use sieve_engine::{Error, Result};
@@ -163,8 +163,9 @@ const QUERY_BLOCK: usize = 256;
 impl CandleBackend {
     /// Causal attention of scaled queries `[kv, g, n, hd]` over `keys`/`values`
     /// `[kv, m, hd]`, by original positions, in blocks of query rows. Returns the output
-    /// `[kv, g, n, hd]` and, with `probe > 0`, the probabilities of the last `probe` query
-    /// rows `[kv * g, probe, m]` (zero where masked).
+    /// `[kv, g, n, hd]`, the probabilities of the last `probe.last_queries` rows
+    /// `[kv * g, rows, m]` (zero where masked) and their sums over all rows `[kv * g, 1, m]`.
+    #[allow(clippy::type_complexity)]
     fn attention(
         &self,
         q: &Tensor,
@@ -172,13 +173,14 @@ impl CandleBackend {
         values: &Tensor,
         q_pos: &[usize],
         k_pos: &[usize],
-        probe: usize,
-    ) -> Result<(Tensor, Option<CandleTensor>)> {
+        probe_spec: Probe,
+    ) -> Result<(Tensor, Option<CandleTensor>, Option<CandleTensor>)> {
         let (nkv, g, n, hd) = q.dims4().map_err(err)?;
         let m = k_pos.len();
-        let probe = probe.min(n);
+        let probe = probe_spec.last_queries.min(n);
         let mut outs = Vec::new();
         let mut probes = Vec::new();
+        let mut sums: Option<Tensor> = None;
         let mut start = 0;
         while start < n {
             let rows = QUERY_BLOCK.min(n - start);
@@ -200,6 +202,17 @@ impl CandleBackend {
                     .map_err(err)?;
             }
             let att = candle_nn::ops::softmax_last_dim(&att).map_err(err)?;
+            if probe_spec.column_sums {
+                let block = att
+                    .reshape((nkv * g, rows, visible))
+                    .and_then(|a| a.sum(1))
+                    .and_then(|a| if visible < m { a.pad_with_zeros(1, 0, m - visible) } else { Ok(a) })
+                    .map_err(err)?;
+                sums = Some(match sums {
+                    Some(total) => (total + block).map_err(err)?,
+                    None => block,
+                });
+            }
             // Rows of this block among the last `probe` rows of the call.
             let first_probe = n - probe;
             if probe > 0 && start + rows > first_probe {
@@ -221,7 +234,8 @@ impl CandleBackend {
             1 => Some(CandleTensor(probes.remove(0))),
             _ => Some(CandleTensor(Tensor::cat(&probes, 1).map_err(err)?)),
         };
-        Ok((out, probe))
+        let sums = sums.map(|s| s.unsqueeze(1).map(CandleTensor)).transpose().map_err(err)?;
+        Ok((out, probe, sums))
     }
 }
 
@@ -258,7 +272,7 @@ impl Backend for CandleBackend {
         hidden: &CandleTensor,
         positions: &[usize],
         cache: &mut LayerCache<CandleTensor>,
-        probe: usize,
+        probe: Probe,
     ) -> Result<LayerOutput<CandleTensor>> {
         let c = &self.config;
         let w = self.layers.get(index).ok_or_else(|| Error::Invalid(format!("no layer {index}")))?;
@@ -302,7 +316,8 @@ impl Backend for CandleBackend {
 
         // Grouped attention: the g query heads of a KV head attend together.
         let q = q.affine(1.0 / (hd as f64).sqrt(), 0.0).and_then(|q| q.reshape((nkv, g, n, hd))).map_err(err)?;
-        let (out, attention) = self.attention(&q, &keys, &values, positions, &cache.positions, probe)?;
+        let (out, attention, attention_sums) =
+            self.attention(&q, &keys, &values, positions, &cache.positions, probe)?;
         let out = out
             .reshape((nh, n, hd))
             .and_then(|o| o.transpose(0, 1))
@@ -317,7 +332,7 @@ impl Backend for CandleBackend {
         let upv = linear(&h, &w.up).map_err(err)?;
         let mlp = linear(&(gate * upv).map_err(err)?, &w.down).map_err(err)?;
         let x = (x + mlp).map_err(err)?;
-        Ok(LayerOutput { hidden: CandleTensor(x), attention })
+        Ok(LayerOutput { hidden: CandleTensor(x), attention, attention_sums })
     }
 
     fn logits(&self, hidden: &CandleTensor) -> Result<CandleTensor> {

@@ -107,7 +107,15 @@ fn attention_probe_is_causal_and_normalised() {
     let positions: Vec<usize> = (0..300).collect();
     let hidden = backend.embed(&tokens).unwrap();
     let mut cache = sieve_engine::LayerCache::default();
-    let all = backend.layer(0, &hidden, &positions, &mut cache, usize::MAX).unwrap().attention.unwrap();
+    let probe = sieve_engine::Probe { last_queries: 300, column_sums: true };
+    let out = backend.layer(0, &hidden, &positions, &mut cache, probe).unwrap();
+    let all = out.attention.unwrap();
+    let sums = out.attention_sums.unwrap();
+    assert_eq!(sums.shape(), vec![9, 1, 300]);
+    let expected = all.sum(1).unwrap().to_host().unwrap();
+    for (a, b) in sums.to_host().unwrap().iter().zip(&expected) {
+        assert!((a - b).abs() < 1e-3, "column sums {a} vs {b}");
+    }
     assert_eq!(all.shape(), vec![9, 300, 300]);
     let probs = all.to_host().unwrap();
     for h in 0..9 {
@@ -119,7 +127,8 @@ fn attention_probe_is_causal_and_normalised() {
         }
     }
     let mut cache = sieve_engine::LayerCache::default();
-    let last = backend.layer(0, &hidden, &positions, &mut cache, 1).unwrap().attention.unwrap();
+    let probe = sieve_engine::Probe { last_queries: 1, column_sums: false };
+    let last = backend.layer(0, &hidden, &positions, &mut cache, probe).unwrap().attention.unwrap();
     assert_eq!(last.shape(), vec![9, 1, 300]);
     let last = last.to_host().unwrap();
     for h in 0..9 {

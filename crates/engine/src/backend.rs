@@ -57,14 +57,36 @@ impl<T: Tensor> LayerCache<T> {
     }
 }
 
+/// What [`Backend::layer`] must report besides the hidden states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Probe {
+    /// Attention probabilities of this many last queries (0 for none).
+    pub last_queries: usize,
+    /// The attention probabilities summed over every query of the call.
+    pub column_sums: bool,
+}
+
+impl Probe {
+    /// Nothing to report.
+    pub const NONE: Probe = Probe { last_queries: 0, column_sums: false };
+
+    /// Whether anything is asked for.
+    pub fn any(&self) -> bool {
+        self.last_queries > 0 || self.column_sums
+    }
+}
+
 /// What [`Backend::layer`] returns.
 #[derive(Debug, Clone)]
 pub struct LayerOutput<T> {
     /// Hidden states after the block `[tokens, hidden]`.
     pub hidden: T,
-    /// Attention probabilities of the last `probe` queries over every cached key
-    /// (including this call's tokens): `[heads, min(probe, tokens), cache_len]`.
+    /// Attention probabilities of the last `probe.last_queries` queries over every cached
+    /// key (including this call's tokens): `[heads, min(last_queries, tokens), cache_len]`.
     pub attention: Option<T>,
+    /// With `probe.column_sums`: attention summed over all of this call's queries,
+    /// `[heads, 1, cache_len]`.
+    pub attention_sums: Option<T>,
 }
 
 /// A runtime that executes a Llama-family decoder one block at a time.
@@ -90,15 +112,14 @@ pub trait Backend {
     fn embed(&self, tokens: &[u32]) -> Result<Self::Tensor>;
 
     /// Runs decoder layer `index` on `hidden` (`[n, hidden]`, tokens at `positions`),
-    /// appending their keys and values to `cache`. With `probe > 0`, also returns the
-    /// attention probabilities of the last `probe` queries.
+    /// appending their keys and values to `cache`, and reports what `probe` asks for.
     fn layer(
         &self,
         index: usize,
         hidden: &Self::Tensor,
         positions: &[usize],
         cache: &mut LayerCache<Self::Tensor>,
-        probe: usize,
+        probe: Probe,
     ) -> Result<LayerOutput<Self::Tensor>>;
 
     /// Final norm and LM head: logits `[n, vocab]` for hidden states `[n, hidden]`.

@@ -23,7 +23,7 @@ pub mod template;
 pub mod tokenizer;
 pub mod weights;
 
-pub use backend::{Backend, LayerCache, LayerOutput};
+pub use backend::{Backend, LayerCache, LayerOutput, Probe};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation, StopReason, generate};
 pub use model::Model;

@@ -13,7 +13,7 @@ use std::time::Instant;
 use sieve_core::policy::DecodePolicy;
 use sieve_core::{Observation, Policy, Scorer, Tensor};
 
-use crate::backend::{BTensor, Backend, LayerCache};
+use crate::backend::{BTensor, Backend, LayerCache, LayerOutput, Probe};
 use crate::error::{Error, Result};
 use crate::stats::{RunStats, causal_pairs, layer_flops};
 
@@ -66,8 +66,19 @@ pub struct Session<'b, B: Backend> {
     pub stats: RunStats,
 }
 
-fn probe_rows(queries: usize, rows: usize) -> usize {
-    queries.min(rows)
+/// Adds a scorer's needs to a probe: `usize::MAX` queries (every query) is served by the
+/// column sums, which is all an accumulating scorer reads.
+fn add_needs(probe: &mut Probe, queries: usize, rows: usize) {
+    if queries == usize::MAX {
+        probe.column_sums = true;
+    } else {
+        probe.last_queries = probe.last_queries.max(queries.min(rows));
+    }
+}
+
+/// The attention a scorer with these needs observes.
+fn attention_for<T>(out: &LayerOutput<T>, queries: usize) -> Option<&T> {
+    if queries == usize::MAX { out.attention_sums.as_ref() } else { out.attention.as_ref() }
 }
 
 impl<'b, B: Backend> Session<'b, B> {
@@ -145,19 +156,19 @@ impl<'b, B: Backend> Session<'b, B> {
         Ok(())
     }
 
-    /// Attention queries layer `l` must report.
-    fn probe_for(&self, l: usize, prune_next: bool) -> usize {
-        let mut q = 0;
+    /// What layer `l` must report during a prefill of `rows` tokens.
+    fn probe_for(&self, l: usize, prune_next: bool, rows: usize) -> Probe {
+        let mut probe = Probe::NONE;
         if let (true, Some(p)) = (prune_next, &self.policy.prefill) {
-            q = q.max(p.scorer.build::<BTensor<B>>().needs().attention_queries);
+            add_needs(&mut probe, p.scorer.build::<BTensor<B>>().needs().attention_queries, rows);
         }
         if let Some(kv) = &self.policy.kv {
-            q = q.max(kv.scorer.build::<BTensor<B>>().needs().attention_queries);
+            add_needs(&mut probe, kv.scorer.build::<BTensor<B>>().needs().attention_queries, rows);
         }
         if let Some(d) = &self.decode {
-            q = q.max(d.scorers[l].needs().attention_queries);
+            add_needs(&mut probe, d.scorers[l].needs().attention_queries, rows);
         }
-        q
+        probe
     }
 
     /// Runs the prompt `tokens` through every layer and returns logits.
@@ -182,14 +193,14 @@ impl<'b, B: Backend> Session<'b, B> {
         let device = self.backend.device();
         for l in 0..n_layers {
             let prune_next = self.policy.prefill.as_ref().is_some_and(|p| p.layers.get(stage) == Some(&(l + 1)));
-            let probe = probe_rows(self.probe_for(l, prune_next), positions.len());
+            let probe = self.probe_for(l, prune_next, positions.len());
             let out = self.backend.layer(l, &hidden, &positions, &mut self.caches[l], probe)?;
             let rows = positions.len();
             stats.tokens_per_layer[l] = rows;
             stats.prefill_flops += layer_flops(&config, rows, causal_pairs(&positions, &self.caches[l].positions));
             let unpruned_pairs = n * self.next_pos + n * (n + 1) / 2;
             stats.prefill_flops_unpruned += layer_flops(&config, n, unpruned_pairs);
-            hidden = out.hidden;
+            hidden = out.hidden.clone();
             let started = Instant::now();
 
             // Prefill pruning: choose which current rows go on to layer l + 1.
@@ -197,7 +208,9 @@ impl<'b, B: Backend> Session<'b, B> {
                 let p = self.policy.prefill.as_ref().ok_or_else(|| Error::Invalid("prefill policy vanished".into()))?;
                 let cache = &self.caches[l];
                 let (m, total) = (rows, cache.len());
-                let attention = out.attention.as_ref().map(|a| a.narrow(2, total - m, m)).transpose()?;
+                let mut scorer = p.scorer.build::<BTensor<B>>();
+                let queries = scorer.needs().attention_queries;
+                let attention = attention_for(&out, queries).map(|a| a.narrow(2, total - m, m)).transpose()?;
                 let keys = cache.keys.as_ref().map(|k| k.narrow(1, total - m, m)).transpose()?;
                 let values = cache.values.as_ref().map(|v| v.narrow(1, total - m, m)).transpose()?;
                 let obs = Observation {
@@ -210,7 +223,7 @@ impl<'b, B: Backend> Session<'b, B> {
                     values: values.as_ref(),
                     device: device.clone(),
                 };
-                let scores = p.scorer.build::<BTensor<B>>().score_tokens(&obs)?.to_host()?;
+                let scores = scorer.score_tokens(&obs)?.to_host()?;
                 let kept = p.selector.select_with(&scores, p.budget(stage, n))?;
                 if kept.len() < rows {
                     hidden = hidden.index_select(0, &kept)?;
@@ -222,23 +235,27 @@ impl<'b, B: Backend> Session<'b, B> {
             // Observation of the whole cache, for KV eviction and the decode budget.
             if self.policy.kv.is_some() || self.decode.is_some() {
                 let cache = &self.caches[l];
-                let obs = Observation {
+                let observe = |queries: usize| Observation {
                     layer: l,
                     step: 0,
                     kv_heads: config.n_kv_heads,
                     positions: &cache.positions,
-                    attention: out.attention.as_ref(),
+                    attention: attention_for(&out, queries),
                     keys: cache.keys.as_ref(),
                     values: cache.values.as_ref(),
                     device: device.clone(),
                 };
                 let mut decode_scores = None;
                 if let Some(d) = &mut self.decode {
-                    decode_scores = Some(d.scorers[l].score_tokens(&obs)?.to_host()?);
+                    let scorer = &mut d.scorers[l];
+                    let obs = observe(scorer.needs().attention_queries);
+                    decode_scores = Some(scorer.score_tokens(&obs)?.to_host()?);
                 }
                 let mut kept_kv = None;
                 if let Some(kv) = &self.policy.kv {
-                    let scores = kv.scorer.build::<BTensor<B>>().score_tokens(&obs)?.to_host()?;
+                    let mut scorer = kv.scorer.build::<BTensor<B>>();
+                    let obs = observe(scorer.needs().attention_queries);
+                    let scores = scorer.score_tokens(&obs)?.to_host()?;
                     let budget = kv.layer_budgets(cache.len(), n_layers)?[l];
                     kept_kv = Some(kv.selector.select_with(&scores, budget)?);
                 }
@@ -294,7 +311,11 @@ impl<'b, B: Backend> Session<'b, B> {
                     d.scorers[l].retain(&kept)?;
                 }
             }
-            let probe = self.decode.as_ref().map_or(0, |d| d.scorers[l].needs().attention_queries.min(1));
+            // One query: its attention row is also the sum over this call's queries.
+            let probe = match &self.decode {
+                Some(d) if d.scorers[l].needs().attention_queries > 0 => Probe { last_queries: 1, column_sums: false },
+                _ => Probe::NONE,
+            };
             let out = self.backend.layer(l, &hidden, &positions, &mut self.caches[l], probe)?;
             hidden = out.hidden;
             if let Some(d) = &mut self.decode {

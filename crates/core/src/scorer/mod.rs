@@ -59,7 +59,9 @@ impl<T: Tensor> Observation<'_, T> {
 /// What a scorer needs the backend to compute for an [`Observation`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Needs {
-    /// Attention of the last this-many queries (`usize::MAX`: every query); 0 for none.
+    /// Attention of the last this-many queries; 0 for none. `usize::MAX` asks for every
+    /// query, which only accumulating scorers do: they read the sum over queries, so a
+    /// backend may hand them that sum as a single row.
     pub attention_queries: usize,
     /// The cached keys.
     pub keys: bool,
