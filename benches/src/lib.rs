@@ -4,7 +4,7 @@
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use candle_core::Device;
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_transformers::models::quantized_llama::ModelWeights;
@@ -73,6 +73,46 @@ pub fn reference_f32(path: &Path) -> Result<ModelWeights> {
     ModelWeights::from_gguf(content, &mut buf, &Device::Cpu).with_context(ctx)
 }
 
+/// The workspace root (the folder above this crate), where `configs/` lives.
+pub fn workspace_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::canonicalize(&dir).unwrap_or(dir)
+}
+
+/// The default model's path, or an error naming the command that fetches it.
+pub fn default_model() -> Result<PathBuf> {
+    sieve_engine::fetch::require_default_model().map_err(|_| {
+        anyhow!(
+            "the default model is not in the cache ({}); fetch it with `{}`",
+            sieve_engine::fetch::default_model_path().display(),
+            sieve_engine::fetch::FETCH_COMMAND
+        )
+    })
+}
+
+/// This process's command line, with arguments that need it single-quoted for a shell.
+pub fn command_line() -> String {
+    let quote = |a: String| {
+        let plain = !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@%".contains(c));
+        if plain { a } else { format!("'{}'", a.replace('\'', "'\\''")) }
+    };
+    std::env::args().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+/// Negative log-likelihood of `target` under `logits`: minus its log-softmax, in f64.
+pub fn nll(logits: &[f32], target: u32) -> Result<f64> {
+    let x = *logits
+        .get(target as usize)
+        .with_context(|| format!("token {target} is outside the vocabulary of {}", logits.len()))?;
+    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+    let sum: f64 = logits.iter().map(|&v| (f64::from(v) - max).exp()).sum();
+    let nll = max + sum.ln() - f64::from(x);
+    if !nll.is_finite() {
+        bail!("non-finite log-likelihood for token {target}");
+    }
+    Ok(nll)
+}
+
 /// Median of `xs` (the mean of the middle two for an even count); 0 when empty.
 pub fn median(xs: &[f64]) -> f64 {
     if xs.is_empty() {
@@ -98,5 +138,15 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn nll_is_minus_log_softmax() -> Result<()> {
+        let uniform = nll(&[1.0, 1.0, 1.0, 1.0], 2)?;
+        assert!((uniform - 4f64.ln()).abs() < 1e-12);
+        let peaked = nll(&[0.0, 1000.0], 1)?;
+        assert!(peaked.abs() < 1e-12);
+        assert!(nll(&[0.0], 1).is_err());
+        Ok(())
     }
 }
