@@ -17,6 +17,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Chat in the terminal; the KV cache is reused between turns.
     Chat(ChatArgs),
+    /// Perplexity of a text file with a compressed context, or streaming.
+    Perplexity(PerplexityArgs),
     /// Show a model's configuration, tokenizer and tensors.
     Inspect(ModelArgs),
     /// Fetch the default model (SmolLM2-135M-Instruct) into the cache.
@@ -126,6 +128,39 @@ pub struct ChatArgs {
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct PerplexityArgs {
+    /// The text to score (UTF-8).
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Context tokens prefilled with the policy in each window.
+    #[arg(long, default_value_t = 512)]
+    pub context: usize,
+    /// Tokens scored after each context, teacher-forced against the pruned cache.
+    #[arg(long, default_value_t = 128)]
+    pub continuation: usize,
+    /// How many consecutive windows of the file to score.
+    #[arg(long, default_value_t = 4)]
+    pub windows: usize,
+    /// StreamingLLM's protocol: one token at a time, the cache cut to --budget after each
+    /// step (4 sinks plus the most recent tokens unless the policy has a [decode] section).
+    #[arg(long)]
+    pub streaming: bool,
+    /// Cache entries per layer for --streaming.
+    #[arg(long, requires = "streaming")]
+    pub budget: Option<usize>,
+    /// Tokens scored with --streaming.
+    #[arg(long, default_value_t = 2048)]
+    pub length: usize,
+    /// Write the report as JSON to stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         args::Command::Generate(a) => commands::generate::run(a),
         args::Command::Chat(a) => commands::chat::run(a),
         args::Command::Inspect(a) => commands::inspect::run(a),
+        args::Command::Perplexity(a) => commands::perplexity::run(a),
         args::Command::Fetch => commands::fetch(),
     };
     match result {

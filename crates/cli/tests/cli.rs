@@ -96,3 +96,47 @@ fn prompts_longer_than_the_context_are_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_of(&out).contains("context is 8192 tokens"), "{}", stderr_of(&out));
 }
+
+#[test]
+fn generation_stops_before_a_stop_string() {
+    let out =
+        sieve().args(["generate", "--raw", "-n", "40", "--stop", "7", "--json", "1, 2, 3, 4, 5,"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = record["text"].as_str().unwrap();
+    assert_eq!(record["stop_reason"], "stop_string", "{text:?}");
+    assert!(text.contains('6') && !text.contains('7'), "{text:?}");
+}
+
+fn wikitext_path() -> std::path::PathBuf {
+    std::env::var_os("SIEVE_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
+        .join("wikitext-2/wiki.test.raw")
+}
+
+fn perplexity(extra: &[&str]) -> serde_json::Value {
+    let out = sieve()
+        .args(["perplexity", "--json", "--context", "192", "--continuation", "32", "--windows", "1", "--file"])
+        .arg(wikitext_path())
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn perplexity_with_and_without_a_compressed_context() {
+    let none = perplexity(&[]);
+    let ppl = none["perplexity"].as_f64().unwrap();
+    assert!(ppl > 2.0 && ppl < 200.0, "{none}");
+    assert_eq!(none["scored"], 32);
+    let snap = perplexity(&["--policy", "../../configs/snapkv.toml"]);
+    let w = &snap["windows"][0];
+    assert!(w["kv_bytes"].as_u64().unwrap() * 3 < w["kv_bytes_unpruned"].as_u64().unwrap(), "{snap}");
+    assert_ne!(snap["perplexity"], none["perplexity"]);
+    let streaming = perplexity(&["--streaming", "--budget", "64", "--length", "160"]);
+    assert_eq!(streaming["scored"], 159);
+    assert_eq!(streaming["windows"][0]["kv_bytes"].as_u64().unwrap(), 64 * 30 * 2 * 3 * 64 * 4);
+}

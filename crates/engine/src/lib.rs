@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod export;
 pub mod fetch;
 pub mod generate;

@@ -1,6 +1,7 @@
 pub mod chat;
 pub mod generate;
 pub mod inspect;
+pub mod perplexity;
 
 use anyhow::{Context, Result};
 use sieve_core::Policy;

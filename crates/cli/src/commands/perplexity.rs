@@ -1,0 +1,61 @@
+//! `sieve perplexity`.
+
+use anyhow::{Context, Result, bail};
+use sieve_core::ScorerSpec;
+use sieve_core::policy::{DecodeFile, PolicyFile};
+use sieve_engine::eval;
+
+use crate::args::PerplexityArgs;
+use crate::{backends, with_backend};
+
+pub fn run(args: PerplexityArgs) -> Result<()> {
+    let mut policy = super::load_policy(&args.policy)?;
+    if args.streaming {
+        if let Some(budget) = args.budget {
+            let file = PolicyFile {
+                name: Some(format!("streaming-{budget}")),
+                decode: Some(DecodeFile {
+                    scorer: Some(ScorerSpec::Recency {}),
+                    budget,
+                    every: 1,
+                    sinks: 4,
+                    recent: 0,
+                }),
+                ..policy.to_file()
+            };
+            policy = file.validate().context("invalid --budget")?;
+        } else if policy.decode.is_none() {
+            bail!("--streaming needs --budget or a policy with a [decode] section");
+        }
+    }
+    let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!("{} is not valid UTF-8 (offset {})", args.file.display(), e.utf8_error().valid_up_to())
+    })?;
+    let mut model = super::load_model(&args.runtime.model)?;
+    let tokens = model.tokenizer.encode(&text)?;
+    let loaded = backends::load(&args.runtime, &mut model)?;
+    let report = with_backend!(&loaded, b => {
+        if args.streaming {
+            eval::streaming_perplexity(b, &policy, &tokens, args.length)?
+        } else {
+            eval::compressed_perplexity(b, &policy, &tokens, args.context, args.continuation, args.windows)?
+        }
+    });
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let kv: usize = report.windows.iter().map(|w| w.kv_bytes).sum();
+        let kv_full: usize = report.windows.iter().map(|w| w.kv_bytes_unpruned).sum();
+        println!(
+            "{} perplexity {:.3} over {} tokens in {} window(s) | policy {} | KV {:.1}% of unpruned",
+            report.protocol,
+            report.perplexity,
+            report.scored,
+            report.windows.len(),
+            report.policy,
+            100.0 * kv as f64 / kv_full.max(1) as f64
+        );
+    }
+    Ok(())
+}

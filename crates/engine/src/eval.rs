@@ -1,0 +1,174 @@
+//! Evaluation: perplexity with a compressed context, and streaming perplexity.
+//!
+//! Compressed-context perplexity (the question-agnostic setting of KV compression,
+//! applied to language modelling): prefill `context` tokens with the policy, then score
+//! the next `continuation` tokens teacher-forced against the pruned cache. Streaming
+//! perplexity (StreamingLLM's protocol): feed a text one token at a time while the cache
+//! is cut to its budget after each step.
+
+use serde::Serialize;
+use sieve_core::Policy;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::session::{Logits, Session};
+
+/// Negative log-likelihood of `target` under `logits` (log-softmax in f64).
+pub fn nll(logits: &[f32], target: u32) -> Result<f64> {
+    let t = target as usize;
+    if t >= logits.len() {
+        return Err(Error::Invalid(format!("token {target} is outside the vocabulary of {}", logits.len())));
+    }
+    if let Some(position) = logits.iter().position(|x| !x.is_finite()) {
+        return Err(Error::NonFiniteLogits { position, value: logits[position] });
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let log_sum = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+    Ok(log_sum - logits[t] as f64)
+}
+
+/// One window of a perplexity run.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowScore {
+    /// First token of the window in the text.
+    pub start: usize,
+    /// Tokens scored.
+    pub scored: usize,
+    /// Sum of their negative log-likelihoods.
+    pub nll: f64,
+    /// KV bytes after the window's prefill.
+    pub kv_bytes: usize,
+    /// KV bytes the same prefill holds without pruning.
+    pub kv_bytes_unpruned: usize,
+    /// Fraction of token-layers the prefill computed.
+    pub computed: f64,
+}
+
+/// The result of a perplexity run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PerplexityReport {
+    /// Protocol: `compressed` or `streaming`.
+    pub protocol: String,
+    /// Policy name.
+    pub policy: String,
+    /// `exp(mean nll)` over every scored token.
+    pub perplexity: f64,
+    /// Tokens scored.
+    pub scored: usize,
+    /// Per window.
+    pub windows: Vec<WindowScore>,
+}
+
+impl PerplexityReport {
+    fn new(protocol: &str, policy: &str, windows: Vec<WindowScore>) -> Result<Self> {
+        let scored: usize = windows.iter().map(|w| w.scored).sum();
+        if scored == 0 {
+            return Err(Error::Invalid("the text is too short for one window".into()));
+        }
+        let nll: f64 = windows.iter().map(|w| w.nll).sum();
+        Ok(Self {
+            protocol: protocol.into(),
+            policy: policy.into(),
+            perplexity: (nll / scored as f64).exp(),
+            scored,
+            windows,
+        })
+    }
+}
+
+/// Compressed-context perplexity over up to `windows` consecutive, non-overlapping windows
+/// of `context + continuation` tokens.
+pub fn compressed_perplexity<B: Backend>(
+    backend: &B,
+    policy: &Policy,
+    tokens: &[u32],
+    context: usize,
+    continuation: usize,
+    windows: usize,
+) -> Result<PerplexityReport> {
+    if context == 0 || continuation == 0 || windows == 0 {
+        return Err(Error::Invalid("--context, --continuation and --windows must be at least 1".into()));
+    }
+    let span = context + continuation;
+    if span > backend.config().context {
+        return Err(Error::ContextOverflow { needed: span, context: backend.config().context });
+    }
+    let mut out = Vec::new();
+    for w in 0..windows {
+        let start = w * span;
+        if start + span > tokens.len() {
+            break;
+        }
+        let (ctx, cont) = (&tokens[start..start + context], &tokens[start + context..start + span]);
+        let mut session = Session::new(backend, policy.clone())?;
+        let prefill = session.prefill(ctx, Logits::Last)?;
+        let (kv_bytes, kv_unpruned) = (session.stats.kv_bytes, session.stats.kv_bytes_unpruned);
+        let layers = session.stats.tokens_per_layer.len().max(1);
+        let computed = session.stats.tokens_per_layer.iter().sum::<usize>() as f64 / (context * layers) as f64;
+        let mut total = nll(prefill.last(), cont[0])?;
+        for i in 0..continuation - 1 {
+            let logits = session.step(cont[i])?;
+            total += nll(&logits, cont[i + 1])?;
+        }
+        out.push(WindowScore {
+            start,
+            scored: continuation,
+            nll: total,
+            kv_bytes,
+            kv_bytes_unpruned: kv_unpruned,
+            computed,
+        });
+    }
+    PerplexityReport::new("compressed", &policy.name, out)
+}
+
+/// Streaming perplexity of the first `length` tokens (after the first) under a policy whose
+/// `[decode]` section holds the cache budget; every token is fed one at a time.
+pub fn streaming_perplexity<B: Backend>(
+    backend: &B,
+    policy: &Policy,
+    tokens: &[u32],
+    length: usize,
+) -> Result<PerplexityReport> {
+    if policy.decode.is_none() && !policy.is_none() {
+        return Err(Error::Invalid("streaming perplexity needs a policy with a [decode] budget (or none)".into()));
+    }
+    let n = length.min(tokens.len());
+    if n < 2 {
+        return Err(Error::Invalid("streaming perplexity needs at least two tokens".into()));
+    }
+    if n > backend.config().context {
+        return Err(Error::ContextOverflow { needed: n, context: backend.config().context });
+    }
+    let mut session = Session::new(backend, policy.clone())?;
+    let mut logits = session.prefill(&tokens[..1], Logits::Last)?.last().to_vec();
+    let mut total = 0.0;
+    for i in 1..n {
+        total += nll(&logits, tokens[i])?;
+        if i + 1 < n {
+            logits = session.step(tokens[i])?;
+        }
+    }
+    let window = WindowScore {
+        start: 0,
+        scored: n - 1,
+        nll: total,
+        kv_bytes: session.kv_bytes(),
+        kv_bytes_unpruned: session.stats.kv_bytes_unpruned,
+        computed: 1.0,
+    };
+    PerplexityReport::new("streaming", &policy.name, vec![window])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nll_is_minus_log_softmax() {
+        let v = nll(&[0.0, (3.0f32).ln()], 1).unwrap();
+        assert!((v - (4.0f64 / 3.0).ln()).abs() < 1e-6);
+        assert!(nll(&[0.0], 1).is_err());
+        assert!(nll(&[f32::NAN, 0.0], 1).is_err());
+    }
+}
