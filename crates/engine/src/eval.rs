@@ -106,9 +106,9 @@ pub fn compressed_perplexity<B: Backend>(
         let layers = session.stats.tokens_per_layer.len().max(1);
         let computed = session.stats.tokens_per_layer.iter().sum::<usize>() as f64 / (context * layers) as f64;
         let mut total = nll(prefill.last(), cont[0])?;
-        for i in 0..continuation - 1 {
-            let logits = session.step(cont[i])?;
-            total += nll(&logits, cont[i + 1])?;
+        for pair in cont.windows(2) {
+            let logits = session.step(pair[0])?;
+            total += nll(&logits, pair[1])?;
         }
         out.push(WindowScore {
             start,
@@ -143,10 +143,10 @@ pub fn streaming_perplexity<B: Backend>(
     let mut session = Session::new(backend, policy.clone())?;
     let mut logits = session.prefill(&tokens[..1], Logits::Last)?.last().to_vec();
     let mut total = 0.0;
-    for i in 1..n {
-        total += nll(&logits, tokens[i])?;
+    for (i, &token) in tokens.iter().enumerate().take(n).skip(1) {
+        total += nll(&logits, token)?;
         if i + 1 < n {
-            logits = session.step(tokens[i])?;
+            logits = session.step(token)?;
         }
     }
     let window = WindowScore {
