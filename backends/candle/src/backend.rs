@@ -203,10 +203,13 @@ impl CandleBackend {
             }
             let att = candle_nn::ops::softmax_last_dim(&att).map_err(err)?;
             if probe_spec.column_sums {
+                // Summed over rows as a product with a row of ones: a GEMM, much faster
+                // than candle's reduction over a middle dimension.
+                let ones = Tensor::ones((nkv * g, 1, rows), DType::F32, &self.device).map_err(err)?;
                 let block = att
                     .reshape((nkv * g, rows, visible))
-                    .and_then(|a| a.sum(1))
-                    .and_then(|a| if visible < m { a.pad_with_zeros(1, 0, m - visible) } else { Ok(a) })
+                    .and_then(|a| ones.matmul(&a))
+                    .and_then(|a| if visible < m { a.pad_with_zeros(2, 0, m - visible) } else { Ok(a) })
                     .map_err(err)?;
                 sums = Some(match sums {
                     Some(total) => (total + block).map_err(err)?,
@@ -234,7 +237,7 @@ impl CandleBackend {
             1 => Some(CandleTensor(probes.remove(0))),
             _ => Some(CandleTensor(Tensor::cat(&probes, 1).map_err(err)?)),
         };
-        let sums = sums.map(|s| s.unsqueeze(1).map(CandleTensor)).transpose().map_err(err)?;
+        let sums = sums.map(CandleTensor);
         Ok((out, probe, sums))
     }
 }
