@@ -35,7 +35,8 @@ struct Args {
     /// Measured prefill repeats per policy (after one warm-up run); medians are reported.
     #[arg(long, default_value_t = 2)]
     repeats: usize,
-    /// Policies: names of `configs/*.toml`, or `lazy-0.5`.
+    /// Policies: names of `configs/*.toml`, or `lazy-0.5`; `NAME@K` overrides the kept
+    /// fraction to K (e.g. `lazy-prefill@0.3`).
     #[arg(
         long,
         value_delimiter = ',',
@@ -66,8 +67,17 @@ fn known_policies(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The policy `name`: `lazy-0.5`, or `<dir>/<name>.toml` as written (decode section included).
+/// The policy `name`: `lazy-0.5`, or `<dir>/<name>.toml` as written (decode section included);
+/// `NAME@K` is that policy with its kept fraction overridden to `K`, as `--keep K` does.
 fn load_policy(name: &str, dir: &Path) -> Result<Policy> {
+    if let Some((base, keep)) = name.split_once('@') {
+        let keep: f64 = keep.parse().with_context(|| format!("`{name}`: `{keep}` is not a fraction"))?;
+        let mut file = load_policy(base, dir)?.to_file();
+        file.override_keep(keep);
+        let mut policy = file.validate().with_context(|| format!("policy `{name}`"))?;
+        policy.name = name.into();
+        return Ok(policy);
+    }
     let mut policy = if name == LAZY_HALF_NAME {
         Policy::from_toml(LAZY_HALF).context("parsing the built-in lazy-0.5 policy")?
     } else {
