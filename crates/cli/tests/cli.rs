@@ -140,3 +140,22 @@ fn perplexity_with_and_without_a_compressed_context() {
     assert_eq!(streaming["scored"], 159);
     assert_eq!(streaming["windows"][0]["kv_bytes"].as_u64().unwrap(), 64 * 30 * 2 * 3 * 64 * 4);
 }
+
+#[test]
+fn chat_reuses_the_kv_cache_between_turns() {
+    let out = sieve()
+        .args(["chat", "-n", "12"])
+        .write_stdin("What is the capital of France?\nAnd of Italy?\n")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    let reused: Vec<usize> = err
+        .lines()
+        .filter_map(|l| l.split(" reused)").next()?.rsplit('(').next()?.trim().parse().ok())
+        .collect();
+    assert_eq!(reused.len(), 2, "{err}");
+    assert_eq!(reused[0], 0);
+    assert!(reused[1] > 30, "the second turn should reuse the first turn's tokens: {err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
+}
