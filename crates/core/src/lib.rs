@@ -9,6 +9,7 @@
 //! - [`schedule`]: how the kept fraction varies across layers (constant, progressive, pyramid).
 //! - [`policy`]: the pruning policy as written in a TOML file, validated.
 
+pub mod conformance;
 pub mod error;
 pub mod host;
 pub mod policy;
