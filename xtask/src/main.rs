@@ -19,6 +19,8 @@ enum Command {
     FetchModel,
     /// Assemble libtorch 2.13.0 (CPU) from PyPI wheels into the cache, for `--features tch`.
     SetupLibtorch,
+    /// Build the `sieve` binary with the libtorch backend (sets up libtorch first).
+    BuildTch,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,5 +28,6 @@ fn main() -> anyhow::Result<()> {
         Command::Ci => commands::ci::run(),
         Command::FetchModel => commands::fetch::run(),
         Command::SetupLibtorch => commands::libtorch::run(),
+        Command::BuildTch => commands::libtorch::build(),
     }
 }

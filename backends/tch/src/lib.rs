@@ -9,4 +9,5 @@ mod backend;
 mod tensor;
 
 pub use backend::{TchBackend, cuda_available};
+pub use tch::Device;
 pub use tensor::TchTensor;

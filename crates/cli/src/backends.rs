@@ -10,6 +10,8 @@ use crate::args::{BackendKind, RuntimeArgs};
 pub enum Loaded {
     #[cfg(feature = "candle")]
     Candle(sieve_candle::CandleBackend),
+    #[cfg(feature = "tch")]
+    Tch(sieve_tch::TchBackend),
 }
 
 /// Device named on the command line.
@@ -36,9 +38,7 @@ pub fn load(args: &RuntimeArgs, model: &mut Model) -> Result<Loaded> {
     let device = parse_device(&args.device)?;
     match args.backend {
         BackendKind::Candle => load_candle(model, device),
-        BackendKind::Tch => {
-            bail!("backend `tch` is not available in this build of sieve (the libtorch backend is not implemented yet)")
-        }
+        BackendKind::Tch => load_tch(model, device),
         BackendKind::Ort => bail!(
             "backend `ort` is not available in this build of sieve (the ONNX Runtime backend is not implemented yet)"
         ),
@@ -55,6 +55,21 @@ fn load_candle(model: &mut Model, device: DeviceSpec) -> Result<Loaded> {
     Ok(Loaded::Candle(sieve_candle::CandleBackend::from_weights(&model.config, weights, device)?))
 }
 
+#[cfg(feature = "tch")]
+fn load_tch(model: &mut Model, device: DeviceSpec) -> Result<Loaded> {
+    let device = match device {
+        DeviceSpec::Cpu => sieve_tch::Device::Cpu,
+        DeviceSpec::Cuda(n) => sieve_tch::Device::Cuda(n),
+    };
+    let weights = model.take_weights();
+    Ok(Loaded::Tch(sieve_tch::TchBackend::new(&model.config, &weights, device)?))
+}
+
+#[cfg(not(feature = "tch"))]
+fn load_tch(_: &mut Model, _: DeviceSpec) -> Result<Loaded> {
+    bail!("backend `tch` is not compiled into this binary; build it with `cargo xtask build-tch`")
+}
+
 #[cfg(not(feature = "candle"))]
 fn load_candle(_: &mut Model, _: DeviceSpec) -> Result<Loaded> {
     bail!("backend `candle` is not compiled into this binary; rebuild with `--features candle`")
@@ -67,6 +82,8 @@ macro_rules! with_backend {
         match $loaded {
             #[cfg(feature = "candle")]
             $crate::backends::Loaded::Candle($b) => $body,
+            #[cfg(feature = "tch")]
+            $crate::backends::Loaded::Tch($b) => $body,
         }
     };
 }

@@ -57,7 +57,8 @@ fn bad_input_is_a_clear_error() {
         (&["generate", ""], "the prompt is empty"),
         (&["generate", "hi", "--keep", "1.5"], "`kv.keep` = 1.5 is out of range"),
         (&["generate", "hi", "--scorer", "magic"], "magic"),
-        (&["generate", "hi", "--backend", "tch"], "backend `tch` is not available"),
+        #[cfg(not(feature = "tch"))]
+        (&["generate", "hi", "--backend", "tch"], "backend `tch` is not compiled into this binary"),
         (&["generate", "hi", "--device", "tpu"], "--device `tpu`"),
         (&["generate", "hi", "--temperature=-1"], "--temperature"),
         (&["generate", "hi", "-m", "/nonexistent/model.gguf"], "/nonexistent/model.gguf"),
@@ -150,12 +151,41 @@ fn chat_reuses_the_kv_cache_between_turns() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr_of(&out));
     let err = stderr_of(&out);
-    let reused: Vec<usize> = err
-        .lines()
-        .filter_map(|l| l.split(" reused)").next()?.rsplit('(').next()?.trim().parse().ok())
-        .collect();
+    let reused: Vec<usize> =
+        err.lines().filter_map(|l| l.split(" reused)").next()?.rsplit('(').next()?.trim().parse().ok()).collect();
     assert_eq!(reused.len(), 2, "{err}");
     assert_eq!(reused[0], 0);
     assert!(reused[1] > 30, "the second turn should reuse the first turn's tokens: {err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn tch_backend_generates_like_candle_with_every_policy() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut configs: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    configs.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    assert!(configs.len() >= 10);
+    for policy in configs {
+        let run = |backend: &str| {
+            let out = sieve()
+                .args([
+                    "generate",
+                    "What is the capital of France?",
+                    "-n",
+                    "12",
+                    "--json",
+                    "--backend",
+                    backend,
+                    "--policy",
+                ])
+                .arg(&policy)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{backend} {}: {}", policy.display(), stderr_of(&out));
+            let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            (record["text"].as_str().unwrap().to_string(), record["kv_bytes"].as_u64().unwrap())
+        };
+        assert_eq!(run("tch"), run("candle"), "{}", policy.display());
+    }
 }

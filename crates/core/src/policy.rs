@@ -160,10 +160,14 @@ pub struct PrefillPolicy {
 }
 
 impl PrefillPolicy {
-    /// The budget at pruning stage `stage` for a prompt of `n_prompt` tokens.
+    /// The budget at pruning stage `stage` for a prompt of `n_prompt` tokens; never below
+    /// the protected tokens, so short prompts are pruned less rather than refused.
     pub fn budget(&self, stage: usize, n_prompt: usize) -> Budget {
+        let protected = self.selector.sinks + self.selector.recent;
         match &self.keep {
-            PrefillKeep::Fractions(f) => Budget::Tokens((((f[stage] * n_prompt as f64) - 1e-9).ceil() as usize).max(1)),
+            PrefillKeep::Fractions(f) => {
+                Budget::Tokens((((f[stage] * n_prompt as f64) - 1e-9).ceil() as usize).max(1).max(protected))
+            }
             PrefillKeep::Mass(p) => Budget::Mass(*p),
         }
     }

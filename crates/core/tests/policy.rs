@@ -169,3 +169,14 @@ fn pyramid_budgets_never_drop_below_the_protected_tokens() {
     let budgets = p.kv.unwrap().layer_budgets(400, 30).unwrap();
     assert!(budgets.iter().all(|b| matches!(b, Budget::Tokens(t) if *t >= 36)), "{budgets:?}");
 }
+
+#[test]
+fn prefill_budgets_of_short_prompts_cover_the_protected_tokens() {
+    let p = Policy::from_toml("[prefill]\nlayers = [2]\nkeep = 0.4\nsinks = 4\nrecent = 16\n").unwrap();
+    let prefill = p.prefill.unwrap();
+    assert_eq!(prefill.budget(0, 37), Budget::Tokens(20));
+    assert_eq!(prefill.budget(0, 1000), Budget::Tokens(400));
+    let scores = vec![0.5f32; 37];
+    let kept = prefill.selector.select_with(&scores, prefill.budget(0, 37)).unwrap();
+    assert_eq!(kept.len(), 20);
+}

@@ -124,3 +124,11 @@ pub fn run() -> Result<()> {
     println!("LIBTORCH={}", dir.display());
     Ok(())
 }
+
+/// `cargo xtask build-tch`: libtorch, then `sieve` with `--features tch` (release).
+pub fn build() -> Result<()> {
+    setup()?;
+    super::cargo(&["build", "--release", "-p", "sieve-cli", "--features", "tch"])?;
+    eprintln!("built target/release/sieve with the tch backend (`--backend tch`)");
+    Ok(())
+}

@@ -10,7 +10,13 @@ use anyhow::{Context, bail};
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("\n==> cargo {}", args.join(" "));
-    let status = Command::new(&cargo)
+    let mut command = Command::new(&cargo);
+    // Builds that include the tch backend find libtorch where setup-libtorch put it.
+    let libtorch = libtorch::dir();
+    if libtorch.join("build-version").is_file() && std::env::var_os("LIBTORCH").is_none() {
+        command.env("LIBTORCH", &libtorch);
+    }
+    let status = command
         .args(args)
         .current_dir(workspace_root())
         .status()
