@@ -21,6 +21,15 @@ enum Command {
     SetupLibtorch,
     /// Build the `sieve` binary with the libtorch backend (sets up libtorch first).
     BuildTch,
+    /// Run the fuzz targets in fuzz/ (cargo-fuzz, installed if missing), one after the other.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (repeatable): gguf, policy. Default: all.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         Command::FetchModel => commands::fetch::run(),
         Command::SetupLibtorch => commands::libtorch::run(),
         Command::BuildTch => commands::libtorch::build(),
+        Command::Fuzz { seconds, targets } => commands::fuzz::run(seconds, &targets),
     }
 }

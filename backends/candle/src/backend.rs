@@ -11,7 +11,7 @@ use sieve_engine::{Error, Result};
 use crate::tensor::CandleTensor;
 
 fn err(e: candle_core::Error) -> Error {
-    Error::backend("candle", e)
+    Error::backend("candle", sieve_engine::error::without_backtrace(e))
 }
 
 /// Where candle runs.

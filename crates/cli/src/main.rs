@@ -16,13 +16,34 @@ fn main() -> ExitCode {
         args::Command::Chat(a) => commands::chat::run(a),
         args::Command::Inspect(a) => commands::inspect::run(a),
         args::Command::Perplexity(a) => commands::perplexity::run(a),
+        args::Command::Passkey(a) => commands::passkey::run(a),
+        args::Command::Bench(a) => commands::bench::run(a),
         args::Command::Fetch => commands::fetch(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes as one line. A cause whose text is already shown (error types
+/// whose message includes their source's) is not repeated, and line breaks inside a
+/// message become spaces.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let text = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }

@@ -33,9 +33,12 @@ pub enum Error {
     #[error("invalid policy: {0}")]
     InvalidPolicy(String),
 
-    /// A policy file that is not valid TOML, or has unknown keys or wrong types.
-    #[error("policy file: {0}")]
-    Toml(#[from] toml::de::Error),
+    /// A policy file that is not valid TOML, or has unknown keys or wrong types. `line` and
+    /// `column` (1-based, 0 when unknown) locate the error and `text` is that line. The
+    /// parser's error is kept, but not as a source: its own message repeats the input over
+    /// several lines, while this one is a single line.
+    #[error("policy file{}: {}", location(*line, *column, text), error.message().trim().replace('\n', " "))]
+    Toml { line: usize, column: usize, text: String, error: Box<toml::de::Error> },
 
     /// A policy that could not be written as TOML.
     #[error("policy serialisation: {0}")]
@@ -59,9 +62,30 @@ impl Error {
         Error::Backend { op, source: Box::new(source) }
     }
 
+    /// A TOML error in `text`, located by line and column.
+    pub(crate) fn toml(error: toml::de::Error, text: &str) -> Self {
+        let Some(span) = error.span() else {
+            return Error::Toml { line: 0, column: 0, text: String::new(), error: Box::new(error) };
+        };
+        let end = (0..=span.start.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        let line_start = text[..end].rfind('\n').map_or(0, |i| i + 1);
+        let line_text = text[line_start..].lines().next().unwrap_or_default().trim();
+        let shown: String = line_text.chars().take(80).collect();
+        Error::Toml {
+            line: text[..end].matches('\n').count() + 1,
+            column: text[line_start..end].chars().count() + 1,
+            text: if shown.len() < line_text.len() { format!("{shown}...") } else { shown },
+            error: Box::new(error),
+        }
+    }
+
     pub(crate) fn out_of_range(key: impl Into<String>, value: impl fmt::Display, allowed: impl Into<String>) -> Self {
         Error::OutOfRange { key: key.into(), value: value.to_string(), allowed: allowed.into() }
     }
+}
+
+fn location(line: usize, column: usize, text: &str) -> String {
+    if line == 0 { String::new() } else { format!(", line {line}, column {column} (`{text}`)") }
 }
 
 /// Result with the core's error.

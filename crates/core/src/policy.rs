@@ -358,7 +358,9 @@ impl PolicyFile {
     /// Overrides the scorer, as `--scorer NAME` does (with that scorer's default
     /// settings), in every section present; a policy with none gets a `[kv]` section.
     pub fn override_scorer(&mut self, name: &str) -> Result<()> {
-        let spec: ScorerSpec = toml::from_str::<ScorerTable>(&format!("scorer = {{ kind = {name:?} }}"))?.scorer;
+        let spec: ScorerSpec = toml::from_str::<ScorerTable>(&format!("scorer = {{ kind = {name:?} }}"))
+            .map_err(|e| Error::InvalidPolicy(format!("scorer `{name}`: {}", e.message().trim())))?
+            .scorer;
         if self.kv.is_none() && self.prefill.is_none() && self.decode.is_none() {
             self.kv = Some(KvFile { keep: Some(0.5), ..KvFile::default() });
         }
@@ -377,7 +379,7 @@ impl PolicyFile {
 
     /// Parses a policy file; unknown keys and wrong types are errors.
     pub fn from_toml(text: &str) -> Result<Self> {
-        Ok(toml::from_str(text)?)
+        toml::from_str(text).map_err(|e| Error::toml(e, text))
     }
 
     /// Writes the policy as TOML.

@@ -180,3 +180,16 @@ fn prefill_budgets_of_short_prompts_cover_the_protected_tokens() {
     let kept = prefill.selector.select_with(&scores, prefill.budget(0, 37)).unwrap();
     assert_eq!(kept.len(), 20);
 }
+
+#[test]
+fn syntax_errors_are_one_line_with_line_column_and_text() {
+    let err = Policy::from_toml("[kv]\nkeep = 0.5\nwindow = 3\n").unwrap_err().to_string();
+    assert!(err.starts_with("policy file, line 3, column 1 (`window = 3`): unknown field `window`"), "{err}");
+    let err = Policy::from_toml("[kv]\nkeep = \n").unwrap_err().to_string();
+    assert!(err.contains("line 2, column 8 (`keep =`)") && !err.contains('\n'), "{err}");
+    // Columns count characters, not bytes.
+    let err = Policy::from_toml("name = \"é\"\nkeep = 1\n").unwrap_err().to_string();
+    assert!(err.contains("line 2, column 1") && !err.contains('\n'), "{err}");
+    let err = sieve_core::policy::PolicyFile::default().override_scorer("magic").unwrap_err().to_string();
+    assert!(err.contains("scorer `magic`: unknown variant `magic`") && !err.contains('\n'), "{err}");
+}

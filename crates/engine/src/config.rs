@@ -97,6 +97,13 @@ impl ModelConfig {
         if self.n_heads % self.n_kv_heads != 0 {
             return bad(format!("{} heads are not a multiple of {} kv heads", self.n_heads, self.n_kv_heads));
         }
+        // Backends tabulate the rotary embedding for every position of the context.
+        if self.context * self.head_dim > 1 << 28 {
+            return bad(format!(
+                "context {} x head dim {} is too large for the rotary tables (at most 2^28)",
+                self.context, self.head_dim
+            ));
+        }
         if self.head_dim % 2 != 0 {
             return bad(format!("head dim {} is odd; rotary embeddings need pairs", self.head_dim));
         }
@@ -118,8 +125,7 @@ impl ModelConfig {
 
     /// Reads the configuration from GGUF metadata; `vocab` comes from the embedding.
     pub fn from_gguf(meta: &HashMap<String, Value>, vocab: usize, source: &str) -> Result<Self> {
-        let arch_name = get_str(meta, "general.architecture", source)?;
-        let arch = Architecture::parse(&arch_name)?;
+        let (arch_name, arch) = gguf_architecture(meta, source)?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let n_heads = get_u(meta, &key("attention.head_count"), source)?;
         let hidden = get_u(meta, &key("embedding_length"), source)?;
@@ -222,6 +228,13 @@ struct HfConfig {
     rms_norm_eps: Option<f64>,
     max_position_embeddings: Option<usize>,
     attention_bias: Option<bool>,
+}
+
+/// The name in `general.architecture` and the family it denotes.
+pub(crate) fn gguf_architecture(meta: &HashMap<String, Value>, source: &str) -> Result<(String, Architecture)> {
+    let name = get_str(meta, "general.architecture", source)?;
+    let arch = Architecture::parse(&name)?;
+    Ok((name, arch))
 }
 
 fn missing(key: &str, source: &str) -> Error {

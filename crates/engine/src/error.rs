@@ -33,6 +33,11 @@ pub enum Error {
         source: candle_core::Error,
     },
 
+    /// A file that is not a GGUF file, or whose GGUF header is truncated or inconsistent
+    /// (found by sieve's own checks, before candle reads it).
+    #[error("{}: invalid GGUF file: {detail}", path.display())]
+    InvalidGguf { path: PathBuf, detail: String },
+
     /// A safetensors file that could not be read.
     #[error("{}: {source}", path.display())]
     Safetensors {
@@ -77,8 +82,11 @@ pub enum Error {
     #[error("the prompt needs {needed} positions but the model's context is {context} tokens")]
     ContextOverflow { needed: usize, context: usize },
 
-    /// The model produced NaN or infinite logits.
-    #[error("the model produced a non-finite logit ({value}) at position {position}")]
+    /// The model produced NaN or infinite logits; `position` is the index in the
+    /// vocabulary of the first one.
+    #[error(
+        "the model produced a non-finite logit ({value}) for token id {position}; its weights may hold NaN or infinite values"
+    )]
     NonFiniteLogits { position: usize, value: f32 },
 
     /// An invalid request (sampling settings, an unknown backend, ...).
@@ -109,9 +117,35 @@ impl Error {
         Error::Config { source_name: source_name.into(), message: message.into() }
     }
 
+    /// A GGUF error from candle, without the backtrace candle attaches when
+    /// `RUST_BACKTRACE` is set (it would turn a one-line message into a page).
+    pub fn gguf(path: &Path, source: candle_core::Error) -> Self {
+        Error::Gguf { path: path.to_path_buf(), source: without_backtrace(source) }
+    }
+
+    /// An invalid GGUF file.
+    pub fn invalid_gguf(path: &Path, detail: impl Into<String>) -> Self {
+        Error::InvalidGguf { path: path.to_path_buf(), detail: detail.into() }
+    }
+
     /// A backend runtime error.
     pub fn backend<E: std::error::Error + Send + Sync + 'static>(backend: &'static str, source: E) -> Self {
         Error::Backend { backend, source: Box::new(source) }
+    }
+}
+
+/// `e` without the backtraces candle captures when `RUST_BACKTRACE` is set: candle prints
+/// them as part of the error's message.
+pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        candle_core::Error::Context { inner, context } => {
+            candle_core::Error::Context { inner: Box::new(without_backtrace(*inner)), context }
+        }
+        candle_core::Error::WithPath { inner, path } => {
+            candle_core::Error::WithPath { inner: Box::new(without_backtrace(*inner)), path }
+        }
+        other => other,
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
@@ -59,44 +60,32 @@ impl Model {
     }
 }
 
-struct GgufSource {
-    path: PathBuf,
-    file: File,
-    content: Content,
-    len: u64,
+/// Reads a GGUF model held in memory, as [`Model::load`] reads a file; messages name the
+/// source `<memory>`. Malformed input of any kind is an error, never a panic (the `gguf`
+/// fuzz target drives this).
+pub fn load_gguf_bytes(bytes: &[u8]) -> Result<Model> {
+    load_gguf_from(Cursor::new(bytes), bytes.len() as u64, Path::new("<memory>"))
 }
 
-impl TensorSource for GgufSource {
+struct GgufSource<R> {
+    path: PathBuf,
+    reader: R,
+    content: Content,
+}
+
+impl<R: Read + Seek> TensorSource for GgufSource<R> {
     fn source_name(&self) -> String {
         self.path.display().to_string()
     }
 
     fn read(&mut self, name: &str) -> Result<Option<HostWeight>> {
+        // `gguf::check_header` has checked every tensor's shape, type and extent.
         let Some(info) = self.content.tensor_infos.get(name) else {
             return Ok(None);
         };
-        let dtype = info.ggml_dtype;
-        let elems = info.shape.elem_count();
-        if elems % dtype.block_size() != 0 {
-            return Err(Error::config(
-                self.source_name(),
-                format!("tensor `{name}` has {elems} elements, not whole {dtype:?} blocks"),
-            ));
-        }
-        let size = (elems / dtype.block_size()) as u64 * dtype.type_size() as u64;
-        let start = self.content.tensor_data_offset.saturating_add(info.offset);
-        if start.checked_add(size).is_none_or(|end| end > self.len) {
-            return Err(Error::config(
-                self.source_name(),
-                format!(
-                    "tensor `{name}` ({size} bytes at offset {start}) runs past the end of the file ({} bytes); the file is truncated",
-                    self.len
-                ),
-            ));
-        }
         let shape = info.shape.dims().to_vec();
-        let gguf = |source| Error::Gguf { path: self.path.clone(), source };
-        let q = self.content.tensor(&mut self.file, name, &Device::Cpu).map_err(gguf)?;
+        let gguf = |source| Error::gguf(&self.path, source);
+        let q = self.content.tensor(&mut self.reader, name, &Device::Cpu).map_err(gguf)?;
         let t = q.dequantize(&Device::Cpu).map_err(gguf)?;
         let data = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(gguf)?;
         Ok(Some(HostWeight { data, shape }))
@@ -104,10 +93,19 @@ impl TensorSource for GgufSource {
 }
 
 fn load_gguf(path: &Path) -> Result<Model> {
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = weights::file_len(path)?;
-    let content = Content::read(&mut file).map_err(|source| Error::Gguf { path: path.to_path_buf(), source })?;
+    load_gguf_from(BufReader::new(file), len, path)
+}
+
+/// Loads a GGUF model from `reader` (a file of `len` bytes), named `path` in messages.
+fn load_gguf_from<R: Read + Seek>(mut reader: R, len: u64, path: &Path) -> Result<Model> {
+    crate::gguf::check_header(&mut reader, len, path)?;
+    reader.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+    let content = Content::read(&mut reader).map_err(|source| Error::gguf(path, source))?;
     let source = path.display().to_string();
+    // The architecture first: a model sieve cannot run is reported as such, whatever else it lacks.
+    crate::config::gguf_architecture(&content.metadata, &source)?;
     let vocab = match content.tensor_infos.get(weights::GGUF_NAMES.embed) {
         Some(info) if info.shape.rank() == 2 => info.shape.dims()[0],
         Some(info) => {
@@ -130,7 +128,7 @@ fn load_gguf(path: &Path) -> Result<Model> {
         .map(|(n, i)| (n.clone(), format!("{:?}", i.ggml_dtype), i.shape.dims().to_vec()))
         .collect();
     tensor_summary.sort();
-    let mut src = GgufSource { path: path.to_path_buf(), file, content, len };
+    let mut src = GgufSource { path: path.to_path_buf(), reader, content };
     let weights =
         weights::read_weights(&mut src, &weights::GGUF_NAMES, &config, weights::gguf_interleaved(config.arch))?;
     let chat_template = compile_template(template_source.as_deref(), &tokenizer)?;
@@ -145,12 +143,16 @@ fn load_gguf(path: &Path) -> Result<Model> {
     })
 }
 
+/// Every id the tokenizer can produce must index the embedding.
 fn check_vocab(tokenizer: &Tokenizer, config: &ModelConfig, source: &str) -> Result<()> {
-    let n = tokenizer.vocab_size();
-    if n > config.vocab {
+    if let Some(max) = tokenizer.max_id().filter(|&id| id as usize >= config.vocab) {
         return Err(Error::config(
             source,
-            format!("the tokenizer has {n} tokens but the model's embedding only {}", config.vocab),
+            format!(
+                "the tokenizer has {} tokens with ids up to {max}, but the model's vocabulary has only {} (vocab_size)",
+                tokenizer.vocab_size(),
+                config.vocab
+            ),
         ));
     }
     for &id in tokenizer.eos.iter().chain(tokenizer.bos.iter()) {

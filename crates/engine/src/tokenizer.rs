@@ -188,6 +188,11 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The largest token id, added tokens included (`None` for an empty vocabulary).
+    pub fn max_id(&self) -> Option<u32> {
+        self.inner.get_vocab(true).into_values().max()
+    }
+
     /// Writes the tokenizer as a `tokenizer.json`.
     pub fn save(&self, path: &Path) -> Result<()> {
         self.inner.save(path, false).map_err(tok_err)

@@ -3,6 +3,10 @@
 
 use super::cargo;
 
+/// Seconds per fuzz target in CI: enough for a few hundred thousand inputs each, a small
+/// part of CI's time next to the build of the instrumented targets.
+const CI_FUZZ_SECONDS: u64 = 30;
+
 pub fn run() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     super::fetch::run()?;
@@ -12,6 +16,9 @@ pub fn run() -> anyhow::Result<()> {
     cargo(&["test", "--workspace", "--locked", "--release"])?;
     // The `sieve` binary with the libtorch backend compiled in.
     cargo(&["test", "-p", "sieve-cli", "--features", "tch", "--locked", "--release", "--", "tch"])?;
+    // A short bounded fuzz run of the GGUF reader and the policy parser (`cargo xtask fuzz`
+    // runs them longer).
+    super::fuzz::run(CI_FUZZ_SECONDS, &[])?;
     eprintln!("\nxtask ci: all checks passed");
     Ok(())
 }

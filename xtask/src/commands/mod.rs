@@ -1,5 +1,6 @@
 pub mod ci;
 pub mod fetch;
+pub mod fuzz;
 pub mod libtorch;
 
 use std::process::Command;

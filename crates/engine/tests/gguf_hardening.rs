@@ -1,0 +1,84 @@
+//! Malformed GGUF input to the loader: an error naming what is wrong, never a panic. The
+//! cases come from reading candle's GGUF reader and from the `gguf` fuzz target
+//! (`cargo xtask fuzz`); each one crashed or misbehaved before the check that now catches it.
+
+use sieve_engine::model::load_gguf_bytes;
+use sieve_engine::testing::{TinyGguf, Value, patch_tensor_info};
+
+fn tiny() -> TinyGguf {
+    TinyGguf::llama().unwrap()
+}
+
+fn error_of(bytes: &[u8]) -> String {
+    match load_gguf_bytes(bytes) {
+        Ok(m) => panic!("loaded a model from broken input: {:?}", m.config),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_tiny_model_loads() {
+    let m = load_gguf_bytes(&tiny().to_bytes().unwrap()).unwrap();
+    assert_eq!(m.config.n_layers, 1);
+    assert_eq!(m.weights.layers[0].q.shape, vec![32, 32]);
+}
+
+#[test]
+fn a_zero_or_odd_alignment_is_an_error() {
+    // candle divides the header's end by `general.alignment`: zero panicked.
+    for (value, shown) in [(Value::U32(0), "= 0"), (Value::U8(3), "= 3"), (Value::I32(48), "= 48")] {
+        let mut g = tiny();
+        g.set("general.alignment", value);
+        let err = error_of(&g.to_bytes().unwrap());
+        assert!(err.contains("`general.alignment`") && err.contains(shown), "{err}");
+    }
+    // A negative or non-integer alignment means the default, as in candle.
+    let mut g = tiny();
+    g.set("general.alignment", Value::I16(-1));
+    load_gguf_bytes(&g.to_bytes().unwrap()).unwrap();
+}
+
+#[test]
+fn shapes_whose_element_count_overflows_are_errors() {
+    // The element count of [2^40, 2^40] overflows usize: it panicked with overflow checks
+    // on, and wrapped to zero without them.
+    for (dims, error) in [(1 << 40, "runs past the end"), (u64::MAX, "has the impossible shape")] {
+        let mut bytes = tiny().to_bytes().unwrap();
+        assert!(patch_tensor_info(&mut bytes, "output_norm.weight", Some(&[dims]), None));
+        let err = error_of(&bytes);
+        assert!(err.contains("`output_norm.weight`") && err.contains(error), "{err}");
+    }
+    let mut bytes = tiny().to_bytes().unwrap();
+    assert!(patch_tensor_info(&mut bytes, "blk.0.ffn_up.weight", Some(&[1 << 40, 1 << 40]), None));
+    assert!(error_of(&bytes).contains("`blk.0.ffn_up.weight` has the impossible shape"));
+}
+
+#[test]
+fn empty_tensors_are_errors() {
+    // Found by the fuzzer: candle read the empty data of a tensor with a zero dimension
+    // through an unaligned pointer (undefined behaviour, caught by debug assertions).
+    for (name, dims) in [("output_norm.weight", &[0][..]), ("blk.0.attn_v.weight", &[0, 32])] {
+        let mut bytes = tiny().to_bytes().unwrap();
+        assert!(patch_tensor_info(&mut bytes, name, Some(dims), None));
+        let err = error_of(&bytes);
+        assert!(err.contains(&format!("tensor `{name}` has the empty shape")), "{err}");
+    }
+}
+
+#[test]
+fn rows_that_are_not_whole_blocks_are_errors() {
+    let mut bytes = tiny().to_bytes().unwrap();
+    // Same element count, but rows of 16 cannot hold Q8_0 blocks of 32.
+    assert!(patch_tensor_info(&mut bytes, "blk.0.attn_k.weight", Some(&[32, 16]), None));
+    let err = error_of(&bytes);
+    assert!(err.contains("`blk.0.attn_k.weight`") && err.contains("multiple of 32"), "{err}");
+}
+
+#[test]
+fn truncation_anywhere_is_an_error() {
+    let bytes = tiny().to_bytes().unwrap();
+    for len in (0..bytes.len()).step_by(97) {
+        let err = error_of(&bytes[..len]);
+        assert!(err.contains("truncated") || err.contains("too short"), "{len} bytes: {err}");
+    }
+}
