@@ -19,6 +19,11 @@ pub enum Command {
     Chat(ChatArgs),
     /// Perplexity of a text file with a compressed context, or streaming.
     Perplexity(PerplexityArgs),
+    /// Passkey retrieval: a key hidden at some depth of filler text, asked for after it.
+    Passkey(PasskeyArgs),
+    /// Time to first token, decode speed, KV memory and perplexity of pruning policies
+    /// against the unpruned model, as tables and plots.
+    Bench(BenchArgs),
     /// Show a model's configuration, tokenizer and tensors.
     Inspect(ModelArgs),
     /// Fetch the default model (SmolLM2-135M-Instruct) into the cache.
@@ -163,4 +168,67 @@ pub struct PerplexityArgs {
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct PasskeyArgs {
+    /// Prompt lengths in tokens (the whole prompt, chat template included).
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048")]
+    pub lengths: Vec<usize>,
+    /// Depths of the key in the filler (0 = its start, 1 = its end).
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.5,0.9")]
+    pub depths: Vec<f64>,
+    /// Keys per length and depth (seeds 0..N).
+    #[arg(long, default_value_t = 3)]
+    pub seeds: u64,
+    /// Policies: names of `configs/<name>.toml` (relative to the current directory) or
+    /// paths to .toml files; `none` is built in, `NAME@K` overrides the kept fraction to K.
+    /// The unpruned model always runs too, as the baseline.
+    #[arg(long, value_delimiter = ',', default_value = "none,snapkv")]
+    pub policies: Vec<String>,
+    /// Filler text around the key (UTF-8, e.g. WikiText-2); default: neutral sentences
+    /// repeated.
+    #[arg(long)]
+    pub filler_file: Option<PathBuf>,
+    /// Most tokens generated for the answer (greedy).
+    #[arg(long, default_value_t = 12)]
+    pub answer_tokens: usize,
+    /// Write every trial and the accuracy tables as JSON to stdout instead of the tables.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct BenchArgs {
+    /// Policies: names of `configs/<name>.toml` (relative to the current directory) or
+    /// paths to .toml files. The unpruned model always runs, as the baseline of each length.
+    #[arg(long, value_delimiter = ',', default_value = "snapkv,lazy-prefill,streaming")]
+    pub policies: Vec<String>,
+    /// Kept fractions, applied to each policy as `--keep` does.
+    #[arg(long, value_delimiter = ',', default_value = "1.0,0.5,0.25,0.125")]
+    pub keeps: Vec<f64>,
+    /// Context lengths in tokens (the first tokens of --file).
+    #[arg(long, value_delimiter = ',', default_value = "512,2048")]
+    pub lengths: Vec<usize>,
+    /// Tokens after each context scored for perplexity against the pruned cache
+    /// (compressed-context protocol, one window).
+    #[arg(long, default_value_t = 64)]
+    pub continuation: usize,
+    /// Tokens generated (greedy) after each context to time decoding, as `generate -n`.
+    #[arg(long, default_value_t = 32)]
+    pub decode_tokens: usize,
+    /// Timed generations per point; medians are reported.
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
+    /// The text (UTF-8). Default: `$SIEVE_DATA/wikitext-2/wiki.test.raw`, else
+    /// `../shared/data/wikitext-2/wiki.test.raw`.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Folder for results.json, results.md, quality.svg and speedup.svg.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }

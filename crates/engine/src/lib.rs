@@ -8,6 +8,7 @@
 //! - [`generate`] and [`sampling`]: the generation loop.
 //! - [`stats`]: what a run computed and cached, and how long it took.
 //! - [`fetch`]: the default model in the cache.
+//! - [`testing`]: a tiny synthetic GGUF model for tests and fuzzing.
 
 pub mod backend;
 pub mod config;
@@ -16,11 +17,14 @@ pub mod eval;
 pub mod export;
 pub mod fetch;
 pub mod generate;
+mod gguf;
 pub mod model;
+pub mod passkey;
 pub mod sampling;
 pub mod session;
 pub mod stats;
 pub mod template;
+pub mod testing;
 pub mod tokenizer;
 pub mod weights;
 

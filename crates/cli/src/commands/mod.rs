@@ -1,9 +1,13 @@
+pub mod bench;
 pub mod chat;
 pub mod generate;
 pub mod inspect;
+pub mod passkey;
 pub mod perplexity;
 
-use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
 use sieve_core::Policy;
 use sieve_core::policy::PolicyFile;
 use sieve_engine::Model;
@@ -45,7 +49,10 @@ pub fn load_policy(args: &PolicyArgs) -> Result<Policy> {
     if let Some(scorer) = &args.scorer {
         file.override_scorer(scorer)?;
     }
-    let policy = file.validate().context("invalid policy")?;
+    let policy = match &args.policy {
+        Some(path) => file.validate().with_context(|| format!("policy {}", path.display()))?,
+        None => file.validate().context("invalid policy")?,
+    };
     Ok(policy)
 }
 
@@ -62,4 +69,52 @@ pub fn generate_options(a: &SamplingArgs) -> sieve_engine::GenerateOptions {
         },
         stop: a.stop.clone(),
     }
+}
+
+/// A policy named on a grid's command line: `none` (built in), the name of
+/// `configs/<name>.toml` relative to the current directory, or a path to a .toml file;
+/// `SPEC@K` is that policy with its kept fraction overridden to K, as `--keep K` does.
+pub fn resolve_policy(spec: &str) -> Result<Policy> {
+    let spec = spec.trim();
+    if let Some((base, keep)) = spec.rsplit_once('@') {
+        let keep: f64 = keep.parse().with_context(|| format!("policy `{spec}`: `{keep}` is not a fraction"))?;
+        let mut policy = with_keep(&resolve_policy(base)?, keep).with_context(|| format!("policy `{spec}`"))?;
+        policy.name = spec.to_string();
+        return Ok(policy);
+    }
+    if spec == "none" {
+        return Ok(Policy::none());
+    }
+    if spec.is_empty() {
+        bail!("an empty policy name");
+    }
+    let path = if spec.ends_with(".toml") || spec.contains('/') {
+        PathBuf::from(spec)
+    } else {
+        Path::new("configs").join(format!("{spec}.toml"))
+    };
+    if !path.is_file() {
+        bail!(
+            "policy `{spec}`: {} does not exist (policies are names of configs/<name>.toml in the current directory, \
+             or paths to .toml files)",
+            path.display()
+        );
+    }
+    load_policy(&PolicyArgs { policy: Some(path), keep: None, scorer: None })
+}
+
+/// `policy` with its kept fraction overridden to `keep`, as `--keep` does; the name is kept.
+pub fn with_keep(policy: &Policy, keep: f64) -> Result<Policy> {
+    let mut file = policy.to_file();
+    file.override_keep(keep);
+    let mut out = file.validate()?;
+    out.name = policy.name.clone();
+    Ok(out)
+}
+
+/// A UTF-8 text file, with the file named in errors.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not valid UTF-8 (offset {})", path.display(), e.utf8_error().valid_up_to()))
 }

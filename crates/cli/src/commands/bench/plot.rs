@@ -1,0 +1,142 @@
+//! The two plots of `sieve bench`, as SVG (text as SVG `<text>` elements, so that no font
+//! files are needed): perplexity and TTFT speedup against the kept fraction, one line per
+//! policy (and length, when there are several), beside the unpruned model.
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+use super::Point;
+
+/// Distinct colours readable on white (Tableau 10).
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// One line of a plot.
+struct Line {
+    label: String,
+    points: Vec<(f64, f64)>,
+    baseline: bool,
+}
+
+/// The lines of `value` against `keep`: per length, the baseline (a flat line at its value
+/// across the keep axis) and one line per policy.
+fn lines(points: &[Point], value: impl Fn(&Point) -> f64) -> Vec<Line> {
+    let mut lengths: Vec<usize> = points.iter().map(|p| p.length).collect();
+    lengths.dedup();
+    let several = lengths.len() > 1;
+    let suffix = |l: usize| if several { format!(" ({l} tokens)") } else { String::new() };
+    let (lo, hi) = points.iter().map(|p| p.keep).fold((1.0f64, 1.0f64), |(a, b), k| (a.min(k), b.max(k)));
+    let mut out = Vec::new();
+    for &length in &lengths {
+        let at: Vec<&Point> = points.iter().filter(|p| p.length == length).collect();
+        if let Some(base) = at.iter().find(|p| p.policy == "none") {
+            let v = value(base);
+            if v.is_finite() {
+                out.push(Line {
+                    label: format!("none{}", suffix(length)),
+                    points: vec![(lo, v), (hi, v)],
+                    baseline: true,
+                });
+            }
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for p in &at {
+            if p.policy != "none" && !names.contains(&p.policy.as_str()) {
+                names.push(&p.policy);
+            }
+        }
+        for name in names {
+            let mut pts: Vec<(f64, f64)> = at
+                .iter()
+                .filter(|p| p.policy == name)
+                .map(|p| (p.keep, value(p)))
+                .filter(|(_, v)| v.is_finite())
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            out.push(Line { label: format!("{name}{}", suffix(length)), points: pts, baseline: false });
+        }
+    }
+    out
+}
+
+fn svg(title: &str, y_desc: &str, lines: &[Line]) -> Result<String> {
+    let err = |e: &dyn std::fmt::Display| anyhow!("drawing the plot `{title}`: {e}");
+    let ys: Vec<f64> = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)).collect();
+    let (mut y0, mut y1) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+    if !(y0.is_finite() && y1.is_finite()) {
+        (y0, y1) = (0.0, 1.0);
+    }
+    let pad = ((y1 - y0) * 0.08).max(y1.abs() * 0.02).max(1e-3);
+    let (y0, y1) = ((y0 - pad).max(if y0 >= 0.0 { 0.0 } else { f64::NEG_INFINITY }), y1 + pad);
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (820, 520)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..1.05f64, y0..y1)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("kept fraction (--keep)")
+            .y_desc(y_desc)
+            .light_line_style(BLACK.mix(0.04))
+            .x_labels(12)
+            .x_label_formatter(&|x| format!("{x:.2}"))
+            .y_label_formatter(&|y| format!("{y:.2}"))
+            .draw()
+            .map_err(|e| err(&e))?;
+        let mut colour = 0;
+        for line in lines {
+            let c = if line.baseline {
+                BLACK.mix(0.55)
+            } else {
+                colour += 1;
+                PALETTE[(colour - 1) % PALETTE.len()].mix(1.0)
+            };
+            let width = if line.baseline { 1 } else { 2 };
+            let marker = if line.baseline { 0 } else { 4 };
+            chart
+                .draw_series(LineSeries::new(line.points.iter().copied(), c.stroke_width(width)).point_size(marker))
+                .map_err(|e| err(&e))?
+                .label(line.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(width)));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    Ok(out)
+}
+
+/// Compressed-context perplexity against the kept fraction.
+pub fn quality(points: &[Point]) -> Result<String> {
+    svg("Perplexity vs kept fraction", "perplexity (compressed context)", &lines(points, |p| p.perplexity))
+}
+
+/// TTFT speedup over the unpruned model against the kept fraction.
+pub fn speedup(points: &[Point]) -> Result<String> {
+    svg(
+        "Time-to-first-token speedup vs kept fraction",
+        "TTFT speedup over none (x)",
+        &lines(points, |p| p.ttft_speedup),
+    )
+}
