@@ -19,6 +19,9 @@ enum Command {
     FetchModel,
     /// Assemble libtorch 2.13.0 (CPU) from PyPI wheels into the cache, for `--features tch`.
     SetupLibtorch,
+    /// Install the ONNX Runtime library (from its PyPI wheel) where sieve's `ort` backend
+    /// finds it.
+    SetupOrt,
     /// Build the `sieve` binary with the libtorch backend (sets up libtorch first).
     BuildTch,
     /// Run the fuzz targets in fuzz/ (cargo-fuzz, installed if missing), one after the other.
@@ -37,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ci => commands::ci::run(),
         Command::FetchModel => commands::fetch::run(),
         Command::SetupLibtorch => commands::libtorch::run(),
+        Command::SetupOrt => commands::onnxruntime::run(),
         Command::BuildTch => commands::libtorch::build(),
         Command::Fuzz { seconds, targets } => commands::fuzz::run(seconds, &targets),
     }

@@ -2,6 +2,8 @@ pub mod ci;
 pub mod fetch;
 pub mod fuzz;
 pub mod libtorch;
+pub mod onnxruntime;
+pub mod wheels;
 
 use std::process::Command;
 

@@ -1,0 +1,183 @@
+//! The ONNX graphs of the decoder: the embedding lookup, one graph per decoder layer (its
+//! weights as initializers), and the final norm with the LM head.
+//!
+//! One graph per layer, rather than one graph with the weights as inputs, lets ONNX Runtime
+//! treat the weights as constants: it pre-packs them for its GEMM kernels once, when the
+//! session is created, instead of reading unpacked inputs on every call. Each weight lives
+//! in exactly one session, so memory is the same either way.
+
+use sieve_engine::config::ModelConfig;
+use sieve_engine::weights::{HostWeight, LayerWeights, Weights};
+
+use crate::graph::{Attr, Dim, FLOAT, Graph, INT64};
+
+/// Names of a decoder-layer graph's inputs, in the order the backend passes them.
+pub const LAYER_INPUTS: [&str; 8] =
+    ["hidden", "positions", "cos", "sin", "past_positions", "past_keys", "past_values", "probe_start"];
+/// Names of a decoder-layer graph's outputs.
+pub const LAYER_OUTPUTS: [&str; 5] = ["hidden_out", "keys", "values", "attention", "attention_sums"];
+
+/// `w` (`[out, in]`, as stored) transposed to `[in, out]` for `MatMul(x, w)`.
+fn transposed(w: &HostWeight) -> (Vec<usize>, Vec<f32>) {
+    let (rows, cols) = (w.shape[0], w.shape[1]);
+    let mut out = vec![0f32; rows * cols];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = w.data[r * cols + c];
+        }
+    }
+    (vec![cols, rows], out)
+}
+
+fn linear(g: &mut Graph, x: &str, name: &str, w: &HostWeight, bias: Option<&HostWeight>) -> String {
+    let (shape, data) = transposed(w);
+    let w = g.weight(name, &shape, &data);
+    let y = g.node("MatMul", &[x, &w], &[]);
+    match bias {
+        Some(b) => {
+            let b = g.weight(&format!("{name}.bias"), &b.shape, &b.data);
+            g.node("Add", &[&y, &b], &[])
+        }
+        None => y,
+    }
+}
+
+fn rms_norm(g: &mut Graph, x: &str, name: &str, w: &HostWeight, eps: f64) -> String {
+    let w = g.weight(name, &w.shape, &w.data);
+    g.node("RMSNormalization", &[x, &w], &[("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps as f32))])
+}
+
+/// Half-split rotary embedding of `x` `[heads, n, head_dim]` with `cos`/`sin` `[n, head_dim/2]`.
+fn rope(g: &mut Graph, x: &str, cos: &str, sin: &str, head_dim: usize) -> String {
+    let half = (head_dim / 2) as i64;
+    let (zero, mid, end, axis) = (g.ints(&[0]), g.ints(&[half]), g.ints(&[head_dim as i64]), g.ints(&[2]));
+    let x1 = g.node("Slice", &[x, &zero, &mid, &axis], &[]);
+    let x2 = g.node("Slice", &[x, &mid, &end, &axis], &[]);
+    let (x1c, x2s) = (g.node("Mul", &[&x1, cos], &[]), g.node("Mul", &[&x2, sin], &[]));
+    let a = g.node("Sub", &[&x1c, &x2s], &[]);
+    let (x2c, x1s) = (g.node("Mul", &[&x2, cos], &[]), g.node("Mul", &[&x1, sin], &[]));
+    let b = g.node("Add", &[&x2c, &x1s], &[]);
+    g.node("Concat", &[&a, &b], &[("axis", Attr::Int(2))])
+}
+
+/// `x` `[n, heads * head_dim]` as `[heads, n, head_dim]`.
+fn split_heads(g: &mut Graph, x: &str, heads: usize, head_dim: usize) -> String {
+    let shape = g.ints(&[-1, heads as i64, head_dim as i64]);
+    let r = g.node("Reshape", &[x, &shape], &[]);
+    g.node("Transpose", &[&r], &[("perm", Attr::Ints(vec![1, 0, 2]))])
+}
+
+/// The graph of decoder layer `index`.
+///
+/// Inputs: `hidden` `[n, hidden]`; `positions` (int64 `[n]`, original token positions);
+/// `cos`/`sin` `[n, head_dim/2]` of those positions; `past_positions` (int64 `[m]`) with
+/// `past_keys`/`past_values` `[kv_heads, m, head_dim]`, the layer's cache (m may be 0); and
+/// `probe_start` (int64 `[1]`), the first query row whose attention is returned.
+///
+/// Outputs: `hidden_out` `[n, hidden]`; `keys`/`values` `[kv_heads, m + n, head_dim]`, the
+/// cache with this call's tokens appended (keys after RoPE); `attention`
+/// `[heads, n - probe_start, m + n]`, the attention probabilities of the last queries; and
+/// `attention_sums` `[heads, 1, m + n]`, the probabilities summed over all queries. A query
+/// at position p sees the keys at positions ≤ p (the positions may have gaps after pruning).
+pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
+    let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+    let p = |name: &str| format!("layers.{index}.{name}");
+    let mut g = Graph::new(&format!("sieve decoder layer {index}"));
+    let (n, m, half) = (Dim::Named("n"), Dim::Named("m"), Dim::Fixed(hd / 2));
+    let hidden = g.input("hidden", FLOAT, Some(&[n.clone(), Dim::Fixed(c.hidden)]));
+    let positions = g.input("positions", INT64, Some(&[n.clone()]));
+    let cos = g.input("cos", FLOAT, Some(&[n.clone(), half.clone()]));
+    let sin = g.input("sin", FLOAT, Some(&[n.clone(), half]));
+    let past_positions = g.input("past_positions", INT64, Some(&[m.clone()]));
+    let cache_dims = [Dim::Fixed(nkv), m, Dim::Fixed(hd)];
+    let past_keys = g.input("past_keys", FLOAT, Some(&cache_dims));
+    let past_values = g.input("past_values", FLOAT, Some(&cache_dims));
+    let probe_start = g.input("probe_start", INT64, Some(&[Dim::Fixed(1)]));
+
+    // Attention.
+    let h = rms_norm(&mut g, &hidden, &p("attn_norm"), &w.attn_norm, c.rms_eps);
+    let bias = w.qkv_bias.as_ref();
+    let q = linear(&mut g, &h, &p("q"), &w.q, bias.map(|b| &b[0]));
+    let k = linear(&mut g, &h, &p("k"), &w.k, bias.map(|b| &b[1]));
+    let v = linear(&mut g, &h, &p("v"), &w.v, bias.map(|b| &b[2]));
+    let q = split_heads(&mut g, &q, nh, hd);
+    let q = rope(&mut g, &q, &cos, &sin, hd);
+    let k = split_heads(&mut g, &k, nkv, hd);
+    let k = rope(&mut g, &k, &cos, &sin, hd);
+    let v = split_heads(&mut g, &v, nkv, hd);
+    let keys = g.named("keys", "Concat", &[&past_keys, &k], &[("axis", Attr::Int(1))]);
+    let values = g.named("values", "Concat", &[&past_values, &v], &[("axis", Attr::Int(1))]);
+
+    // The causal mask over original positions: [n, m + n], 0 where visible, -inf elsewhere.
+    let key_positions = g.node("Concat", &[&past_positions, &positions], &[("axis", Attr::Int(0))]);
+    let (axis0, axis1) = (g.ints(&[0]), g.ints(&[1]));
+    let row = g.node("Unsqueeze", &[&key_positions, &axis0], &[]);
+    let col = g.node("Unsqueeze", &[&positions, &axis1], &[]);
+    let visible = g.node("LessOrEqual", &[&row, &col], &[]);
+    let (zero, neg_inf) = (g.scalar(0.0), g.scalar(f32::NEG_INFINITY));
+    let mask = g.node("Where", &[&visible, &zero, &neg_inf], &[]);
+
+    // Grouped-query attention: query heads kv-major, [kv_heads, group * n, head_dim].
+    let scale = g.scalar(1.0 / (hd as f32).sqrt());
+    let q = g.node("Mul", &[&q, &scale], &[]);
+    let grouped = g.ints(&[nkv as i64, -1, hd as i64]);
+    let q = g.node("Reshape", &[&q, &grouped], &[]);
+    let kt = g.node("Transpose", &[&keys], &[("perm", Attr::Ints(vec![0, 2, 1]))]);
+    let scores = g.node("MatMul", &[&q, &kt], &[]);
+    let per_head = g.ints(&[nh as i64, -1, 0]);
+    let scores = g.node("Reshape", &[&scores, &per_head], &[]);
+    let scores = g.node("Add", &[&scores, &mask], &[]);
+    let probs = g.node("Softmax", &[&scores], &[("axis", Attr::Int(-1))]);
+    let grouped_probs = g.ints(&[nkv as i64, -1, 0]);
+    let pg = g.node("Reshape", &[&probs, &grouped_probs], &[]);
+    let ctx = g.node("MatMul", &[&pg, &values], &[]);
+    let heads = g.ints(&[nh as i64, -1, hd as i64]);
+    let ctx = g.node("Reshape", &[&ctx, &heads], &[]);
+    let ctx = g.node("Transpose", &[&ctx], &[("perm", Attr::Ints(vec![1, 0, 2]))]);
+    let flat = g.ints(&[-1, (nh * hd) as i64]);
+    let ctx = g.node("Reshape", &[&ctx, &flat], &[]);
+    let o = linear(&mut g, &ctx, &p("o"), &w.o, None);
+    let x = g.node("Add", &[&hidden, &o], &[]);
+
+    // What the scorers read.
+    let (end, axis) = (g.ints(&[i64::MAX]), g.ints(&[1]));
+    let attention = g.named("attention", "Slice", &[&probs, &probe_start, &end, &axis], &[]);
+    let attention_sums = g.named("attention_sums", "ReduceSum", &[&probs, &axis], &[("keepdims", Attr::Int(1))]);
+
+    // SwiGLU MLP.
+    let h = rms_norm(&mut g, &x, &p("ffn_norm"), &w.ffn_norm, c.rms_eps);
+    let gate = linear(&mut g, &h, &p("gate"), &w.gate, None);
+    let sig = g.node("Sigmoid", &[&gate], &[]);
+    let gate = g.node("Mul", &[&gate, &sig], &[]);
+    let up = linear(&mut g, &h, &p("up"), &w.up, None);
+    let act = g.node("Mul", &[&gate, &up], &[]);
+    let down = linear(&mut g, &act, &p("down"), &w.down, None);
+    let out = g.named("hidden_out", "Add", &[&x, &down], &[]);
+
+    for name in [&out, &keys, &values, &attention, &attention_sums] {
+        g.output(name, FLOAT);
+    }
+    g
+}
+
+/// The embedding lookup: int64 `ids` `[n]` to `[n, hidden]`.
+pub fn embedding(w: &Weights) -> Graph {
+    let mut g = Graph::new("sieve embedding");
+    let ids = g.input("ids", INT64, Some(&[Dim::Named("n")]));
+    let table = g.weight("embed", &w.embed.shape, &w.embed.data);
+    let out = g.named("hidden", "Gather", &[&table, &ids], &[("axis", Attr::Int(0))]);
+    g.output(&out, FLOAT);
+    g
+}
+
+/// The final norm and LM head: `hidden` `[n, hidden]` to `logits` `[n, vocab]`.
+pub fn lm_head(c: &ModelConfig, w: &Weights) -> Graph {
+    let mut g = Graph::new("sieve lm head");
+    let x = g.input("hidden", FLOAT, Some(&[Dim::Named("n"), Dim::Fixed(c.hidden)]));
+    let h = rms_norm(&mut g, &x, "norm", &w.norm, c.rms_eps);
+    let head = w.lm_head.as_ref().unwrap_or(&w.embed);
+    let table = g.weight("lm_head", &head.shape, &head.data);
+    let out = g.named("logits", "Gemm", &[&h, &table], &[("transB", Attr::Int(1))]);
+    g.output(&out, FLOAT);
+    g
+}
