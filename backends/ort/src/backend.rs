@@ -44,7 +44,7 @@ pub fn export_onnx(config: &ModelConfig, weights: &Weights, dir: &Path) -> Resul
     let mut written = Vec::new();
     for (name, graph) in graphs(config, weights) {
         let path = dir.join(name);
-        std::fs::write(&path, graph.to_model_bytes()).map_err(|e| Error::io(&path, e))?;
+        std::fs::write(&path, graph.into_model_bytes()).map_err(|e| Error::io(&path, e))?;
         written.push(path);
     }
     Ok(written)
@@ -65,7 +65,7 @@ impl OrtBackend {
         crate::runtime::environment()?;
         let mut sessions = Vec::with_capacity(weights.layers.len() + 2);
         for (name, graph) in graphs(config, weights) {
-            sessions.push(Mutex::new(session(&graph.to_model_bytes(), device, &name)?));
+            sessions.push(Mutex::new(session(&graph.into_model_bytes(), device, &name)?));
         }
         let head = sessions.pop().ok_or_else(|| Error::Invalid("no LM head graph".into()))?;
         let embed = sessions.remove(0);

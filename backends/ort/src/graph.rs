@@ -159,7 +159,7 @@ impl Graph {
     }
 
     /// The finished model, serialized.
-    pub fn to_model_bytes(self) -> Vec<u8> {
+    pub fn into_model_bytes(self) -> Vec<u8> {
         ModelProto {
             ir_version: IR_VERSION,
             producer_name: "sieve".into(),

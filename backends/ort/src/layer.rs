@@ -85,10 +85,10 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
     let mut g = Graph::new(&format!("sieve decoder layer {index}"));
     let (n, m, half) = (Dim::Named("n"), Dim::Named("m"), Dim::Fixed(hd / 2));
     let hidden = g.input("hidden", FLOAT, Some(&[n.clone(), Dim::Fixed(c.hidden)]));
-    let positions = g.input("positions", INT64, Some(&[n.clone()]));
+    let positions = g.input("positions", INT64, Some(std::slice::from_ref(&n)));
     let cos = g.input("cos", FLOAT, Some(&[n.clone(), half.clone()]));
     let sin = g.input("sin", FLOAT, Some(&[n.clone(), half]));
-    let past_positions = g.input("past_positions", INT64, Some(&[m.clone()]));
+    let past_positions = g.input("past_positions", INT64, Some(std::slice::from_ref(&m)));
     let cache_dims = [Dim::Fixed(nkv), m, Dim::Fixed(hd)];
     let past_keys = g.input("past_keys", FLOAT, Some(&cache_dims));
     let past_values = g.input("past_values", FLOAT, Some(&cache_dims));

@@ -59,7 +59,7 @@ pub(crate) fn op(
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let output = g.node(op_type, &refs, attrs);
     g.output(&output, FLOAT);
-    let session = session(&g.to_model_bytes(), device, key)?;
+    let session = session(&g.into_model_bytes(), device, key)?;
     let op = Arc::new(Op { session: Mutex::new(session), output, name: key.to_string() });
     map.insert((key.to_string(), device), op.clone());
     Ok(op)

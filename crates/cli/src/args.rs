@@ -25,7 +25,7 @@ pub enum Command {
     /// against the unpruned model, as tables and plots.
     Bench(BenchArgs),
     /// Show a model's configuration, tokenizer and tensors.
-    Inspect(ModelArgs),
+    Inspect(InspectArgs),
     /// Fetch the default model (SmolLM2-135M-Instruct) into the cache.
     Fetch,
 }
@@ -37,7 +37,8 @@ pub enum BackendKind {
     Candle,
     /// libtorch through tch.
     Tch,
-    /// ONNX Runtime through ort.
+    /// ONNX Runtime through ort (the library is loaded at run time; install it with
+    /// `cargo xtask setup-ort`).
     Ort,
 }
 
@@ -47,6 +48,16 @@ pub struct ModelArgs {
     /// Default: SmolLM2-135M-Instruct from the cache (`sieve fetch`).
     #[arg(short, long)]
     pub model: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Also write the ONNX graphs the `ort` backend runs (embedding, one per decoder
+    /// layer, LM head; weights included) into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub export_onnx: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]

@@ -12,6 +12,8 @@ pub enum Loaded {
     Candle(sieve_candle::CandleBackend),
     #[cfg(feature = "tch")]
     Tch(sieve_tch::TchBackend),
+    #[cfg(feature = "ort")]
+    Ort(sieve_ort::OrtBackend),
 }
 
 /// Device named on the command line.
@@ -39,9 +41,7 @@ pub fn load(args: &RuntimeArgs, model: &mut Model) -> Result<Loaded> {
     match args.backend {
         BackendKind::Candle => load_candle(model, device),
         BackendKind::Tch => load_tch(model, device),
-        BackendKind::Ort => bail!(
-            "backend `ort` is not available in this build of sieve (the ONNX Runtime backend is not implemented yet)"
-        ),
+        BackendKind::Ort => load_ort(model, device),
     }
 }
 
@@ -70,6 +70,21 @@ fn load_tch(_: &mut Model, _: DeviceSpec) -> Result<Loaded> {
     bail!("backend `tch` is not compiled into this binary; build it with `cargo xtask build-tch`")
 }
 
+#[cfg(feature = "ort")]
+fn load_ort(model: &mut Model, device: DeviceSpec) -> Result<Loaded> {
+    let device = match device {
+        DeviceSpec::Cpu => sieve_ort::OrtDevice::Cpu,
+        DeviceSpec::Cuda(n) => sieve_ort::OrtDevice::Cuda(n),
+    };
+    let weights = model.take_weights();
+    Ok(Loaded::Ort(sieve_ort::OrtBackend::new(&model.config, &weights, device)?))
+}
+
+#[cfg(not(feature = "ort"))]
+fn load_ort(_: &mut Model, _: DeviceSpec) -> Result<Loaded> {
+    bail!("backend `ort` is not compiled into this binary; rebuild with `--features ort`")
+}
+
 #[cfg(not(feature = "candle"))]
 fn load_candle(_: &mut Model, _: DeviceSpec) -> Result<Loaded> {
     bail!("backend `candle` is not compiled into this binary; rebuild with `--features candle`")
@@ -84,6 +99,8 @@ macro_rules! with_backend {
             $crate::backends::Loaded::Candle($b) => $body,
             #[cfg(feature = "tch")]
             $crate::backends::Loaded::Tch($b) => $body,
+            #[cfg(feature = "ort")]
+            $crate::backends::Loaded::Ort($b) => $body,
         }
     };
 }

@@ -59,6 +59,8 @@ fn bad_input_is_a_clear_error() {
         (&["generate", "hi", "--scorer", "magic"], "magic"),
         #[cfg(not(feature = "tch"))]
         (&["generate", "hi", "--backend", "tch"], "backend `tch` is not compiled into this binary"),
+        #[cfg(not(feature = "ort"))]
+        (&["generate", "hi", "--backend", "ort"], "backend `ort` is not compiled into this binary"),
         (&["generate", "hi", "--device", "tpu"], "--device `tpu`"),
         (&["generate", "hi", "--temperature=-1"], "--temperature"),
         (&["generate", "hi", "-m", "/nonexistent/model.gguf"], "/nonexistent/model.gguf"),
@@ -159,9 +161,9 @@ fn chat_reuses_the_kv_cache_between_turns() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
 }
 
-#[cfg(feature = "tch")]
-#[test]
-fn tch_backend_generates_like_candle_with_every_policy() {
+/// `backend` gives the same greedy text and KV bytes as candle with every preset.
+#[allow(dead_code)]
+fn generates_like_candle_with_every_policy(backend: &str) {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
     let mut configs: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     configs.retain(|p| p.extension().is_some_and(|e| e == "toml"));
@@ -186,6 +188,33 @@ fn tch_backend_generates_like_candle_with_every_policy() {
             let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             (record["text"].as_str().unwrap().to_string(), record["kv_bytes"].as_u64().unwrap())
         };
-        assert_eq!(run("tch"), run("candle"), "{}", policy.display());
+        assert_eq!(run(backend), run("candle"), "{}", policy.display());
     }
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn tch_backend_generates_like_candle_with_every_policy() {
+    generates_like_candle_with_every_policy("tch");
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn ort_backend_generates_like_candle_with_every_policy() {
+    generates_like_candle_with_every_policy("ort");
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn inspect_exports_the_onnx_graphs() {
+    let dir = std::env::temp_dir().join(format!("sieve-onnx-{}", std::process::id()));
+    let out = sieve().args(["inspect", "--export-onnx"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("32 graphs written"));
+    let layer = std::fs::read(dir.join("layer_00.onnx")).unwrap();
+    // The graph names its inputs and carries the opset-23 RMSNormalization op.
+    let has = |needle: &[u8]| layer.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"past_keys") && has(b"RMSNormalization") && has(b"attention_sums"));
+    assert!(std::fs::read(dir.join("lm_head.onnx")).unwrap().len() > 100 << 20, "the LM head holds its weights");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -267,7 +267,25 @@ fn policy_files_with_errors_are_refused() {
 
 #[test]
 fn a_backend_not_compiled_in_is_refused() {
-    // `--backend tch` is covered in cli.rs, where the `tch` feature is known.
-    let line = fails_with(sieve().args(["generate", "hi", "--backend", "ort"]), &["backend `ort`"]);
-    assert!(line.contains("not available") || line.contains("not compiled"), "{line}");
+    // The default build has candle and ort; tch needs `cargo xtask build-tch`.
+    if cfg!(feature = "tch") {
+        return;
+    }
+    fails_with(
+        sieve().args(["generate", "hi", "--backend", "tch"]),
+        &["backend `tch` is not compiled into this binary", "cargo xtask build-tch"],
+    );
+}
+
+#[test]
+fn a_missing_onnx_runtime_library_is_a_clear_error() {
+    let missing = "/nonexistent/libonnxruntime.so.1.31.1";
+    for args in
+        [&["generate", "hi", "--backend", "ort"][..], &["perplexity", "--file", "Cargo.toml", "--backend", "ort"]]
+    {
+        fails_with(
+            sieve().env("SIEVE_ORT_LIB", missing).args(args),
+            &["ONNX Runtime library is not installed", missing, "cargo xtask setup-ort"],
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask ci`: the checks CI runs, cheapest first, stopping at the first failure.
-//! It installs what the tests need first: the default model and libtorch (from PyPI).
+//! It installs what the tests need first: the default model, libtorch and the ONNX Runtime
+//! library (all from PyPI).
 
 use super::cargo;
 
@@ -11,6 +12,7 @@ pub fn run() -> anyhow::Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     super::fetch::run()?;
     super::libtorch::setup()?;
+    super::onnxruntime::setup()?;
     cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
     cargo(&["clippy", "-p", "sieve-cli", "--all-targets", "--features", "tch", "--locked", "--", "-D", "warnings"])?;
     cargo(&["test", "--workspace", "--locked", "--release"])?;

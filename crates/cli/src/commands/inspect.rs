@@ -2,10 +2,10 @@
 
 use anyhow::Result;
 
-use crate::args::ModelArgs;
+use crate::args::InspectArgs;
 
-pub fn run(args: ModelArgs) -> Result<()> {
-    let model = super::load_model(&args)?;
+pub fn run(args: InspectArgs) -> Result<()> {
+    let model = super::load_model(&args.model)?;
     let c = &model.config;
     println!("model        {}", model.path.display());
     println!("architecture {:?}", c.arch);
@@ -45,5 +45,20 @@ pub fn run(args: ModelArgs) -> Result<()> {
     {
         println!("  {name:<32} {dtype:<6} {shape:?}");
     }
+    if let Some(dir) = &args.export_onnx {
+        export_onnx(&model, dir)?;
+    }
     Ok(())
+}
+
+#[cfg(feature = "ort")]
+fn export_onnx(model: &sieve_engine::Model, dir: &std::path::Path) -> Result<()> {
+    let files = sieve_ort::export_onnx(&model.config, &model.weights, dir)?;
+    println!("onnx         {} graphs written to {}", files.len(), dir.display());
+    Ok(())
+}
+
+#[cfg(not(feature = "ort"))]
+fn export_onnx(_: &sieve_engine::Model, _: &std::path::Path) -> Result<()> {
+    anyhow::bail!("--export-onnx needs the `ort` backend, which is not compiled into this binary")
 }
