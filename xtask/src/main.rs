@@ -24,6 +24,12 @@ enum Command {
     SetupOrt,
     /// Build the `sieve` binary with the libtorch backend (sets up libtorch first).
     BuildTch,
+    /// Cross-validate the backends (candle, tch, ort) on a fixed suite; arguments go to
+    /// `sieve-parity` (e.g. `--backends candle,ort`, `--json parity.json`).
+    Parity {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run the fuzz targets in fuzz/ (cargo-fuzz, installed if missing), one after the other.
     Fuzz {
         /// Seconds per target.
@@ -42,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::SetupLibtorch => commands::libtorch::run(),
         Command::SetupOrt => commands::onnxruntime::run(),
         Command::BuildTch => commands::libtorch::build(),
+        Command::Parity { args } => commands::parity::run(&args),
         Command::Fuzz { seconds, targets } => commands::fuzz::run(seconds, &targets),
     }
 }

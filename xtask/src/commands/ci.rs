@@ -18,6 +18,8 @@ pub fn run() -> anyhow::Result<()> {
     cargo(&["test", "--workspace", "--locked", "--release"])?;
     // The `sieve` binary with the libtorch backend compiled in.
     cargo(&["test", "-p", "sieve-cli", "--features", "tch", "--locked", "--release", "--", "tch"])?;
+    // The three backends against each other; the table goes to the log.
+    super::parity::run(&[])?;
     // A short bounded fuzz run of the GGUF reader and the policy parser (`cargo xtask fuzz`
     // runs them longer).
     super::fuzz::run(CI_FUZZ_SECONDS, &[])?;

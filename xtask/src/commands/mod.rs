@@ -3,6 +3,7 @@ pub mod fetch;
 pub mod fuzz;
 pub mod libtorch;
 pub mod onnxruntime;
+pub mod parity;
 pub mod wheels;
 
 use std::process::Command;

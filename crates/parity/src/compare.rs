@@ -1,0 +1,234 @@
+//! Pairwise comparison of two backends' runs of the suite, and the check of every measure
+//! against its tolerance.
+
+use serde::Serialize;
+
+use crate::suite::CaseRun;
+use crate::tolerances as tol;
+
+/// The measures of one case for one pair of backends.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    /// `a vs b`.
+    pub pair: String,
+    pub prompt: String,
+    pub policy: String,
+    pub logits_max_abs: f64,
+    pub logits_cosine: f64,
+    /// Fraction of layers whose kept positions are identical.
+    pub kept_exact: f64,
+    /// Mean Jaccard index of the kept positions per layer.
+    pub kept_jaccard: f64,
+    /// Greedy tokens that agree before the first difference.
+    pub generation_prefix: usize,
+    /// Relative difference of the perplexity, where measured.
+    pub perplexity_rel: Option<f64>,
+    pub kv_bytes: [usize; 2],
+    pub kv_bytes_end: [usize; 2],
+}
+
+/// A measure past its tolerance.
+#[derive(Debug, Clone, Serialize)]
+pub struct Violation {
+    pub pair: String,
+    pub prompt: String,
+    pub policy: String,
+    pub measure: &'static str,
+    pub value: f64,
+    pub tolerance: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} is {} (tolerance {}) on prompt `{}` with policy `{}`",
+            self.pair, self.measure, self.value, self.tolerance, self.prompt, self.policy
+        )
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as f64, y as f64);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa == 0.0 || bb == 0.0 { if aa == bb { 1.0 } else { 0.0 } } else { ab / (aa.sqrt() * bb.sqrt()) }
+}
+
+fn jaccard(a: &[usize], b: &[usize]) -> f64 {
+    // Both sorted and unique (cache positions increase).
+    let (mut i, mut j, mut both) = (0, 0, 0usize);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                both += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    let union = a.len() + b.len() - both;
+    if union == 0 { 1.0 } else { both as f64 / union as f64 }
+}
+
+/// Compares the runs of backends `a` and `b` case by case (same suite, same order).
+pub fn compare(names: [&str; 2], a: &[CaseRun], b: &[CaseRun]) -> Vec<Comparison> {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            let logits_max_abs = x.logits.iter().zip(&y.logits).map(|(p, q)| (p - q).abs() as f64).fold(0.0, f64::max);
+            let layers = x.kept.len().max(1);
+            let exact = x.kept.iter().zip(&y.kept).filter(|(p, q)| p == q).count();
+            let jac: f64 = x.kept.iter().zip(&y.kept).map(|(p, q)| jaccard(p, q)).sum();
+            let prefix = x.tokens.iter().zip(&y.tokens).take_while(|(p, q)| p == q).count();
+            let perplexity_rel = match (x.perplexity, y.perplexity) {
+                (Some(p), Some(q)) => Some((p - q).abs() / q.abs().max(f64::MIN_POSITIVE)),
+                _ => None,
+            };
+            Comparison {
+                pair: format!("{} vs {}", names[0], names[1]),
+                prompt: x.prompt.clone(),
+                policy: x.policy.clone(),
+                logits_max_abs: if x.logits.len() == y.logits.len() { logits_max_abs } else { f64::INFINITY },
+                logits_cosine: cosine(&x.logits, &y.logits),
+                kept_exact: if x.kept.len() == y.kept.len() { exact as f64 / layers as f64 } else { 0.0 },
+                kept_jaccard: jac / layers as f64,
+                generation_prefix: prefix,
+                perplexity_rel,
+                kv_bytes: [x.kv_bytes_prefill, y.kv_bytes_prefill],
+                kv_bytes_end: [x.kv_bytes_end, y.kv_bytes_end],
+            }
+        })
+        .collect()
+}
+
+/// `v <= max`, false for NaN.
+fn at_most(v: f64, max: f64) -> bool {
+    v <= max
+}
+
+/// `v >= min`, false for NaN.
+fn at_least(v: f64, min: f64) -> bool {
+    v >= min
+}
+
+/// The measures of `c` past their tolerances.
+pub fn violations(c: &Comparison) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut check = |failed: bool, measure: &'static str, value: f64, tolerance: String| {
+        if failed {
+            out.push(Violation {
+                pair: c.pair.clone(),
+                prompt: c.prompt.clone(),
+                policy: c.policy.clone(),
+                measure,
+                value,
+                tolerance,
+            });
+        }
+    };
+    // NaN fails every check.
+    check(
+        !at_most(c.logits_max_abs, tol::LOGITS_MAX_ABS),
+        "logits max abs difference",
+        c.logits_max_abs,
+        format!("<= {:e}", tol::LOGITS_MAX_ABS),
+    );
+    check(
+        !at_least(c.logits_cosine, tol::LOGITS_COSINE_MIN),
+        "logits cosine",
+        c.logits_cosine,
+        format!(">= {}", tol::LOGITS_COSINE_MIN),
+    );
+    check(
+        !at_least(c.kept_exact, tol::KEPT_EXACT_MIN),
+        "kept-positions exact-match rate",
+        c.kept_exact,
+        format!(">= {}", tol::KEPT_EXACT_MIN),
+    );
+    check(
+        !at_least(c.kept_jaccard, tol::KEPT_JACCARD_MIN),
+        "kept-positions Jaccard",
+        c.kept_jaccard,
+        format!(">= {}", tol::KEPT_JACCARD_MIN),
+    );
+    check(
+        c.generation_prefix < tol::GENERATION_PREFIX_MIN,
+        "greedy tokens agreeing",
+        c.generation_prefix as f64,
+        format!(">= {}", tol::GENERATION_PREFIX_MIN),
+    );
+    if let Some(r) = c.perplexity_rel {
+        check(
+            !at_most(r, tol::PERPLEXITY_REL),
+            "perplexity relative difference",
+            r,
+            format!("<= {:e}", tol::PERPLEXITY_REL),
+        );
+    }
+    if tol::KV_BYTES_EQUAL {
+        for (what, [p, q]) in [("KV bytes after prefill", c.kv_bytes), ("KV bytes after generation", c.kv_bytes_end)] {
+            check(p != q, what, p as f64 - q as f64, "difference 0".into());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jaccard_and_cosine_of_known_sets() {
+        assert_eq!(jaccard(&[1, 2, 3], &[1, 2, 3]), 1.0);
+        assert_eq!(jaccard(&[1, 2, 3], &[2, 3, 4]), 0.5);
+        assert_eq!(jaccard(&[], &[]), 1.0);
+        assert!((cosine(&[1.0, 0.0], &[0.0, 1.0])).abs() < 1e-12);
+        assert!((cosine(&[1.0, 2.0], &[2.0, 4.0]) - 1.0).abs() < 1e-12);
+    }
+
+    fn run(logits: Vec<f32>, kept: Vec<Vec<usize>>, tokens: Vec<u32>) -> CaseRun {
+        CaseRun {
+            prompt: "p".into(),
+            policy: "q".into(),
+            logits,
+            kept,
+            tokens,
+            kv_bytes_prefill: 10,
+            kv_bytes_end: 12,
+            perplexity: Some(20.0),
+        }
+    }
+
+    #[test]
+    fn each_measure_past_its_tolerance_is_named() {
+        let a = run(vec![1.0, 2.0], vec![vec![0, 1, 2]; 2], (0..32).collect());
+        let same = compare(["a", "b"], std::slice::from_ref(&a), std::slice::from_ref(&a));
+        assert!(violations(&same[0]).is_empty());
+        let mut b = run(vec![1.0, 2.01], vec![vec![0, 1, 3], vec![0, 1, 2]], (0..32).map(|t| t.min(20)).collect());
+        b.perplexity = Some(20.1);
+        b.kv_bytes_end = 8;
+        let c = compare(["a", "b"], &[a], &[b]);
+        let found: Vec<&str> = violations(&c[0]).iter().map(|v| v.measure).collect();
+        assert_eq!(
+            found,
+            [
+                "logits max abs difference",
+                "logits cosine",
+                "kept-positions exact-match rate",
+                "kept-positions Jaccard",
+                "greedy tokens agreeing",
+                "perplexity relative difference",
+                "KV bytes after generation"
+            ]
+        );
+        let line = violations(&c[0])[0].to_string();
+        assert!(line.starts_with("a vs b: logits max abs difference is 0.0"), "{line}");
+    }
+}

@@ -1,0 +1,134 @@
+//! `sieve-parity`: runs one fixed suite (prompts × policies, see [`suite`]) on each of
+//! sieve's backends and compares every pair (see [`compare`]) against the tolerances in
+//! [`tolerances`]. `cargo xtask parity` installs what the backends need and runs the
+//! `sieve-parity` binary.
+
+pub mod compare;
+pub mod perturb;
+pub mod report;
+pub mod suite;
+pub mod tolerances;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use sieve_engine::{Backend, Model, Policy};
+
+use crate::compare::{Comparison, Violation};
+use crate::suite::{CaseRun, Prompt};
+
+/// The backends parity knows, in the order they run.
+pub const BACKENDS: [&str; 3] = ["candle", "tch", "ort"];
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Backends to compare (at least two of [`BACKENDS`]).
+    pub backends: Vec<String>,
+    /// The model (GGUF file or HF directory).
+    pub model: PathBuf,
+    /// The passage's text (WikiText-2's test split).
+    pub text: PathBuf,
+    /// The folder of policy presets.
+    pub configs: PathBuf,
+    /// Only prompts whose names contain one of these (all when empty).
+    pub prompts: Vec<String>,
+    /// Only policies whose names contain one of these (all when empty).
+    pub policies: Vec<String>,
+    /// Test-only: the backend to bias (see [`perturb`]).
+    pub perturb: Option<String>,
+}
+
+/// The result of a parity run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub model: String,
+    pub backends: Vec<String>,
+    pub perturbed: Option<String>,
+    /// Per backend, every case it ran.
+    pub runs: Vec<(String, Vec<CaseRun>)>,
+    pub comparisons: Vec<Comparison>,
+    pub violations: Vec<Violation>,
+}
+
+fn run_on<B: Backend>(b: &B, perturb: bool, prompts: &[Prompt], policies: &[Policy]) -> Result<Vec<CaseRun>> {
+    if perturb { suite::run(&perturb::Perturbed(b), prompts, policies) } else { suite::run(b, prompts, policies) }
+}
+
+fn run_backend(
+    name: &str,
+    model: &Path,
+    perturb: bool,
+    prompts: &[Prompt],
+    policies: &[Policy],
+) -> Result<Vec<CaseRun>> {
+    let mut m = Model::load(model)?;
+    let weights = m.take_weights();
+    let c = &m.config;
+    match name {
+        "candle" => {
+            let b = sieve_candle::CandleBackend::from_weights(c, weights, sieve_candle::CandleDevice::Cpu)?;
+            run_on(&b, perturb, prompts, policies)
+        }
+        "tch" => {
+            let b = sieve_tch::TchBackend::new(c, &weights, sieve_tch::Device::Cpu)?;
+            drop(weights);
+            run_on(&b, perturb, prompts, policies)
+        }
+        "ort" => {
+            let b = sieve_ort::OrtBackend::new(c, &weights, sieve_ort::OrtDevice::Cpu)?;
+            drop(weights);
+            run_on(&b, perturb, prompts, policies)
+        }
+        other => bail!("unknown backend `{other}` (parity knows {})", BACKENDS.join(", ")),
+    }
+}
+
+/// Runs the suite on every backend of `o` and compares every pair.
+pub fn run(o: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
+    if let Some(bad) = o.backends.iter().find(|b| !BACKENDS.contains(&b.as_str())) {
+        bail!("unknown backend `{bad}` (parity knows {})", BACKENDS.join(", "));
+    }
+    if o.backends.len() < 2 {
+        bail!("parity needs at least two backends, got {:?}", o.backends);
+    }
+    let model = Model::load(&o.model)?;
+    let text = std::fs::read_to_string(&o.text).with_context(|| format!("reading {}", o.text.display()))?;
+    let keep = |name: &str, filters: &[String]| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+    let prompts: Vec<Prompt> =
+        suite::prompts(&model, &text)?.into_iter().filter(|p| keep(p.name, &o.prompts)).collect();
+    let policies: Vec<Policy> =
+        suite::policies(&o.configs)?.into_iter().filter(|p| keep(&p.name, &o.policies)).collect();
+    if prompts.is_empty() || policies.is_empty() {
+        bail!("the prompt and policy filters leave nothing to run");
+    }
+    drop(model);
+    let mut runs = Vec::new();
+    for name in &o.backends {
+        let perturb = o.perturb.as_deref() == Some(name.as_str());
+        log(&format!(
+            "[parity] {name}{}: {} prompts x {} policies",
+            if perturb { " (perturbed)" } else { "" },
+            prompts.len(),
+            policies.len()
+        ));
+        let cases =
+            run_backend(name, &o.model, perturb, &prompts, &policies).with_context(|| format!("backend {name}"))?;
+        runs.push((name.clone(), cases));
+    }
+    let mut comparisons = Vec::new();
+    for i in 0..runs.len() {
+        for j in i + 1..runs.len() {
+            comparisons.extend(compare::compare([&runs[i].0, &runs[j].0], &runs[i].1, &runs[j].1));
+        }
+    }
+    let violations = comparisons.iter().flat_map(compare::violations).collect();
+    Ok(Report {
+        model: o.model.display().to_string(),
+        backends: o.backends.clone(),
+        perturbed: o.perturb.clone(),
+        runs,
+        comparisons,
+        violations,
+    })
+}

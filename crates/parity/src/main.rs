@@ -1,0 +1,82 @@
+//! `sieve-parity`: the binary behind `cargo xtask parity`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sieve_parity::{Options, report};
+
+#[derive(Parser)]
+#[command(name = "sieve-parity", about = "Cross-validate sieve's backends on a fixed suite")]
+struct Args {
+    /// Backends to compare, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "candle,tch,ort")]
+    backends: Vec<String>,
+    /// A GGUF file or HF model directory. Default: SmolLM2-135M-Instruct from the cache.
+    #[arg(short, long)]
+    model: Option<PathBuf>,
+    /// The passage's text. Default: `$SIEVE_DATA/wikitext-2/wiki.test.raw`, else
+    /// `../shared/data/wikitext-2/wiki.test.raw`.
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// The folder of policy presets.
+    #[arg(long, default_value = "configs")]
+    configs: PathBuf,
+    /// Only prompts whose names contain one of these (chat, passage, passkey).
+    #[arg(long, value_delimiter = ',')]
+    prompts: Vec<String>,
+    /// Only policies whose names contain one of these.
+    #[arg(long, value_delimiter = ',')]
+    policies: Vec<String>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Test-only: add a small bias to one layer of this backend (parity must then fail).
+    #[arg(long, hide = true)]
+    perturb: Option<String>,
+}
+
+fn default_text() -> PathBuf {
+    let dir = std::env::var_os("SIEVE_DATA")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from("../shared/data"), PathBuf::from);
+    dir.join("wikitext-2/wiki.test.raw")
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<bool> {
+    let a = Args::parse();
+    let model = match a.model {
+        Some(m) => m,
+        None => sieve_engine::fetch::require_default_model()?,
+    };
+    let options = Options {
+        backends: a.backends,
+        model,
+        text: a.text.unwrap_or_else(default_text),
+        configs: a.configs,
+        prompts: a.prompts,
+        policies: a.policies,
+        perturb: a.perturb,
+    };
+    let r = sieve_parity::run(&options, &mut |line| eprintln!("{line}"))?;
+    println!("{}", report::table(&r));
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&r)? + "\n")?;
+        eprintln!("[parity] wrote {}", path.display());
+    }
+    for v in &r.violations {
+        eprintln!("parity: {v}");
+    }
+    Ok(r.violations.is_empty())
+}

@@ -1,0 +1,142 @@
+//! The fixed suite: prompts × policies, run on one backend at a time. For each case the
+//! run records what the comparison needs: the final logits after prefill, the kept
+//! positions of every layer, 32 greedy tokens, KV bytes, and (for the passage) the
+//! compressed-context perplexity.
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use sieve_core::policy::PolicyFile;
+use sieve_engine::passkey::PasskeyPrompter;
+use sieve_engine::sampling::argmax;
+use sieve_engine::template::Message;
+use sieve_engine::{Backend, Logits, Model, Policy, Session, eval};
+
+/// Greedy tokens generated per case.
+pub const GENERATED: usize = 32;
+/// Tokens of the WikiText-2 passage.
+pub const PASSAGE_TOKENS: usize = 1024;
+/// Of the passage, the context prefilled with the policy before the perplexity's continuation.
+pub const PERPLEXITY_CONTEXT: usize = 768;
+/// Tokens of the passkey prompt.
+pub const PASSKEY_TOKENS: usize = 512;
+
+/// One prompt of the suite.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub name: &'static str,
+    pub ids: Vec<u32>,
+    /// Whether the perplexity of this prompt is measured (the passage).
+    pub perplexity: bool,
+}
+
+/// The suite's prompts for `model`: a short chat prompt, a WikiText-2 passage of
+/// [`PASSAGE_TOKENS`] tokens from `text`, and a passkey prompt.
+pub fn prompts(model: &Model, text: &str) -> Result<Vec<Prompt>> {
+    let chat = model.render_chat(&[Message::new("user", "What is the capital of France?")])?;
+    let chat = model.tokenizer.encode(&chat)?;
+    let head = &text[..text.len().min(PASSAGE_TOKENS * 16)];
+    let mut passage = model.tokenizer.encode(head)?;
+    if passage.len() < PASSAGE_TOKENS {
+        bail!("the passage text holds only {} tokens, fewer than {PASSAGE_TOKENS}", passage.len());
+    }
+    passage.truncate(PASSAGE_TOKENS);
+    let passkey = PasskeyPrompter::new(model, sieve_engine::passkey::DEFAULT_FILLER, PASSKEY_TOKENS)?
+        .build(PASSKEY_TOKENS, 0.5, 0)?
+        .ids;
+    Ok(vec![
+        Prompt { name: "chat", ids: chat, perplexity: false },
+        Prompt { name: "passage-1024", ids: passage, perplexity: true },
+        Prompt { name: "passkey-512", ids: passkey, perplexity: false },
+    ])
+}
+
+fn preset(configs: &std::path::Path, name: &str) -> Result<PolicyFile> {
+    let path = configs.join(format!("{name}.toml"));
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(PolicyFile::from_toml(&text)?)
+}
+
+/// The suite's policies, from the presets in `configs`: none, lazy-prefill at 0.5, snapkv
+/// at 0.25, h2o with a decode budget small enough to evict during the 32 generated tokens
+/// of the chat prompt's cache, and adaptive.
+pub fn policies(configs: &std::path::Path) -> Result<Vec<Policy>> {
+    let mut out = vec![Policy::none()];
+    let mut lazy = preset(configs, "lazy-prefill")?;
+    lazy.override_keep(0.5);
+    lazy.name = Some("lazy-prefill@0.5".into());
+    let mut snapkv = preset(configs, "snapkv")?;
+    snapkv.override_keep(0.25);
+    snapkv.name = Some("snapkv@0.25".into());
+    let mut h2o = preset(configs, "h2o")?;
+    if let Some(d) = &mut h2o.decode {
+        d.budget = 40;
+        d.every = 4;
+    }
+    h2o.name = Some("h2o-decode@40".into());
+    let adaptive = preset(configs, "adaptive")?;
+    for file in [lazy, snapkv, h2o, adaptive] {
+        out.push(file.validate()?);
+    }
+    Ok(out)
+}
+
+/// What one backend produced for one prompt and policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseRun {
+    pub prompt: String,
+    pub policy: String,
+    /// Logits of the last prompt position after prefill.
+    #[serde(skip)]
+    pub logits: Vec<f32>,
+    /// Kept original positions of every layer's cache after prefill.
+    #[serde(skip)]
+    pub kept: Vec<Vec<usize>>,
+    /// Greedy tokens after the prompt.
+    pub tokens: Vec<u32>,
+    /// KV bytes after prefill.
+    pub kv_bytes_prefill: usize,
+    /// KV bytes after the generated tokens.
+    pub kv_bytes_end: usize,
+    /// Compressed-context perplexity of the passage's last tokens, where measured.
+    pub perplexity: Option<f64>,
+}
+
+/// Runs `prompts` × `policies` on `backend`.
+pub fn run<B: Backend>(backend: &B, prompts: &[Prompt], policies: &[Policy]) -> Result<Vec<CaseRun>> {
+    let mut out = Vec::new();
+    for prompt in prompts {
+        for policy in policies {
+            let what = || format!("{} on `{}` with `{}`", backend.name(), prompt.name, policy.name);
+            let mut session = Session::new(backend, policy.clone()).with_context(what)?;
+            let first = session.prefill(&prompt.ids, Logits::Last).with_context(what)?;
+            let kept = session.caches().iter().map(|c| c.positions.clone()).collect();
+            let kv_bytes_prefill = session.kv_bytes();
+            let logits = first.last().to_vec();
+            let mut tokens = vec![argmax(&logits)];
+            while tokens.len() < GENERATED {
+                let next = session.step(tokens[tokens.len() - 1]).with_context(what)?;
+                tokens.push(argmax(&next));
+            }
+            let perplexity = if prompt.perplexity {
+                let continuation = prompt.ids.len() - PERPLEXITY_CONTEXT;
+                let report =
+                    eval::compressed_perplexity(backend, policy, &prompt.ids, PERPLEXITY_CONTEXT, continuation, 1)
+                        .with_context(what)?;
+                Some(report.perplexity)
+            } else {
+                None
+            };
+            out.push(CaseRun {
+                prompt: prompt.name.to_string(),
+                policy: policy.name.clone(),
+                logits,
+                kept,
+                tokens,
+                kv_bytes_prefill,
+                kv_bytes_end: session.kv_bytes(),
+                perplexity,
+            });
+        }
+    }
+    Ok(out)
+}

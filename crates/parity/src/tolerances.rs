@@ -1,0 +1,33 @@
+//! Every tolerance of the parity suite, in one place. The backends compute in `f32` with
+//! different kernels (GEMM blocking, reduction order, blocked or full attention), so their
+//! numbers differ by rounding; these bounds admit rounding and nothing more.
+
+/// Largest |difference| of the final position's logits. Measured between the backends: about
+/// 1e-4 after 30 layers (logits of magnitude ~20). A wrong rotary layout, mask or scale
+/// moves them by whole units; a 1e-2 bias on one layer's output by several 1e-3.
+pub const LOGITS_MAX_ABS: f64 = 1e-3;
+
+/// Smallest cosine similarity of the final logits (1 - cosine is ~1e-10 from rounding).
+pub const LOGITS_COSINE_MIN: f64 = 0.999_999;
+
+/// Smallest fraction of layers whose kept positions must be identical. Selection is
+/// deterministic (ties go to the lower index), but two scores within rounding of each other
+/// at the budget's edge may swap one token: one layer in twenty may differ.
+pub const KEPT_EXACT_MIN: f64 = 0.95;
+
+/// Smallest mean Jaccard index of the kept positions per layer: a swapped token changes a
+/// layer of hundreds of entries by well under 1%.
+pub const KEPT_JACCARD_MIN: f64 = 0.99;
+
+/// Greedy tokens (of the first 32) that must agree before the first difference. Identical
+/// logits up to rounding give identical argmaxes unless two candidates tie within ~1e-4,
+/// which the suite's prompts do not produce; any real difference shows at once.
+pub const GENERATION_PREFIX_MIN: usize = 32;
+
+/// Largest relative difference of the passage's perplexity: the mean of 256 token
+/// log-probabilities that each differ by ~1e-5.
+pub const PERPLEXITY_REL: f64 = 1e-3;
+
+/// KV bytes after prefill and generation must be equal: they count the entries kept, which
+/// the kept-positions check already compares; any difference is a bookkeeping bug.
+pub const KV_BYTES_EQUAL: bool = true;
