@@ -30,6 +30,22 @@ pub enum Command {
     Fetch,
 }
 
+impl Command {
+    /// The backend the command runs on, for commands that run a model (a binary without
+    /// the `tch` feature hands `--backend tch` to `sieve-tch`).
+    #[cfg_attr(feature = "tch", allow(dead_code))]
+    pub fn backend(&self) -> Option<BackendKind> {
+        match self {
+            Command::Generate(a) => Some(a.runtime.backend),
+            Command::Chat(a) => Some(a.runtime.backend),
+            Command::Perplexity(a) => Some(a.runtime.backend),
+            Command::Passkey(a) => Some(a.runtime.backend),
+            Command::Bench(a) => Some(a.runtime.backend),
+            Command::Inspect(_) | Command::Fetch => None,
+        }
+    }
+}
+
 /// Runtimes sieve can run on. Each exists only when compiled in (Cargo features).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {

@@ -67,6 +67,7 @@ fn load_tch(model: &mut Model, device: DeviceSpec) -> Result<Loaded> {
 
 #[cfg(not(feature = "tch"))]
 fn load_tch(_: &mut Model, _: DeviceSpec) -> Result<Loaded> {
+    // main() hands `--backend tch` to sieve-tch before a model is loaded.
     bail!("backend `tch` is not compiled into this binary; build it with `cargo xtask build-tch`")
 }
 

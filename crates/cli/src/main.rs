@@ -4,6 +4,8 @@ mod args;
 mod backends;
 mod commands;
 mod report;
+#[cfg(not(feature = "tch"))]
+mod tch_launcher;
 
 use std::process::ExitCode;
 
@@ -11,6 +13,16 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
+    #[cfg(not(feature = "tch"))]
+    if cli.command.backend() == Some(args::BackendKind::Tch) {
+        return match tch_launcher::delegate(std::env::args_os().skip(1).collect()) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(e) => {
+                eprintln!("error: {}", one_line(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = match cli.command {
         args::Command::Generate(a) => commands::generate::run(a),
         args::Command::Chat(a) => commands::chat::run(a),

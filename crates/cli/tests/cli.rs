@@ -57,8 +57,6 @@ fn bad_input_is_a_clear_error() {
         (&["generate", ""], "the prompt is empty"),
         (&["generate", "hi", "--keep", "1.5"], "`kv.keep` = 1.5 is out of range"),
         (&["generate", "hi", "--scorer", "magic"], "magic"),
-        #[cfg(not(feature = "tch"))]
-        (&["generate", "hi", "--backend", "tch"], "backend `tch` is not compiled into this binary"),
         #[cfg(not(feature = "ort"))]
         (&["generate", "hi", "--backend", "ort"], "backend `ort` is not compiled into this binary"),
         (&["generate", "hi", "--device", "tpu"], "--device `tpu`"),
@@ -142,6 +140,12 @@ fn perplexity_with_and_without_a_compressed_context() {
     let streaming = perplexity(&["--streaming", "--budget", "64", "--length", "160"]);
     assert_eq!(streaming["scored"], 159);
     assert_eq!(streaming["windows"][0]["kv_bytes"].as_u64().unwrap(), 64 * 30 * 2 * 3 * 64 * 4);
+    assert_eq!(streaming["policy"], "streaming-64");
+    // With a policy that has its own decode eviction, --budget sets only its budget.
+    let h2o = perplexity(&["--streaming", "--budget", "64", "--length", "160", "--policy", "../../configs/h2o.toml"]);
+    assert_eq!(h2o["policy"], "h2o-64");
+    assert!(h2o["windows"][0]["kv_bytes"].as_u64().unwrap() <= 64 * 30 * 2 * 3 * 64 * 4, "{h2o}");
+    assert_ne!(h2o["perplexity"], streaming["perplexity"]);
 }
 
 #[test]
@@ -192,10 +196,62 @@ fn generates_like_candle_with_every_policy(backend: &str) {
     }
 }
 
-#[cfg(feature = "tch")]
+/// Whether `sieve-tch` (built by `cargo xtask build-tch`) is beside `sieve`. CI builds it
+/// and sets SIEVE_REQUIRE_TCH, so that the tch tests cannot be skipped there.
+fn sieve_tch_built() -> bool {
+    let path = assert_cmd::cargo::cargo_bin("sieve").with_file_name("sieve-tch");
+    if path.is_file() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SIEVE_REQUIRE_TCH").is_none(),
+        "{} is missing: run `cargo xtask build-tch`",
+        path.display()
+    );
+    eprintln!("skipped: {} is missing (`cargo xtask build-tch` builds it)", path.display());
+    false
+}
+
 #[test]
 fn tch_backend_generates_like_candle_with_every_policy() {
-    generates_like_candle_with_every_policy("tch");
+    if sieve_tch_built() {
+        generates_like_candle_with_every_policy("tch");
+    }
+}
+
+#[test]
+fn tch_backend_that_cannot_start_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("sieve-tch-launch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Not built at all.
+    let absent = dir.join("absent");
+    let out = sieve().env("SIEVE_TCH_BIN", &absent).args(["generate", "hi", "--backend", "tch"]).output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("backend `tch` is not compiled into this binary") && err.contains("cargo xtask build-tch"),
+        "{err}"
+    );
+    // Built, but libtorch is gone: the dynamic loader refuses to start it. A stand-in prints
+    // what the loader prints in that case.
+    let fake = dir.join("sieve-tch");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho \"$0: error while loading shared libraries: libtorch_cpu.so: cannot open shared object file: \
+         No such file or directory\" >&2\nexit 127\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = sieve().env("SIEVE_TCH_BIN", &fake).args(["generate", "hi", "--backend", "tch"]).output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("backend `tch`: libtorch cannot be loaded") && err.contains("libtorch_cpu.so"), "{err}");
+    assert!(err.contains("cargo xtask setup-libtorch"), "{err}");
+    // Commands that run no model do not need it.
+    let out = sieve().env("SIEVE_TCH_BIN", &fake).arg("inspect").output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[cfg(feature = "ort")]

@@ -15,9 +15,10 @@ pub fn run() -> anyhow::Result<()> {
     super::onnxruntime::setup()?;
     cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
     cargo(&["clippy", "-p", "sieve-cli", "--all-targets", "--features", "tch", "--locked", "--", "-D", "warnings"])?;
-    cargo(&["test", "--workspace", "--locked", "--release"])?;
-    // The `sieve` binary with the libtorch backend compiled in.
-    cargo(&["test", "-p", "sieve-cli", "--features", "tch", "--locked", "--release", "--", "tch"])?;
+    // sieve-tch (the CLI with libtorch), which `sieve --backend tch` runs; its tests must
+    // not be skipped here.
+    super::libtorch::build()?;
+    super::cargo_with(&["test", "--workspace", "--locked", "--release"], &[("SIEVE_REQUIRE_TCH", "1")])?;
     // The three backends against each other; the table goes to the log.
     super::parity::run(&[])?;
     // A short bounded fuzz run of the GGUF reader and the policy parser (`cargo xtask fuzz`

@@ -79,10 +79,19 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask build-tch`: libtorch, then `sieve` with `--features tch` (release).
+/// `cargo xtask build-tch`: libtorch, then `target/release/sieve-tch` (the CLI with the
+/// `tch` feature, an rpath to the cached libtorch) beside the default `target/release/sieve`,
+/// which hands `--backend tch` to it.
 pub fn build() -> Result<()> {
     setup()?;
-    super::cargo(&["build", "--release", "-p", "sieve-cli", "--features", "tch"])?;
-    eprintln!("built target/release/sieve with the tch backend (`--backend tch`)");
+    super::cargo(&["build", "--release", "--locked", "-p", "sieve-cli", "--features", "tch"])?;
+    let release = super::workspace_root().join("target").join("release");
+    let (built, tch) = (release.join("sieve"), release.join("sieve-tch"));
+    // Copy through a temporary name so that a running sieve-tch is never half-written.
+    let partial = release.join("sieve-tch.partial");
+    fs::copy(&built, &partial).with_context(|| format!("copying {} to {}", built.display(), partial.display()))?;
+    fs::rename(&partial, &tch)?;
+    super::cargo(&["build", "--release", "--locked", "-p", "sieve-cli"])?;
+    eprintln!("built {} (libtorch) beside {}; `sieve --backend tch` runs it", tch.display(), built.display());
     Ok(())
 }

@@ -12,6 +12,11 @@ use anyhow::{Context, bail};
 
 /// Runs `cargo ARGS` from the workspace root, failing if it fails.
 pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    cargo_with(args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+pub fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("\n==> cargo {}", args.join(" "));
     let mut command = Command::new(&cargo);
@@ -21,6 +26,7 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
         command.env("LIBTORCH", &libtorch);
     }
     let status = command
+        .envs(env.iter().copied())
         .args(args)
         .current_dir(workspace_root())
         .status()

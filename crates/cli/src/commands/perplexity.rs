@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use sieve_core::ScorerSpec;
-use sieve_core::policy::{DecodeFile, PolicyFile};
+use sieve_core::policy::DecodeFile;
 use sieve_engine::eval;
 
 use crate::args::PerplexityArgs;
@@ -12,17 +12,18 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     let mut policy = super::load_policy(&args.policy)?;
     if args.streaming {
         if let Some(budget) = args.budget {
-            let file = PolicyFile {
-                name: Some(format!("streaming-{budget}")),
-                decode: Some(DecodeFile {
-                    scorer: Some(ScorerSpec::Recency {}),
-                    budget,
-                    every: 1,
-                    sinks: 4,
-                    recent: 0,
-                }),
-                ..policy.to_file()
+            // The policy's own decode eviction with this budget; without one, StreamingLLM:
+            // 4 sinks plus the most recent tokens.
+            let mut file = policy.to_file();
+            let (name, decode) = match file.decode.take() {
+                Some(d) => (format!("{}-{budget}", policy.name), DecodeFile { budget, ..d }),
+                None => (
+                    format!("streaming-{budget}"),
+                    DecodeFile { scorer: Some(ScorerSpec::Recency {}), budget, every: 1, sinks: 4, recent: 0 },
+                ),
             };
+            file.name = Some(name);
+            file.decode = Some(decode);
             policy = file.validate().context("invalid --budget")?;
         } else if policy.decode.is_none() {
             bail!("--streaming needs --budget or a policy with a [decode] section");
