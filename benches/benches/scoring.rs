@@ -1,55 +1,30 @@
-//! Criterion micro-benchmarks: scoring + selection for every scorer, on sieve-candle's
-//! tensors and on the core's host reference tensors, beside one decoder layer's forward
-//! on the same 2,048 tokens. Ends with each scorer's cost as a share of the layer forward.
+//! Criterion micro-benchmarks: scoring + selection for every scorer, on each backend's own
+//! tensors (candle, libtorch, ONNX Runtime) and on the core's host reference tensors, beside
+//! one decoder layer's forward on the same 2,048 tokens with the same backend. Ends with
+//! each scorer's cost as a share of that layer's forward, per backend.
 //!
-//! `cargo bench -p sieve-benches --bench scoring` (needs the default model:
-//! `cargo xtask fetch-model`).
+//! `cargo xtask scoring-bench` sets up the model, libtorch and ONNX Runtime, then runs
+//! `cargo bench -p sieve-benches --bench scoring`.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
 use sieve_benches::{median, prompt_tokens, wikitext_path};
-use sieve_candle::{CandleBackend, CandleDevice, CandleTensor};
 use sieve_core::host::Host;
 use sieve_core::{Aggregation, Budget, HostTensor, Observation, Pool, ScorerSpec, Selector, Tensor};
+use sieve_engine::backend::BTensor;
 use sieve_engine::{Backend, LayerCache, Model, Probe};
 
 const TOKENS: usize = 2048;
 const LAYER: usize = 5;
 
-struct Setup {
-    backend: CandleBackend,
-    hidden: CandleTensor,
-    positions: Vec<usize>,
-    cache: LayerCache<CandleTensor>,
-    attention: CandleTensor,
-    sums: CandleTensor,
-}
-
-fn setup() -> Setup {
+/// The default model's weights and a 2,048-token WikiText-2 prompt.
+fn model() -> (Model, Vec<u32>) {
     let path = sieve_engine::fetch::require_default_model().unwrap_or_else(|e| panic!("{e}"));
-    let mut model = Model::load(&path).expect("loading the default model");
+    let model = Model::load(&path).expect("loading the default model");
     let tokens = prompt_tokens(&model.tokenizer, &wikitext_path(), TOKENS).expect("WikiText-2 prompt");
-    let weights = model.take_weights();
-    let backend = CandleBackend::from_weights(&model.config, weights, CandleDevice::Cpu).expect("backend");
-    let positions: Vec<usize> = (0..TOKENS).collect();
-    let mut hidden = backend.embed(&tokens).expect("embed");
-    for l in 0..LAYER {
-        let mut cache = LayerCache::default();
-        hidden = backend.layer(l, &hidden, &positions, &mut cache, Probe::NONE).expect("layer").hidden;
-    }
-    let mut cache = LayerCache::default();
-    let probe = Probe { last_queries: 32, column_sums: true };
-    let out = backend.layer(LAYER, &hidden, &positions, &mut cache, probe).expect("probe layer");
-    Setup {
-        attention: out.attention.expect("attention rows"),
-        sums: out.attention_sums.expect("attention sums"),
-        backend,
-        hidden,
-        positions,
-        cache,
-    }
+    (model, tokens)
 }
 
 fn scorers() -> Vec<ScorerSpec> {
@@ -64,7 +39,7 @@ fn scorers() -> Vec<ScorerSpec> {
     ]
 }
 
-fn to_host(t: &CandleTensor) -> HostTensor {
+fn to_host<T: Tensor>(t: &T) -> HostTensor {
     HostTensor::new(t.to_host().expect("to_host"), &t.shape()).expect("host tensor")
 }
 
@@ -80,77 +55,112 @@ fn score_and_select<T: Tensor + Send + 'static>(
     Selector::new(Budget::Ratio(0.25)).protect(4, 32).select(&scores).expect("selection")
 }
 
-fn bench(c: &mut Criterion) {
-    let s = setup();
-    let kv_heads = s.backend.config().n_kv_heads;
-    let keys = s.cache.keys.clone().expect("keys");
-    let values = s.cache.values.clone().expect("values");
-    let device = s.backend.device();
+/// The median of 7 timed runs of `f`, seconds.
+fn time(f: &mut dyn FnMut()) -> f64 {
+    let runs: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(&runs)
+}
+
+/// Benchmarks every scorer on `backend`'s tensors (and, once, on host tensors) beside
+/// layer [`LAYER`]'s forward; returns the markdown rows of the cost shares.
+fn bench_backend<B: Backend>(c: &mut Criterion, backend: &B, tokens: &[u32], with_host: bool) -> Vec<String> {
+    let name = backend.name();
+    let positions: Vec<usize> = (0..TOKENS).collect();
+    let mut hidden = backend.embed(tokens).expect("embed");
+    for l in 0..LAYER {
+        let mut cache = LayerCache::default();
+        hidden = backend.layer(l, &hidden, &positions, &mut cache, Probe::NONE).expect("layer").hidden;
+    }
+    let mut cache = LayerCache::default();
+    let probe = Probe { last_queries: 32, column_sums: true };
+    let out = backend.layer(LAYER, &hidden, &positions, &mut cache, probe).expect("probe layer");
+    let (attention, sums) = (out.attention.expect("attention rows"), out.attention_sums.expect("attention sums"));
+    let kv_heads = backend.config().n_kv_heads;
+    let keys: BTensor<B> = cache.keys.clone().expect("keys");
+    let values: BTensor<B> = cache.values.clone().expect("values");
     let obs = |attention| Observation {
         layer: LAYER,
         step: 0,
         kv_heads,
-        positions: &s.positions,
+        positions: &positions,
         attention: Some(attention),
         keys: Some(&keys),
         values: Some(&values),
-        device: device.clone(),
+        device: backend.device(),
     };
-    let (rows, sums) = (obs(&s.attention), obs(&s.sums));
-    let (h_att, h_sums, h_keys, h_values) = (to_host(&s.attention), to_host(&s.sums), to_host(&keys), to_host(&values));
+    let (rows, sum_obs) = (obs(&attention), obs(&sums));
+    let (h_att, h_sums, h_keys, h_values) = (to_host(&attention), to_host(&sums), to_host(&keys), to_host(&values));
     let host_obs = |attention| Observation {
         layer: LAYER,
         step: 0,
         kv_heads,
-        positions: &s.positions,
+        positions: &positions,
         attention: Some(attention),
         keys: Some(&h_keys),
         values: Some(&h_values),
         device: Host,
     };
     let (h_rows, h_sum_obs) = (host_obs(&h_att), host_obs(&h_sums));
+    let forward = || {
+        let mut cache = LayerCache::default();
+        black_box(backend.layer(LAYER, &hidden, &positions, &mut cache, Probe::NONE).expect("layer"));
+    };
 
-    let mut group = c.benchmark_group(format!("{TOKENS} tokens"));
+    let mut group = c.benchmark_group(format!("{TOKENS} tokens, {name}"));
     group.sample_size(10).measurement_time(Duration::from_secs(4));
-    group.bench_function("decoder layer forward (candle)", |b| {
-        b.iter(|| {
-            let mut cache = LayerCache::default();
-            black_box(s.backend.layer(LAYER, &s.hidden, &s.positions, &mut cache, Probe::NONE).expect("layer"))
-        })
-    });
+    group.bench_function("decoder layer forward", |b| b.iter(forward));
     for spec in scorers() {
-        group.bench_function(format!("{} score+select (candle)", spec.name()), |b| {
-            b.iter(|| black_box(score_and_select(&spec, &rows, &sums)))
+        group.bench_function(format!("{} score+select", spec.name()), |b| {
+            b.iter(|| black_box(score_and_select(&spec, &rows, &sum_obs)))
         });
-        group.bench_function(format!("{} score+select (host reference)", spec.name()), |b| {
-            b.iter(|| black_box(score_and_select(&spec, &h_rows, &h_sum_obs)))
-        });
+        if with_host {
+            group.bench_function(format!("{} score+select (host reference)", spec.name()), |b| {
+                b.iter(|| black_box(score_and_select(&spec, &h_rows, &h_sum_obs)))
+            });
+        }
     }
     group.finish();
 
     // Each scorer's cost relative to the layer it scores, timed in this run.
-    let time = |f: &mut dyn FnMut()| {
-        let runs: Vec<f64> = (0..7)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect();
-        median(&runs)
-    };
-    let layer = time(&mut || {
-        let mut cache = LayerCache::default();
-        black_box(s.backend.layer(LAYER, &s.hidden, &s.positions, &mut cache, Probe::NONE).expect("layer"));
-    });
-    println!("\nscoring + selection as a share of one decoder layer's forward ({TOKENS} tokens, candle CPU):");
-    println!("| scorer | score+select (ms) | layer forward (ms) | share |");
-    println!("|---|---:|---:|---:|");
-    for spec in scorers() {
-        let t = time(&mut || {
-            black_box(score_and_select(&spec, &rows, &sums));
-        });
-        println!("| {} | {:.2} | {:.1} | {:.1}% |", spec.name(), t * 1e3, layer * 1e3, 100.0 * t / layer);
+    let layer = time(&mut || forward());
+    scorers()
+        .iter()
+        .map(|spec| {
+            let t = time(&mut || {
+                black_box(score_and_select(spec, &rows, &sum_obs));
+            });
+            format!("| {name} | {} | {:.2} | {:.1} | {:.1}% |", spec.name(), t * 1e3, layer * 1e3, 100.0 * t / layer)
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let (model, tokens) = model();
+    let cfg = &model.config;
+    let mut rows = Vec::new();
+    {
+        let b = sieve_candle::CandleBackend::new(cfg, &model.weights, sieve_candle::CandleDevice::Cpu).expect("candle");
+        rows.extend(bench_backend(c, &b, &tokens, true));
+    }
+    {
+        let b = sieve_tch::TchBackend::new(cfg, &model.weights, sieve_tch::Device::Cpu).expect("tch");
+        rows.extend(bench_backend(c, &b, &tokens, false));
+    }
+    {
+        let b = sieve_ort::OrtBackend::new(cfg, &model.weights, sieve_ort::OrtDevice::Cpu).expect("ort");
+        rows.extend(bench_backend(c, &b, &tokens, false));
+    }
+    println!("\nscoring + selection as a share of one decoder layer's forward ({TOKENS} tokens, CPU, same backend):");
+    println!("| backend | scorer | score+select (ms) | layer forward (ms) | share |");
+    println!("|---|---|---:|---:|---:|");
+    for row in rows {
+        println!("{row}");
     }
 }
 

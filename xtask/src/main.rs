@@ -30,6 +30,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The criterion benchmark of scoring + selection on every backend (sets up libtorch
+    /// and ONNX Runtime first).
+    ScoringBench,
     /// Run the fuzz targets in fuzz/ (cargo-fuzz, installed if missing), one after the other.
     Fuzz {
         /// Seconds per target.
@@ -48,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Command::SetupLibtorch => commands::libtorch::run(),
         Command::SetupOrt => commands::onnxruntime::run(),
         Command::BuildTch => commands::libtorch::build(),
+        Command::ScoringBench => commands::parity::scoring_bench(),
         Command::Parity { args } => commands::parity::run(&args),
         Command::Fuzz { seconds, targets } => commands::fuzz::run(seconds, &targets),
     }
