@@ -99,13 +99,7 @@ impl sieve_core::Tensor for CandleTensor {
     }
 
     fn pool1d(&self, kernel: usize, pool: Pool) -> Result<Self> {
-        if kernel == 0 || kernel % 2 == 0 {
-            return Err(Error::OutOfRange {
-                key: "kernel".into(),
-                value: kernel.to_string(),
-                allowed: "an odd number >= 1".into(),
-            });
-        }
+        sieve_core::tensor::check_pool_kernel(kernel)?;
         let e = wrap("pool1d");
         let x = &self.0;
         let len = x.dim(D::Minus1).map_err(&e)?;

@@ -229,13 +229,7 @@ impl sieve_core::Tensor for OrtTensor {
     }
 
     fn pool1d(&self, kernel: usize, pool: Pool) -> Result<Self> {
-        if kernel == 0 || kernel % 2 == 0 {
-            return Err(Error::OutOfRange {
-                key: "kernel".into(),
-                value: kernel.to_string(),
-                allowed: "an odd number >= 1".into(),
-            });
-        }
+        sieve_core::tensor::check_pool_kernel(kernel)?;
         let len = *self.shape.last().ok_or(Error::Shape { op: "pool1d", detail: "scalar".into() })?;
         let rows = self.shape.iter().product::<usize>() / len.max(1);
         let x = self.reshape(&[rows, 1, len])?;

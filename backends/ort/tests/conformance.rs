@@ -9,7 +9,6 @@ use std::sync::OnceLock;
 
 use sieve_core::Tensor as _;
 use sieve_core::policy::PolicyFile;
-use sieve_engine::sampling::argmax;
 use sieve_engine::template::Message;
 use sieve_engine::{Backend, GenerateOptions, LayerCache, Logits, Policy, Probe, Session};
 use sieve_ort::{OrtBackend, OrtDevice, OrtTensor};
@@ -117,36 +116,5 @@ fn greedy_generations_match_candle_with_and_without_pruning() {
 
 #[test]
 fn every_preset_prunes_the_same_tokens_as_candle() {
-    let tokens = common::passage_tokens(400);
-    let mut names: Vec<_> = std::fs::read_dir(configs()).unwrap().map(|e| e.unwrap().path()).collect();
-    names.retain(|p| p.extension().is_some_and(|e| e == "toml"));
-    names.sort();
-    assert!(names.len() >= 10);
-    for path in names {
-        let mut file = PolicyFile::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        if let Some(d) = &mut file.decode {
-            d.budget = d.budget.min(300); // so that decode eviction happens in this short run
-            d.every = d.every.min(8);
-        }
-        let policy = file.validate().unwrap();
-        let run = |session: &mut dyn FnMut(u32) -> Vec<f32>, first: Vec<f32>| {
-            let mut out = vec![argmax(&first)];
-            let mut logits = first;
-            for _ in 0..12 {
-                logits = session(argmax(&logits));
-                out.push(argmax(&logits));
-            }
-            out
-        };
-        let mut so = Session::new(ort_backend(), policy.clone()).unwrap();
-        let mut sc = Session::new(common::candle(), policy).unwrap();
-        let (fo, fc) = (so.prefill(&tokens, Logits::Last).unwrap(), sc.prefill(&tokens, Logits::Last).unwrap());
-        let kept_o: Vec<Vec<usize>> = so.caches().iter().map(|c| c.positions.clone()).collect();
-        let kept_c: Vec<Vec<usize>> = sc.caches().iter().map(|c| c.positions.clone()).collect();
-        assert_eq!(kept_o, kept_c, "{}: kept positions differ after prefill", path.display());
-        let gen_o = run(&mut |t| so.step(t).unwrap(), fo.last().to_vec());
-        let gen_c = run(&mut |t| sc.step(t).unwrap(), fc.last().to_vec());
-        assert_eq!(gen_o, gen_c, "{}: greedy tokens differ", path.display());
-        assert_eq!(so.kv_bytes(), sc.kv_bytes(), "{}", path.display());
-    }
+    common::presets_match_candle(ort_backend());
 }

@@ -124,13 +124,7 @@ impl sieve_core::Tensor for TchTensor {
     }
 
     fn pool1d(&self, kernel: usize, pool: Pool) -> Result<Self> {
-        if kernel == 0 || kernel % 2 == 0 {
-            return Err(Error::OutOfRange {
-                key: "kernel".into(),
-                value: kernel.to_string(),
-                allowed: "an odd number >= 1".into(),
-            });
-        }
+        sieve_core::tensor::check_pool_kernel(kernel)?;
         let shape = self.shape();
         let len = *shape.last().ok_or(Error::Shape { op: "pool1d", detail: "scalar".into() })? as i64;
         let rows = (shape.iter().product::<usize>() as i64) / len.max(1);

@@ -7,8 +7,6 @@ mod common;
 use std::sync::OnceLock;
 
 use sieve_core::Tensor as _;
-use sieve_core::policy::PolicyFile;
-use sieve_engine::sampling::argmax;
 use sieve_engine::{Backend, LayerCache, Logits, Policy, Probe, Session};
 use sieve_tch::{TchBackend, TchTensor};
 use tch::Device;
@@ -85,37 +83,5 @@ fn logits_match_candle_on_a_wikitext_passage() {
 
 #[test]
 fn every_preset_prunes_the_same_tokens_as_candle() {
-    let tokens = common::passage_tokens(400);
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
-    let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    names.retain(|p| p.extension().is_some_and(|e| e == "toml"));
-    names.sort();
-    assert!(names.len() >= 10);
-    for path in names {
-        let mut file = PolicyFile::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        if let Some(d) = &mut file.decode {
-            d.budget = d.budget.min(300); // so that decode eviction happens in this short run
-            d.every = d.every.min(8);
-        }
-        let policy = file.validate().unwrap();
-        let run = |session: &mut dyn FnMut(u32) -> Vec<f32>, first: Vec<f32>| {
-            let mut out = vec![argmax(&first)];
-            let mut logits = first;
-            for _ in 0..12 {
-                logits = session(argmax(&logits));
-                out.push(argmax(&logits));
-            }
-            out
-        };
-        let mut st = Session::new(tch_backend(), policy.clone()).unwrap();
-        let mut sc = Session::new(common::candle(), policy).unwrap();
-        let (ft, fc) = (st.prefill(&tokens, Logits::Last).unwrap(), sc.prefill(&tokens, Logits::Last).unwrap());
-        let kept_t: Vec<Vec<usize>> = st.caches().iter().map(|c| c.positions.clone()).collect();
-        let kept_c: Vec<Vec<usize>> = sc.caches().iter().map(|c| c.positions.clone()).collect();
-        assert_eq!(kept_t, kept_c, "{}: kept positions differ after prefill", path.display());
-        let gen_t = run(&mut |t| st.step(t).unwrap(), ft.last().to_vec());
-        let gen_c = run(&mut |t| sc.step(t).unwrap(), fc.last().to_vec());
-        assert_eq!(gen_t, gen_c, "{}: greedy tokens differ", path.display());
-        assert_eq!(st.kv_bytes(), sc.kv_bytes(), "{}", path.display());
-    }
+    common::presets_match_candle(tch_backend());
 }

@@ -222,9 +222,7 @@ impl Tensor for HostTensor {
     }
 
     fn pool1d(&self, kernel: usize, pool: Pool) -> Result<Self> {
-        if kernel == 0 || kernel % 2 == 0 {
-            return Err(Error::out_of_range("kernel", kernel, "an odd number >= 1"));
-        }
+        crate::tensor::check_pool_kernel(kernel)?;
         let last = *self.shape.last().ok_or(Error::Shape { op: "pool1d", detail: "scalar".into() })?;
         let half = kernel / 2;
         let mut data = Vec::with_capacity(self.data.len());

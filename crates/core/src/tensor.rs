@@ -13,6 +13,15 @@ pub enum Pool {
     Max,
 }
 
+/// Checks the kernel of [`Tensor::pool1d`]: odd and at least 1 (every implementation calls
+/// this first, so that all reject the same kernels with the same error).
+pub fn check_pool_kernel(kernel: usize) -> Result<()> {
+    if kernel == 0 || kernel % 2 == 0 {
+        return Err(Error::out_of_range("kernel", kernel, "an odd number >= 1"));
+    }
+    Ok(())
+}
+
 /// A dense `f32` tensor on some device, with the operations that token scoring needs.
 ///
 /// Every operation returns [`Result`]: runtimes fail for ordinary reasons (shapes, memory,
