@@ -34,21 +34,11 @@ pub fn prompt_tokens(tokenizer: &Tokenizer, path: &Path, n: usize) -> Result<Vec
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading {} (set SIEVE_DATA or pass --text FILE)", path.display()))?;
-    let mut len = (n * 8 + 1024).min(text.len());
-    loop {
-        while !text.is_char_boundary(len) {
-            len += 1;
-        }
-        let ids = tokenizer.encode(&text[..len]).context("tokenizing the prompt text")?;
-        if ids.len() > n || len == text.len() {
-            // One token to spare, so that the last one is not cut from a longer word.
-            if ids.len() < n {
-                bail!("{} holds only {} tokens, fewer than the {n} asked for", path.display(), ids.len());
-            }
-            return Ok(ids[..n].to_vec());
-        }
-        len = (len * 2).min(text.len());
+    let ids = tokenizer.encode_prefix(&text, n).context("tokenizing the prompt text")?;
+    if ids.len() < n {
+        bail!("{} holds only {} tokens, fewer than the {n} asked for", path.display(), ids.len());
     }
+    Ok(ids)
 }
 
 /// candle-transformers' `quantized_llama` on the GGUF file at `path` with every tensor

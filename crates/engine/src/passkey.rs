@@ -111,19 +111,9 @@ impl PasskeyPrompter {
         let head = tokenizer.encode(&head_text)?;
         let tail = without_bos(&tokenizer, tokenizer.encode(&tail_text)?);
 
-        // Tokenize a growing prefix of the filler until it covers `max_length` tokens.
-        let mut len = (max_length * 8 + 1024).min(filler.len());
-        let mut ids = loop {
-            while !filler.is_char_boundary(len) {
-                len += 1;
-            }
-            // A leading space, as the needle has, so that the pieces join as words do.
-            let ids = without_bos(&tokenizer, tokenizer.encode(&format!(" {}", &filler[..len]))?);
-            if ids.len() > max_length || len == filler.len() {
-                break ids;
-            }
-            len = (len * 2).min(filler.len());
-        };
+        // Enough of the filler for `max_length` tokens, with a leading space as the needle
+        // has, so that the pieces join as words do (one token more for a BOS).
+        let mut ids = without_bos(&tokenizer, tokenizer.encode_prefix(&format!(" {filler}"), max_length + 1)?);
         if ids.is_empty() {
             return Err(Error::Invalid("the passkey filler text has no tokens".into()));
         }

@@ -168,6 +168,24 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// The first `n` tokens of a long `text` (fewer when the whole text has fewer), without
+    /// tokenizing all of it: a growing prefix is tokenized until it yields more than `n`
+    /// tokens, so that the last one kept is not cut from a longer word.
+    pub fn encode_prefix(&self, text: &str, n: usize) -> Result<Vec<u32>> {
+        let mut len = n.saturating_mul(8).saturating_add(1024).min(text.len());
+        loop {
+            while !text.is_char_boundary(len) {
+                len += 1;
+            }
+            let mut ids = self.encode(&text[..len])?;
+            if ids.len() > n || len == text.len() {
+                ids.truncate(n);
+                return Ok(ids);
+            }
+            len = len.saturating_mul(2).min(text.len());
+        }
+    }
+
     /// Text of `ids`, with special tokens left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(tok_err)

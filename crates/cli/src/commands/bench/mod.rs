@@ -86,23 +86,13 @@ fn default_text() -> PathBuf {
     dir.join("wikitext-2/wiki.test.raw")
 }
 
-/// The first `n` tokens of `text`, tokenizing a growing prefix until it is long enough.
+/// The first `n` tokens of `text`, an error when it has fewer.
 fn first_tokens(tokenizer: &Tokenizer, text: &str, n: usize, path: &Path) -> Result<Vec<u32>> {
-    let mut len = (n * 8 + 1024).min(text.len());
-    loop {
-        while !text.is_char_boundary(len) {
-            len += 1;
-        }
-        let ids = tokenizer.encode(&text[..len]).context("tokenizing the text")?;
-        // One token to spare, so that the last one is not cut from a longer word.
-        if ids.len() > n || len == text.len() {
-            if ids.len() < n {
-                bail!("{} holds only {} tokens, fewer than the {n} needed", path.display(), ids.len());
-            }
-            return Ok(ids[..n].to_vec());
-        }
-        len = (len * 2).min(text.len());
+    let ids = tokenizer.encode_prefix(text, n).context("tokenizing the text")?;
+    if ids.len() < n {
+        bail!("{} holds only {} tokens, fewer than the {n} needed", path.display(), ids.len());
     }
+    Ok(ids)
 }
 
 /// What one point measures before the baseline is known.
