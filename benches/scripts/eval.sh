@@ -29,13 +29,15 @@ for p in snapkv lazy-prefill streaming h2o tova knorm pyramid; do
 done
 
 # 3. Streaming perplexity: 1,024 tokens one at a time, the cache cut to the budget:
-#    StreamingLLM (4 sinks + the most recent tokens, cut after every step), and H2O (the
-#    h2o preset's decode eviction with this budget).
+#    StreamingLLM (4 sinks + the most recent tokens, cut after every step), and the h2o
+#    and tova presets' decode eviction with this budget.
 for b in 1024 512 256 128; do
   $SIEVE perplexity --file "$TEXT" --streaming --length 1024 --budget "$b" --json \
     > "$OUT/ppl/streaming-streaming-$b.json"
-  $SIEVE perplexity --file "$TEXT" --streaming --length 1024 --budget "$b" --json \
-    --policy configs/h2o.toml > "$OUT/ppl/streaming-h2o-$b.json"
+  for p in h2o tova; do
+    $SIEVE perplexity --file "$TEXT" --streaming --length 1024 --budget "$b" --json \
+      --policy "configs/$p.toml" > "$OUT/ppl/streaming-$p-$b.json"
+  done
 done
 
 # 4. Passkey retrieval, the unpruned model beside each policy.
