@@ -112,17 +112,8 @@ impl CandleBackend {
             None => embed.clone(),
         };
         // Rotary tables for every position of the context, half-split layout.
-        let inv_freq = config.rope_inv_freq();
-        let half = inv_freq.len();
-        let mut cos = Vec::with_capacity(config.context * half);
-        let mut sin = Vec::with_capacity(config.context * half);
-        for p in 0..config.context {
-            for &f in &inv_freq {
-                let angle = p as f64 * f;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
+        let half = config.head_dim / 2;
+        let (cos, sin) = config.rope_tables();
         let cos = Tensor::from_vec(cos, (config.context, half), &device).map_err(err)?;
         let sin = Tensor::from_vec(sin, (config.context, half), &device).map_err(err)?;
         let norm = up(weights.norm)?;

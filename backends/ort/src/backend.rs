@@ -69,15 +69,7 @@ impl OrtBackend {
         }
         let head = sessions.pop().ok_or_else(|| Error::Invalid("no LM head graph".into()))?;
         let embed = sessions.remove(0);
-        let inv_freq = config.rope_inv_freq();
-        let (mut cos, mut sin) = (Vec::new(), Vec::new());
-        for p in 0..config.context {
-            for &f in &inv_freq {
-                let angle = p as f64 * f;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
+        let (cos, sin) = config.rope_tables();
         Ok(Self { config: config.clone(), device, embed, layers: sessions, head, cos, sin })
     }
 

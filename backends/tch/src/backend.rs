@@ -95,16 +95,8 @@ impl TchBackend {
             Some(w) => up(w)?,
             None => embed.shallow_clone(),
         };
-        let inv_freq = config.rope_inv_freq();
-        let half = inv_freq.len();
-        let (mut cos, mut sin) = (Vec::with_capacity(config.context * half), Vec::with_capacity(config.context * half));
-        for p in 0..config.context {
-            for &f in &inv_freq {
-                let angle = p as f64 * f;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
+        let half = config.head_dim / 2;
+        let (cos, sin) = config.rope_tables();
         let table = |v: Vec<f32>| {
             Tensor::f_from_slice(&v)
                 .and_then(|t| t.f_reshape([config.context as i64, half as i64]))

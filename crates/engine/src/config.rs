@@ -187,6 +187,22 @@ impl ModelConfig {
         Ok(config)
     }
 
+    /// The rotary tables of every position of the context: `cos` and `sin` of
+    /// `position * inv_freq`, computed in f64, each `[context, head_dim / 2]` row-major.
+    pub fn rope_tables(&self) -> (Vec<f32>, Vec<f32>) {
+        let inv_freq = self.rope_inv_freq();
+        let n = self.context * inv_freq.len();
+        let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for p in 0..self.context {
+            for &f in &inv_freq {
+                let angle = p as f64 * f;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        (cos, sin)
+    }
+
     /// The inverse frequencies of the rotary embedding, one per pair of a head's dims.
     pub fn rope_inv_freq(&self) -> Vec<f64> {
         let half = self.head_dim / 2;
