@@ -18,11 +18,8 @@ pub const PEAK_GEMM_GFLOPS: f64 = 480.0;
 /// WikiText-2's test split: `$SIEVE_DATA/wikitext-2/wiki.test.raw`, by default from the
 /// `shared/data` folder beside the workspace root.
 pub fn wikitext_path() -> PathBuf {
-    let dir = std::env::var_os("SIEVE_DATA")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
-    let path = dir.join("wikitext-2/wiki.test.raw");
+    let path =
+        sieve_engine::fetch::wikitext_test_split(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
     std::fs::canonicalize(&path).unwrap_or(path)
 }
 

@@ -40,6 +40,15 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("sieve")
 }
 
+/// WikiText-2's test split, the project's evaluation text:
+/// `$SIEVE_DATA/wikitext-2/wiki.test.raw`, else the same under `default_data`.
+pub fn wikitext_test_split(default_data: &Path) -> PathBuf {
+    let dir = std::env::var_os("SIEVE_DATA")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| default_data.to_path_buf(), PathBuf::from);
+    dir.join("wikitext-2/wiki.test.raw")
+}
+
 /// Where the default model is (or will be, once fetched).
 pub fn default_model_path() -> PathBuf {
     cache_dir().join("models").join(DEFAULT_MODEL_FILE)

@@ -36,11 +36,9 @@ struct Args {
     perturb: Option<String>,
 }
 
+/// WikiText-2's test split, where the project's data lives.
 fn default_text() -> PathBuf {
-    let dir = std::env::var_os("SIEVE_DATA")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| PathBuf::from("../shared/data"), PathBuf::from);
-    dir.join("wikitext-2/wiki.test.raw")
+    sieve_engine::fetch::wikitext_test_split(std::path::Path::new("../shared/data"))
 }
 
 fn main() -> ExitCode {
