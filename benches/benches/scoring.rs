@@ -10,18 +10,19 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
-use sieve_benches::{median, prompt_tokens, wikitext_path};
+use sieve_backend::{Backend, BackendTensor as BTensor, DeviceSpec, LayerCache, Probe};
+use sieve_benches::{default_model, median, prompt_tokens, wikitext_path};
 use sieve_core::host::Host;
 use sieve_core::{Aggregation, Budget, HostTensor, Observation, Pool, ScorerSpec, Selector, Tensor};
-use sieve_engine::backend::BTensor;
-use sieve_engine::{Backend, LayerCache, Model, Probe};
+use sieve_engine::Model;
+use sieve_runtime::{BackendKind, Runtime};
 
 const TOKENS: usize = 2048;
 const LAYER: usize = 5;
 
 /// The default model's weights and a 2,048-token WikiText-2 prompt.
 fn model() -> (Model, Vec<u32>) {
-    let path = sieve_engine::fetch::require_default_model().unwrap_or_else(|e| panic!("{e}"));
+    let path = default_model().unwrap_or_else(|e| panic!("{e}"));
     let model = Model::load(&path).expect("loading the default model");
     let tokens = prompt_tokens(&model.tokenizer, &wikitext_path(), TOKENS).expect("WikiText-2 prompt");
     (model, tokens)
@@ -82,8 +83,8 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &B, tokens: &[u32], wit
     let out = backend.layer(LAYER, &hidden, &positions, &mut cache, probe).expect("probe layer");
     let (attention, sums) = (out.attention.expect("attention rows"), out.attention_sums.expect("attention sums"));
     let kv_heads = backend.config().n_kv_heads;
-    let keys: BTensor<B> = cache.keys.clone().expect("keys");
-    let values: BTensor<B> = cache.values.clone().expect("values");
+    let keys: BTensor<B> = cache.keys().expect("keys").expect("keys");
+    let values: BTensor<B> = cache.values().expect("values").expect("values");
     let obs = |attention| Observation {
         layer: LAYER,
         step: 0,
@@ -144,17 +145,14 @@ fn bench(c: &mut Criterion) {
     let (model, tokens) = model();
     let cfg = &model.config;
     let mut rows = Vec::new();
-    {
-        let b = sieve_candle::CandleBackend::new(cfg, &model.weights, sieve_candle::CandleDevice::Cpu).expect("candle");
-        rows.extend(bench_backend(c, &b, &tokens, true));
-    }
-    {
-        let b = sieve_tch::TchBackend::new(cfg, &model.weights, sieve_tch::Device::Cpu).expect("tch");
-        rows.extend(bench_backend(c, &b, &tokens, false));
-    }
-    {
-        let b = sieve_ort::OrtBackend::new(cfg, &model.weights, sieve_ort::OrtDevice::Cpu).expect("ort");
-        rows.extend(bench_backend(c, &b, &tokens, false));
+    for kind in BackendKind::ALL {
+        if !kind.compiled() {
+            eprintln!("skipped {kind}: not compiled in (cargo xtask scoring-bench turns every backend on)");
+            continue;
+        }
+        let b =
+            Runtime::load(kind, DeviceSpec::Cpu, cfg, model.weights.clone()).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        rows.extend(bench_backend(c, &b, &tokens, kind == BackendKind::Candle));
     }
     println!("\nscoring + selection as a share of one decoder layer's forward ({TOKENS} tokens, CPU, same backend):");
     println!("| backend | scorer | score+select (ms) | layer forward (ms) | share |");

@@ -1,5 +1,5 @@
-//! Helpers of sieve's end-to-end benchmarks: the WikiText-2 prompt, the candle-transformers
-//! reference model, and small statistics.
+//! Helpers of sieve's end-to-end benchmarks: the WikiText-2 prompt, the default model,
+//! the candle-transformers reference model.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -18,8 +18,7 @@ pub const PEAK_GEMM_GFLOPS: f64 = 480.0;
 /// WikiText-2's test split: `$SIEVE_DATA/wikitext-2/wiki.test.raw`, by default from the
 /// `shared/data` folder beside the workspace root.
 pub fn wikitext_path() -> PathBuf {
-    let path =
-        sieve_engine::fetch::wikitext_test_split(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
+    let path = sieve_eval::data::wikitext_test_split(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"));
     std::fs::canonicalize(&path).unwrap_or(path)
 }
 
@@ -31,11 +30,7 @@ pub fn prompt_tokens(tokenizer: &Tokenizer, path: &Path, n: usize) -> Result<Vec
     }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading {} (set SIEVE_DATA or pass --text FILE)", path.display()))?;
-    let ids = tokenizer.encode_prefix(&text, n).context("tokenizing the prompt text")?;
-    if ids.len() < n {
-        bail!("{} holds only {} tokens, fewer than the {n} asked for", path.display(), ids.len());
-    }
-    Ok(ids)
+    sieve_eval::data::first_tokens(tokenizer, &text, n).with_context(|| format!("the prompt from {}", path.display()))
 }
 
 /// candle-transformers' `quantized_llama` on the GGUF file at `path` with every tensor
@@ -68,11 +63,10 @@ pub fn workspace_dir() -> PathBuf {
 
 /// The default model's path, or an error naming the command that fetches it.
 pub fn default_model() -> Result<PathBuf> {
-    sieve_engine::fetch::require_default_model().map_err(|_| {
+    sieve_fetch::model::cached().ok_or_else(|| {
         anyhow!(
-            "the default model is not in the cache ({}); fetch it with `{}`",
-            sieve_engine::fetch::default_model_path().display(),
-            sieve_engine::fetch::FETCH_COMMAND
+            "the default model is not in the cache ({}); fetch it with `cargo xtask fetch-model`",
+            sieve_fetch::model::path().display()
         )
     })
 }
@@ -86,54 +80,9 @@ pub fn command_line() -> String {
     std::env::args().map(quote).collect::<Vec<_>>().join(" ")
 }
 
-/// Negative log-likelihood of `target` under `logits`: minus its log-softmax, in f64.
-pub fn nll(logits: &[f32], target: u32) -> Result<f64> {
-    let x = *logits
-        .get(target as usize)
-        .with_context(|| format!("token {target} is outside the vocabulary of {}", logits.len()))?;
-    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
-    let sum: f64 = logits.iter().map(|&v| (f64::from(v) - max).exp()).sum();
-    let nll = max + sum.ln() - f64::from(x);
-    if !nll.is_finite() {
-        bail!("non-finite log-likelihood for token {target}");
-    }
-    Ok(nll)
-}
-
-/// Median of `xs` (the mean of the middle two for an even count); 0 when empty.
-pub fn median(xs: &[f64]) -> f64 {
-    if xs.is_empty() {
-        return 0.0;
-    }
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
-}
+pub use sieve_eval::data::median;
 
 /// Bytes in MiB.
 pub fn mib(bytes: f64) -> f64 {
     bytes / (1024.0 * 1024.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
-        assert_eq!(median(&[]), 0.0);
-    }
-
-    #[test]
-    fn nll_is_minus_log_softmax() -> Result<()> {
-        let uniform = nll(&[1.0, 1.0, 1.0, 1.0], 2)?;
-        assert!((uniform - 4f64.ln()).abs() < 1e-12);
-        let peaked = nll(&[0.0, 1000.0], 1)?;
-        assert!(peaked.abs() < 1e-12);
-        assert!(nll(&[0.0], 1).is_err());
-        Ok(())
-    }
 }

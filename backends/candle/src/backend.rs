@@ -3,15 +3,13 @@
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
-use sieve_engine::backend::{Backend, LayerCache, LayerOutput, Probe};
-use sieve_engine::config::ModelConfig;
-use sieve_engine::weights::{HostWeight, Weights};
-use sieve_engine::{Error, Result};
+use sieve_backend::{Backend, DeviceSpec, HostWeight, LayerCache, LayerOutput, ModelConfig, Probe, Weights};
 
+use crate::error::{Error, Result};
 use crate::tensor::CandleTensor;
 
 fn err(e: candle_core::Error) -> Error {
-    Error::backend("candle", sieve_engine::error::without_backtrace(e))
+    Error::from(e)
 }
 
 /// Where candle runs.
@@ -24,6 +22,15 @@ pub enum CandleDevice {
     Cuda(usize),
 }
 
+impl From<DeviceSpec> for CandleDevice {
+    fn from(spec: DeviceSpec) -> Self {
+        match spec {
+            DeviceSpec::Cpu => CandleDevice::Cpu,
+            DeviceSpec::Cuda(n) => CandleDevice::Cuda(n),
+        }
+    }
+}
+
 impl CandleDevice {
     /// Opens the device; a CUDA device in a build without the `cuda` feature, or on a
     /// machine without a GPU, is an error.
@@ -32,9 +39,7 @@ impl CandleDevice {
             CandleDevice::Cpu => Ok(Device::Cpu),
             CandleDevice::Cuda(ordinal) => {
                 if !candle_core::utils::cuda_is_available() {
-                    return Err(Error::Invalid(
-                        "candle was built without CUDA; rebuild with `--features cuda` on a machine with nvcc".into(),
-                    ));
+                    return Err(Error::NoCuda);
                 }
                 Device::new_cuda(ordinal).map_err(err)
             }
@@ -83,6 +88,8 @@ impl CandleBackend {
 
     /// Moves `weights` to `device`; on the CPU without a copy.
     pub fn from_weights(config: &ModelConfig, weights: Weights, device: CandleDevice) -> Result<Self> {
+        config.validate()?;
+        weights.check(config)?;
         let device = device.open()?;
         let up = |w: HostWeight| upload(w, &device);
         let layers = weights
@@ -121,9 +128,6 @@ impl CandleBackend {
     }
 
     fn positions_tensor(&self, positions: &[usize]) -> Result<Tensor> {
-        if let Some(&bad) = positions.iter().find(|&&p| p >= self.config.context) {
-            return Err(Error::ContextOverflow { needed: bad + 1, context: self.config.context });
-        }
         let ids: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
         Tensor::from_vec(ids, positions.len(), &self.device).map_err(err)
     }
@@ -131,7 +135,9 @@ impl CandleBackend {
     /// Additive causal mask `[n, m]` by original positions; cached across layers that see
     /// the same positions.
     fn mask(&self, queries: &[usize], keys: &[usize]) -> Result<Tensor> {
-        let mut cached = self.mask.lock().map_err(|_| Error::Invalid("mask cache poisoned".into()))?;
+        // A poisoned lock only means another thread panicked while caching: the cache is
+        // rebuilt below whatever it holds.
+        let mut cached = self.mask.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(((q, k), t)) = cached.as_ref() {
             if q == queries && k == keys {
                 return Ok(t.clone());
@@ -239,6 +245,7 @@ fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 
 impl Backend for CandleBackend {
     type Tensor = CandleTensor;
+    type Error = Error;
 
     fn name(&self) -> &'static str {
         "candle"
@@ -253,9 +260,6 @@ impl Backend for CandleBackend {
     }
 
     fn embed(&self, tokens: &[u32]) -> Result<CandleTensor> {
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
-            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {}", self.config.vocab)));
-        }
         let ids = Tensor::from_slice(tokens, tokens.len(), &self.device).map_err(err)?;
         self.embed.index_select(&ids, 0).map(CandleTensor).map_err(err)
     }
@@ -269,12 +273,9 @@ impl Backend for CandleBackend {
         probe: Probe,
     ) -> Result<LayerOutput<CandleTensor>> {
         let c = &self.config;
-        let w = self.layers.get(index).ok_or_else(|| Error::Invalid(format!("no layer {index}")))?;
+        let w = self.layers.get(index).ok_or_else(|| sieve_backend::Error::Input(format!("no layer {index}")))?;
         let x = &hidden.0;
         let n = x.dim(0).map_err(err)?;
-        if n != positions.len() {
-            return Err(Error::Invalid(format!("{n} hidden rows but {} positions", positions.len())));
-        }
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let g = nh / nkv;
         let eps = c.rms_eps as f32;
@@ -298,28 +299,20 @@ impl Backend for CandleBackend {
         let (k, v) = (k.squeeze(0).map_err(err)?, v.squeeze(0).map_err(err)?);
 
         // Append to the cache: [kv, len, hd].
-        let keys = match &cache.keys {
-            Some(old) => Tensor::cat(&[&old.0, &k], 1).map_err(err)?,
-            None => k,
-        };
-        let values = match &cache.values {
-            Some(old) => Tensor::cat(&[&old.0, &v], 1).map_err(err)?,
-            None => v,
-        };
-        cache.positions.extend_from_slice(positions);
+        cache.append(CandleTensor(k), CandleTensor(v), positions)?;
+        let keys = cache.keys()?.map(|k| k.0).ok_or_else(|| sieve_backend::Error::Input("empty cache".into()))?;
+        let values = cache.values()?.map(|v| v.0).ok_or_else(|| sieve_backend::Error::Input("empty cache".into()))?;
 
         // Grouped attention: the g query heads of a KV head attend together.
         let q = q.affine(1.0 / (hd as f64).sqrt(), 0.0).and_then(|q| q.reshape((nkv, g, n, hd))).map_err(err)?;
         let (out, attention, attention_sums) =
-            self.attention(&q, &keys, &values, positions, &cache.positions, probe)?;
+            self.attention(&q, &keys, &values, positions, cache.positions(), probe)?;
         let out = out
             .reshape((nh, n, hd))
             .and_then(|o| o.transpose(0, 1))
             .and_then(|o| o.reshape((n, nh * hd)))
             .map_err(err)?;
         let x = (x + linear(&out, &w.o).map_err(err)?).map_err(err)?;
-        cache.keys = Some(CandleTensor(keys));
-        cache.values = Some(CandleTensor(values));
 
         let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, eps).map_err(err)?;
         let gate = candle_nn::ops::silu(&linear(&h, &w.gate).map_err(err)?).map_err(err)?;

@@ -8,7 +8,7 @@ use sieve_core::{Error, Pool, Result};
 pub struct CandleTensor(pub Tensor);
 
 fn wrap(op: &'static str) -> impl Fn(candle_core::Error) -> Error {
-    move |e| Error::backend(op, sieve_engine::error::without_backtrace(e))
+    move |e| Error::backend(op, crate::error::without_backtrace(e))
 }
 
 impl CandleTensor {

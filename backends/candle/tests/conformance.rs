@@ -1,10 +1,10 @@
-//! The core's conformance suite (tensor operations and scorers against the host
-//! reference) on candle's CPU tensors.
+//! The backend conformance suite (and the core's tensor cases) on candle's CPU.
 
-use candle_core::Device;
-use sieve_candle::CandleTensor;
+use sieve_backend::{ModelConfig, Weights};
+use sieve_candle::{CandleBackend, CandleDevice};
 
-#[test]
-fn candle_tensors_conform_to_the_reference() {
-    sieve_core::conformance::run_all::<CandleTensor>(&Device::Cpu).unwrap();
+fn cpu(config: &ModelConfig, weights: Weights) -> CandleBackend {
+    CandleBackend::from_weights(config, weights, CandleDevice::Cpu).expect("candle backend")
 }
+
+sieve_backend::backend_conformance!(CandleBackend, cpu);

@@ -3,18 +3,43 @@
 //! llama.cpp's interleaved rotary layout on the original q/k rows, where sieve un-permutes
 //! them on load and uses the half-split layout, so a mistake in either shows up.
 
-mod common;
-
 use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use sieve_engine::{Logits, Policy, Session};
+use sieve_candle::{CandleBackend, CandleDevice};
+use sieve_engine::{Logits, Model, Policy, Session};
+
+/// The default model; CI fetches it before the tests (`cargo xtask ci`).
+fn model_path() -> PathBuf {
+    sieve_fetch::model::cached()
+        .unwrap_or_else(|| panic!("the default model is missing; run `cargo xtask fetch-model`"))
+}
+
+/// The default model on candle's CPU backend, with its tokenizer, loaded once.
+fn candle() -> &'static (CandleBackend, Model) {
+    static LOADED: OnceLock<(CandleBackend, Model)> = OnceLock::new();
+    LOADED.get_or_init(|| {
+        let mut model = Model::load(&model_path()).unwrap();
+        let weights = model.take_weights();
+        (CandleBackend::from_weights(&model.config, weights, CandleDevice::Cpu).unwrap(), model)
+    })
+}
+
+/// The first `n` tokens of WikiText-2's test split.
+fn passage_tokens(n: usize) -> Vec<u32> {
+    let path =
+        sieve_eval::data::wikitext_test_split(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (set SIEVE_DATA)", path.display()));
+    sieve_eval::data::first_tokens(&candle().1.tokenizer, &text, n).unwrap()
+}
 
 /// The reference model with every tensor stored as f32.
 fn reference_f32() -> ModelWeights {
-    let path = sieve_engine::fetch::require_default_model().unwrap();
+    let path = model_path();
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let mut tensors = Vec::new();
@@ -39,8 +64,8 @@ fn argmax(x: &[f32]) -> usize {
 #[test]
 fn logits_match_quantized_llama_at_every_position() {
     const N: usize = 160;
-    let tokens = common::passage_tokens(N);
-    let backend = common::candle();
+    let tokens = passage_tokens(N);
+    let backend = &candle().0;
     let mut session = Session::new(backend, Policy::none()).unwrap();
     let ours = session.prefill(&tokens, Logits::All).unwrap();
     assert_eq!(ours.positions, (0..N).collect::<Vec<_>>());
@@ -66,8 +91,8 @@ fn logits_match_quantized_llama_at_every_position() {
 #[test]
 fn token_by_token_decoding_matches_prefill() {
     // The KV cache path (one token at a time) computes what a full prefill computes.
-    let tokens = common::passage_tokens(24);
-    let backend = common::candle();
+    let tokens = passage_tokens(24);
+    let backend = &candle().0;
     let mut full = Session::new(backend, Policy::none()).unwrap();
     let all = full.prefill(&tokens, Logits::All).unwrap();
     let mut inc = Session::new(backend, Policy::none()).unwrap();
@@ -82,8 +107,8 @@ fn token_by_token_decoding_matches_prefill() {
 #[test]
 fn long_prompts_spanning_several_attention_blocks_match() {
     // 600 tokens: three blocks of query rows in sieve-candle's attention.
-    let tokens = common::passage_tokens(600);
-    let backend = common::candle();
+    let tokens = passage_tokens(600);
+    let backend = &candle().0;
     let mut session = Session::new(backend, Policy::none()).unwrap();
     let ours = session.prefill(&tokens, Logits::All).unwrap();
     let reference = reference_f32();
@@ -95,45 +120,5 @@ fn long_prompts_spanning_several_attention_blocks_match() {
         let diff = row.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(diff <= 1e-2, "position {}: max abs difference {diff}", end - 1);
         assert_eq!(argmax(row), argmax(&theirs));
-    }
-}
-
-#[test]
-fn attention_probe_is_causal_and_normalised() {
-    use sieve_core::Tensor as _;
-    use sieve_engine::Backend;
-    let tokens = common::passage_tokens(300);
-    let backend = common::candle();
-    let positions: Vec<usize> = (0..300).collect();
-    let hidden = backend.embed(&tokens).unwrap();
-    let mut cache = sieve_engine::LayerCache::default();
-    let probe = sieve_engine::Probe { last_queries: 300, column_sums: true };
-    let out = backend.layer(0, &hidden, &positions, &mut cache, probe).unwrap();
-    let all = out.attention.unwrap();
-    let sums = out.attention_sums.unwrap();
-    assert_eq!(sums.shape(), vec![9, 1, 300]);
-    let expected = all.sum(1).unwrap().to_host().unwrap();
-    for (a, b) in sums.to_host().unwrap().iter().zip(&expected) {
-        assert!((a - b).abs() < 1e-3, "column sums {a} vs {b}");
-    }
-    assert_eq!(all.shape(), vec![9, 300, 300]);
-    let probs = all.to_host().unwrap();
-    for h in 0..9 {
-        for i in 0..300 {
-            let row = &probs[(h * 300 + i) * 300..(h * 300 + i + 1) * 300];
-            let sum: f32 = row.iter().sum();
-            assert!((sum - 1.0).abs() < 1e-4, "head {h} row {i} sums to {sum}");
-            assert!(row[i + 1..].iter().all(|&p| p == 0.0), "row {i} attends to the future");
-        }
-    }
-    let mut cache = sieve_engine::LayerCache::default();
-    let probe = sieve_engine::Probe { last_queries: 1, column_sums: false };
-    let last = backend.layer(0, &hidden, &positions, &mut cache, probe).unwrap().attention.unwrap();
-    assert_eq!(last.shape(), vec![9, 1, 300]);
-    let last = last.to_host().unwrap();
-    for h in 0..9 {
-        let a = &probs[(h * 300 + 299) * 300..(h * 300 + 300) * 300];
-        let b = &last[h * 300..(h + 1) * 300];
-        assert!(a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6));
     }
 }

@@ -6,14 +6,12 @@ use std::sync::Mutex;
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::DynValue;
-use sieve_engine::backend::{Backend, LayerCache, LayerOutput, Probe};
-use sieve_engine::config::ModelConfig;
-use sieve_engine::weights::Weights;
-use sieve_engine::{Error, Result};
+use sieve_backend::{Backend, LayerCache, LayerOutput, ModelConfig, Probe, Weights};
 
+use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::layer::{LAYER_OUTPUTS, decoder_layer, embedding, lm_head};
-use crate::runtime::{OrtDevice, ort_err, session};
+use crate::runtime::{OrtDevice, session};
 use crate::tensor::{OrtTensor, float_value, int_value};
 
 /// A Llama-family decoder on ONNX Runtime (`f32`).
@@ -39,35 +37,40 @@ fn graphs(config: &ModelConfig, weights: &Weights) -> impl Iterator<Item = (Stri
 
 /// Writes the model's ONNX graphs (weights included) to `dir` for inspection, e.g. with
 /// Netron or `onnx.checker`; returns the files written.
-pub fn export_onnx(config: &ModelConfig, weights: &Weights, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+pub fn export_onnx(config: &ModelConfig, weights: &Weights, dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
     for (name, graph) in graphs(config, weights) {
         let path = dir.join(name);
-        std::fs::write(&path, graph.into_model_bytes()).map_err(|e| Error::io(&path, e))?;
+        std::fs::write(&path, graph.into_model_bytes())?;
         written.push(path);
     }
     Ok(written)
 }
 
-fn lock<'a>(s: &'a Mutex<Session>, what: &str) -> Result<std::sync::MutexGuard<'a, Session>> {
-    s.lock().map_err(|_| ort_err(what, "session poisoned"))
+fn lock(s: &Mutex<Session>) -> std::sync::MutexGuard<'_, Session> {
+    // A session's state does not depend on a run that panicked halfway.
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn take(out: &mut ort::session::SessionOutputs<'_>, name: &str, device: OrtDevice) -> Result<OrtTensor> {
-    let v = out.remove(name).ok_or_else(|| ort_err("decoder layer", format!("no output `{name}`")))?;
+fn take(out: &mut ort::session::SessionOutputs<'_>, what: &str, name: &str, device: OrtDevice) -> Result<OrtTensor> {
+    let v = out.remove(name).ok_or_else(|| Error::MissingOutput { what: what.into(), output: name.into() })?;
     OrtTensor::from_value(v, device)
 }
 
 impl OrtBackend {
     /// Builds the graphs from `weights` and opens a session for each on `device`.
+    /// [`crate::load`] must have loaded ONNX Runtime.
     pub fn new(config: &ModelConfig, weights: &Weights, device: OrtDevice) -> Result<Self> {
+        config.validate()?;
+        weights.check(config)?;
         crate::runtime::environment()?;
         let mut sessions = Vec::with_capacity(weights.layers.len() + 2);
         for (name, graph) in graphs(config, weights) {
             sessions.push(Mutex::new(session(&graph.into_model_bytes(), device, &name)?));
         }
-        let head = sessions.pop().ok_or_else(|| Error::Invalid("no LM head graph".into()))?;
+        // `graphs` yields the embedding, the layers, then the LM head.
+        let head = sessions.pop().ok_or(sieve_backend::Error::Config("no LM head graph".into()))?;
         let embed = sessions.remove(0);
         let (cos, sin) = config.rope_tables();
         Ok(Self { config: config.clone(), device, embed, layers: sessions, head, cos, sin })
@@ -83,17 +86,20 @@ impl OrtBackend {
             sin.extend_from_slice(&self.sin[p * half..(p + 1) * half]);
         }
         let shape = [positions.len(), half];
-        let e = |e| ort_err("rotary tables", e);
-        Ok((float_value(&cos, &shape).map_err(e)?, float_value(&sin, &shape).map_err(e)?))
+        Ok((
+            float_value(&cos, &shape).map_err(Error::ort("rotary tables"))?,
+            float_value(&sin, &shape).map_err(Error::ort("rotary tables"))?,
+        ))
     }
 }
 
 fn ints(v: &[usize]) -> Result<DynValue> {
-    int_value(&v.iter().map(|&x| x as i64).collect::<Vec<_>>()).map_err(|e| ort_err("positions", e))
+    int_value(&v.iter().map(|&x| x as i64).collect::<Vec<_>>()).map_err(Error::ort("positions"))
 }
 
 impl Backend for OrtBackend {
     type Tensor = OrtTensor;
+    type Error = Error;
 
     fn name(&self) -> &'static str {
         "ort"
@@ -108,13 +114,10 @@ impl Backend for OrtBackend {
     }
 
     fn embed(&self, tokens: &[u32]) -> Result<OrtTensor> {
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
-            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {}", self.config.vocab)));
-        }
-        let ids = int_value(&tokens.iter().map(|&t| t as i64).collect::<Vec<_>>()).map_err(|e| ort_err("ids", e))?;
-        let mut session = lock(&self.embed, "embedding")?;
-        let mut out = session.run(&[SessionInputValue::from(ids)][..]).map_err(|e| ort_err("embedding", e))?;
-        take(&mut out, "hidden", self.device)
+        let ids = int_value(&tokens.iter().map(|&t| t as i64).collect::<Vec<_>>()).map_err(Error::ort("token ids"))?;
+        let mut session = lock(&self.embed);
+        let mut out = session.run(&[SessionInputValue::from(ids)][..]).map_err(Error::ort("embedding"))?;
+        take(&mut out, "embedding", "hidden", self.device)
     }
 
     fn layer(
@@ -126,21 +129,16 @@ impl Backend for OrtBackend {
         probe: Probe,
     ) -> Result<LayerOutput<OrtTensor>> {
         let c = &self.config;
-        let session = self.layers.get(index).ok_or_else(|| Error::Invalid(format!("no layer {index}")))?;
-        let n = sieve_core::Tensor::shape(hidden).first().copied().unwrap_or(0);
-        if n != positions.len() || n == 0 {
-            return Err(Error::Invalid(format!("{n} hidden rows but {} positions", positions.len())));
-        }
-        if let Some(&bad) = positions.iter().find(|&&p| p >= c.context) {
-            return Err(Error::ContextOverflow { needed: bad + 1, context: c.context });
-        }
+        let session = self.layers.get(index).ok_or_else(|| sieve_backend::Error::Input(format!("no layer {index}")))?;
+        let n = positions.len();
         let (cos, sin) = self.rotary(positions)?;
         let empty;
-        let (past_keys, past_values) = match (&cache.keys, &cache.values) {
+        let (live_keys, live_values) = (cache.keys()?, cache.values()?);
+        let (past_keys, past_values) = match (&live_keys, &live_values) {
             (Some(k), Some(v)) => (k.value(), v.value()),
             _ => {
                 let shape = [c.n_kv_heads, 0, c.head_dim];
-                empty = float_value(&[], &shape).map_err(|e| ort_err("empty cache", e))?;
+                empty = float_value(&[], &shape).map_err(Error::ort("empty cache"))?;
                 (&empty, &empty)
             }
         };
@@ -150,27 +148,29 @@ impl Backend for OrtBackend {
             SessionInputValue::from(ints(positions)?),
             SessionInputValue::from(cos),
             SessionInputValue::from(sin),
-            SessionInputValue::from(ints(&cache.positions)?),
+            SessionInputValue::from(ints(cache.positions())?),
             SessionInputValue::from(past_keys),
             SessionInputValue::from(past_values),
             SessionInputValue::from(ints(&[probe_start])?),
         ];
         let what = format!("decoder layer {index}");
-        let mut session = lock(session, &what)?;
-        let mut out = session.run(&inputs[..]).map_err(|e| ort_err(&what, e))?;
+        let mut session = lock(session);
+        let mut out = session.run(&inputs[..]).map_err(Error::ort(what.as_str()))?;
         let [h, k, v, a, s] = LAYER_OUTPUTS;
-        let hidden = take(&mut out, h, self.device)?;
-        cache.keys = Some(take(&mut out, k, self.device)?);
-        cache.values = Some(take(&mut out, v, self.device)?);
-        cache.positions.extend_from_slice(positions);
-        let attention = if probe.last_queries > 0 { Some(take(&mut out, a, self.device)?) } else { None };
-        let attention_sums = if probe.column_sums { Some(take(&mut out, s, self.device)?) } else { None };
+        let hidden = take(&mut out, &what, h, self.device)?;
+        // The graph returns the whole cache, old entries and new: it becomes the storage.
+        let (keys, values) = (take(&mut out, &what, k, self.device)?, take(&mut out, &what, v, self.device)?);
+        drop((live_keys, live_values));
+        cache.set_storage(keys, values);
+        cache.push_positions(positions);
+        let attention = if probe.last_queries > 0 { Some(take(&mut out, &what, a, self.device)?) } else { None };
+        let attention_sums = if probe.column_sums { Some(take(&mut out, &what, s, self.device)?) } else { None };
         Ok(LayerOutput { hidden, attention, attention_sums })
     }
 
     fn logits(&self, hidden: &OrtTensor) -> Result<OrtTensor> {
-        let mut session = lock(&self.head, "lm head")?;
-        let mut out = session.run(&[SessionInputValue::from(hidden.value())][..]).map_err(|e| ort_err("lm head", e))?;
-        take(&mut out, "logits", self.device)
+        let mut session = lock(&self.head);
+        let mut out = session.run(&[SessionInputValue::from(hidden.value())][..]).map_err(Error::ort("LM head"))?;
+        take(&mut out, "LM head", "logits", self.device)
     }
 }

@@ -6,8 +6,7 @@
 //! session is created, instead of reading unpacked inputs on every call. Each weight lives
 //! in exactly one session, so memory is the same either way.
 
-use sieve_engine::config::ModelConfig;
-use sieve_engine::weights::{HostWeight, LayerWeights, Weights};
+use sieve_backend::{HostWeight, LayerWeights, ModelConfig, Weights};
 
 use crate::graph::{Attr, Dim, FLOAT, Graph, INT64};
 

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::DynValue;
-use sieve_engine::Result;
 
+use crate::error::{Error, Result};
 use crate::graph::{Attr, FLOAT, Graph, INT64};
-use crate::runtime::{OrtDevice, ort_err, session};
+use crate::runtime::{OrtDevice, session};
 
 /// A cached one-operator session and the name of its output.
 pub(crate) struct Op {
@@ -43,7 +43,9 @@ pub(crate) fn op(
     inputs: &[In],
     attrs: &[(&str, Attr)],
 ) -> Result<Arc<Op>> {
-    let mut map = cache().lock().map_err(|_| ort_err(key, "op cache poisoned"))?;
+    // A poisoned lock means another thread panicked while inserting; the map itself is
+    // still consistent (an insert is one call), so it is used as it is.
+    let mut map = cache().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(op) = map.get(&(key.to_string(), device)) {
         return Ok(op.clone());
     }
@@ -68,8 +70,9 @@ pub(crate) fn op(
 impl Op {
     /// Runs the op on `inputs` (in declaration order) and returns its output.
     pub(crate) fn run(&self, inputs: Vec<SessionInputValue<'_>>) -> Result<DynValue> {
-        let mut session = self.session.lock().map_err(|_| ort_err(&self.name, "session poisoned"))?;
-        let mut out = session.run(&inputs[..]).map_err(|e| ort_err(&self.name, e))?;
-        out.remove(&self.output).ok_or_else(|| ort_err(&self.name, "no output"))
+        let mut session = self.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = session.run(&inputs[..]).map_err(Error::ort(self.name.as_str()))?;
+        out.remove(&self.output)
+            .ok_or_else(|| Error::MissingOutput { what: self.name.clone(), output: self.output.clone() })
     }
 }

@@ -1,76 +1,52 @@
-//! Finding and loading the ONNX Runtime library, once per process, and creating sessions.
+//! Loading the ONNX Runtime library, once per process, and creating sessions.
 //!
-//! sieve links no ONNX Runtime at build time (`ort`'s `load-dynamic`): the shared library is
-//! loaded on first use from, in order, `$SIEVE_ORT_LIB`, `$ORT_DYLIB_PATH`, or the copy that
-//! `cargo xtask setup-ort` extracts from the `onnxruntime` wheel into the cache. A missing
-//! library is an [`Error`] naming the path and the command that installs it; nothing in
-//! this crate calls into `ort` before [`environment`] has loaded it.
+//! sieve links no ONNX Runtime at build time (`ort`'s `load-dynamic`): [`load`] opens the
+//! shared library whose path the caller gives (the CLI takes it from `sieve-fetch`, which
+//! installs it from the `onnxruntime` wheel). A missing library is an [`Error`] naming the
+//! path and the install command; nothing in this crate calls into `ort` before the library
+//! is loaded.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
-use sieve_engine::{Error, Result};
+use sieve_backend::DeviceSpec;
+
+use crate::error::{Error, Result};
 
 /// The ONNX Runtime release sieve is built and tested against (its PyPI wheel).
 pub const ORT_VERSION: &str = "1.31.1";
 
-/// Where `cargo xtask setup-ort` puts the library: `<sieve cache>/onnxruntime-<version>/lib`.
-pub fn install_dir() -> PathBuf {
-    sieve_engine::fetch::cache_dir().join(format!("onnxruntime-{ORT_VERSION}"))
+/// The command that installs the library, for messages.
+const INSTALL: &str = "cargo xtask setup-ort";
+
+static ENV: OnceLock<std::result::Result<Environment, (PathBuf, String)>> = OnceLock::new();
+
+fn open(path: &Path) -> std::result::Result<Environment, (PathBuf, String)> {
+    let fail = |m: String| (path.to_path_buf(), m);
+    let builder = ort::init_from(path).map_err(|e| fail(e.to_string()))?;
+    builder.with_name("sieve").build().map_err(|e| fail(format!("could not start it: {e}")))
 }
 
-/// The library file sieve loads (see the module docs for the order of the places tried).
-pub fn library_path() -> PathBuf {
-    for var in ["SIEVE_ORT_LIB", "ORT_DYLIB_PATH"] {
-        if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
-            return PathBuf::from(p);
-        }
+/// Loads the library at `path` unless one is loaded already (the first successful or
+/// failed load stays for the life of the process).
+pub fn load(path: &Path) -> Result<&'static Environment> {
+    if ENV.get().is_none() && !path.is_file() {
+        return Err(Error::LibraryMissing { path: path.to_path_buf(), install: INSTALL, version: ORT_VERSION });
     }
-    install_dir().join("lib").join(format!("libonnxruntime.so.{ORT_VERSION}"))
+    let env = ENV.get_or_init(|| open(path));
+    env.as_ref().map_err(|(path, message)| Error::Load { path: path.clone(), message: message.clone() })
 }
 
-/// An ONNX Runtime failure, as text (`ort`'s errors are not `Sync`).
-#[derive(Debug, Clone)]
-pub struct Failure(pub String);
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Failure {}
-
-pub(crate) fn ort_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::backend("ort", Failure(format!("{what}: {e}")))
-}
-
-fn load() -> std::result::Result<Environment, String> {
-    let path = library_path();
-    if !path.is_file() {
-        return Err(format!(
-            "the ONNX Runtime library is not installed: {} does not exist; run `cargo xtask setup-ort` \
-             (or point SIEVE_ORT_LIB at a libonnxruntime.so {ORT_VERSION})",
-            path.display()
-        ));
-    }
-    let builder =
-        ort::init_from(&path).map_err(|e| format!("could not load ONNX Runtime from {}: {e}", path.display()))?;
-    builder.with_name("sieve").build().map_err(|e| format!("could not start ONNX Runtime: {e}"))
-}
-
-/// The process's ONNX Runtime environment, loading the library on first use.
+/// The loaded environment.
 pub fn environment() -> Result<&'static Environment> {
-    static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
-    ENV.get_or_init(load).as_ref().map_err(|e| Error::backend("ort", Failure(e.clone())))
-}
-
-/// Whether the ONNX Runtime library can be loaded (it is loaded if so).
-pub fn available() -> bool {
-    environment().is_ok()
+    match ENV.get() {
+        Some(Ok(env)) => Ok(env),
+        Some(Err((path, message))) => Err(Error::Load { path: path.clone(), message: message.clone() }),
+        None => Err(Error::NotLoaded),
+    }
 }
 
 /// Where a session runs.
@@ -83,6 +59,15 @@ pub enum OrtDevice {
     Cuda(usize),
 }
 
+impl From<DeviceSpec> for OrtDevice {
+    fn from(spec: DeviceSpec) -> Self {
+        match spec {
+            DeviceSpec::Cpu => OrtDevice::Cpu,
+            DeviceSpec::Cuda(n) => OrtDevice::Cuda(n),
+        }
+    }
+}
+
 /// Intra-op threads: the machine's cores (`SIEVE_THREADS` overrides).
 fn threads() -> usize {
     std::env::var("SIEVE_THREADS")
@@ -92,27 +77,24 @@ fn threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// A session for the serialized model `bytes` on `device`.
+/// A session for the serialized model `bytes` on `device`; `what` names it in errors.
 pub fn session(bytes: &[u8], device: OrtDevice, what: &str) -> Result<Session> {
     let env = environment()?;
-    let e = |err: ort::Error| ort_err(what, err);
-    let mut builder = Session::builder(env)
-        .map_err(e)?
+    let builder = Session::builder(env)
+        .map_err(Error::ort(what))?
         .with_optimization_level(GraphOptimizationLevel::All)
-        .map_err(|err| ort_err(what, err))?
+        .map_err(|e| Error::ort(what)(e.into()))?
         .with_intra_threads(threads())
-        .map_err(|err| ort_err(what, err))?
+        .map_err(|e| Error::ort(what)(e.into()))?
         // Busy-waiting threads steal the cores that the next op needs on a small machine.
         .with_intra_op_spinning(false)
-        .map_err(|err| ort_err(what, err))?;
+        .map_err(|e| Error::ort(what)(e.into()))?;
+    let mut builder = builder;
     if let OrtDevice::Cuda(n) = device {
         let cuda = ort::ep::CUDA::default().with_device_id(n as i32).build().error_on_failure();
-        builder = builder.with_execution_providers([cuda]).map_err(|err| {
-            ort_err(
-                what,
-                format!("the CUDA execution provider is not available ({err}); it needs the onnxruntime-gpu library"),
-            )
-        })?;
+        builder = builder
+            .with_execution_providers([cuda])
+            .map_err(|e| Error::Cuda { what: what.to_string(), source: e.into() })?;
     }
-    builder.commit_from_memory(bytes).map_err(|err| ort_err(what, err))
+    builder.commit_from_memory(bytes).map_err(Error::ort(what))
 }

@@ -9,7 +9,7 @@ use sieve_core::{Error, Pool, Result};
 
 use crate::graph::Attr;
 use crate::ops::{In, op};
-use crate::runtime::{Failure, OrtDevice, environment};
+use crate::runtime::{OrtDevice, environment};
 
 /// An `f32` ONNX Runtime value seen through [`sieve_core::Tensor`]. Clones share the value.
 #[derive(Clone)]
@@ -25,12 +25,12 @@ impl std::fmt::Debug for OrtTensor {
     }
 }
 
-fn fail(op: &'static str) -> impl Fn(sieve_engine::Error) -> Error {
-    move |e| Error::backend(op, Failure(e.to_string()))
+fn fail(op: &'static str) -> impl Fn(crate::Error) -> Error {
+    move |e| Error::backend(op, e)
 }
 
 fn fail_ort(op: &'static str) -> impl Fn(ort::Error) -> Error {
-    move |e| Error::backend(op, Failure(e.to_string()))
+    move |e| Error::backend(op, e)
 }
 
 /// An int64 vector as an ONNX Runtime value.
@@ -45,10 +45,8 @@ pub(crate) fn float_value(data: &[f32], shape: &[usize]) -> std::result::Result<
 
 impl OrtTensor {
     /// Wraps an `f32` value that ONNX Runtime produced on `device`.
-    pub(crate) fn from_value(value: DynValue, device: OrtDevice) -> sieve_engine::Result<Self> {
-        let (shape, _) = value
-            .try_extract_tensor::<f32>()
-            .map_err(|e| sieve_engine::Error::backend("ort", Failure(format!("reading an output: {e}"))))?;
+    pub(crate) fn from_value(value: DynValue, device: OrtDevice) -> crate::Result<Self> {
+        let (shape, _) = value.try_extract_tensor::<f32>().map_err(crate::Error::ort("reading an output"))?;
         let shape = shape.iter().map(|&d| d as usize).collect();
         Ok(Self { value: Arc::new(value), shape, device })
     }

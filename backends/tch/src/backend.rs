@@ -2,16 +2,22 @@
 
 use std::sync::Mutex;
 
-use sieve_engine::backend::{Backend, LayerCache, LayerOutput, Probe};
-use sieve_engine::config::ModelConfig;
-use sieve_engine::weights::{HostWeight, Weights};
-use sieve_engine::{Error, Result};
+use sieve_backend::{Backend, DeviceSpec, HostWeight, LayerCache, LayerOutput, ModelConfig, Probe, Weights};
 use tch::{Device, Kind, Tensor};
 
+use crate::error::{Error, Result};
 use crate::tensor::TchTensor;
 
 fn err(e: tch::TchError) -> Error {
-    Error::backend("tch", e)
+    Error::Torch(e)
+}
+
+/// The libtorch device a [`DeviceSpec`] names.
+pub fn device(spec: DeviceSpec) -> Device {
+    match spec {
+        DeviceSpec::Cpu => Device::Cpu,
+        DeviceSpec::Cuda(n) => Device::Cuda(n),
+    }
 }
 
 /// Whether libtorch sees a CUDA device.
@@ -63,9 +69,11 @@ fn upload(w: &HostWeight, device: Device) -> Result<Tensor> {
 impl TchBackend {
     /// Uploads `weights` to `device` (`Device::Cpu` or `Device::Cuda(n)`).
     pub fn new(config: &ModelConfig, weights: &Weights, device: Device) -> Result<Self> {
+        config.validate()?;
+        weights.check(config)?;
         if let Device::Cuda(n) = device {
             if !cuda_available() || n >= tch::Cuda::device_count() as usize {
-                return Err(Error::Invalid(format!("libtorch sees no CUDA device {n}")));
+                return Err(Error::NoCuda(n));
             }
         }
         let up = |w: &HostWeight| upload(w, device);
@@ -121,7 +129,9 @@ impl TchBackend {
     }
 
     fn mask(&self, queries: &[usize], keys: &[usize]) -> Result<Tensor> {
-        let mut cached = self.mask.lock().map_err(|_| Error::Invalid("mask cache poisoned".into()))?;
+        // A poisoned lock only means another thread panicked while caching: the cache is
+        // rebuilt below whatever it holds.
+        let mut cached = self.mask.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(((q, k), t)) = cached.as_ref() {
             if q == queries && k == keys {
                 return Ok(t.shallow_clone());
@@ -220,6 +230,7 @@ fn linear(x: &Tensor, w: &Tensor) -> std::result::Result<Tensor, tch::TchError> 
 
 impl Backend for TchBackend {
     type Tensor = TchTensor;
+    type Error = Error;
 
     fn name(&self) -> &'static str {
         "tch"
@@ -234,9 +245,6 @@ impl Backend for TchBackend {
     }
 
     fn embed(&self, tokens: &[u32]) -> Result<TchTensor> {
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
-            return Err(Error::Invalid(format!("token id {bad} is outside the vocabulary of {}", self.config.vocab)));
-        }
         let ids: Vec<usize> = tokens.iter().map(|&t| t as usize).collect();
         self.embed.f_index_select(0, &self.ids(&ids)?).map(TchTensor).map_err(err)
     }
@@ -250,15 +258,9 @@ impl Backend for TchBackend {
         probe: Probe,
     ) -> Result<LayerOutput<TchTensor>> {
         let c = &self.config;
-        let w = self.layers.get(index).ok_or_else(|| Error::Invalid(format!("no layer {index}")))?;
+        let w = self.layers.get(index).ok_or_else(|| sieve_backend::Error::Input(format!("no layer {index}")))?;
         let x = &hidden.0;
-        let n = x.size()[0] as usize;
-        if n != positions.len() {
-            return Err(Error::Invalid(format!("{n} hidden rows but {} positions", positions.len())));
-        }
-        if let Some(&bad) = positions.iter().find(|&&p| p >= c.context) {
-            return Err(Error::ContextOverflow { needed: bad + 1, context: c.context });
-        }
+        let n = positions.len();
         let (hd, nh, nkv) = (c.head_dim as i64, c.n_heads as i64, c.n_kv_heads as i64);
         let (g, ni) = (nh / nkv, n as i64);
         let eps = c.rms_eps;
@@ -280,27 +282,19 @@ impl Backend for TchBackend {
         let q = heads(q, nh).and_then(|q| Self::rope(&q, &cos, &sin)).map_err(err)?;
         let k = heads(k, nkv).and_then(|k| Self::rope(&k, &cos, &sin)).map_err(err)?;
         let v = heads(v, nkv).map_err(err)?;
-        let keys = match &cache.keys {
-            Some(old) => Tensor::f_cat(&[&old.0, &k], 1).map_err(err)?,
-            None => k,
-        };
-        let values = match &cache.values {
-            Some(old) => Tensor::f_cat(&[&old.0, &v], 1).map_err(err)?,
-            None => v,
-        };
-        cache.positions.extend_from_slice(positions);
+        cache.append(TchTensor(k), TchTensor(v), positions)?;
+        let keys = cache.keys()?.map(|k| k.0).ok_or_else(|| sieve_backend::Error::Input("empty cache".into()))?;
+        let values = cache.values()?.map(|v| v.0).ok_or_else(|| sieve_backend::Error::Input("empty cache".into()))?;
 
         let q = q.f_mul_scalar(1.0 / (hd as f64).sqrt()).and_then(|q| q.f_reshape([nkv, g, ni, hd])).map_err(err)?;
         let (out, attention, attention_sums) =
-            self.attention(&q, &keys, &values, positions, &cache.positions, probe)?;
+            self.attention(&q, &keys, &values, positions, cache.positions(), probe)?;
         let out = out
             .f_reshape([nh, ni, hd])
             .and_then(|o| o.f_transpose(0, 1))
             .and_then(|o| o.f_reshape([ni, nh * hd]))
             .map_err(err)?;
         let x = x.f_add(&linear(&out, &w.o).map_err(err)?).map_err(err)?;
-        cache.keys = Some(TchTensor(keys));
-        cache.values = Some(TchTensor(values));
 
         let h = x.f_rms_norm([c.hidden as i64], Some(&w.ffn_norm), eps).map_err(err)?;
         let gate = linear(&h, &w.gate).and_then(|t| t.f_silu()).map_err(err)?;

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
 use clap::Parser;
 use serde_json::json;
-use sieve_benches::{PEAK_GEMM_GFLOPS, median, mib, prompt_tokens, reference_f32, wikitext_path};
+use sieve_benches::{PEAK_GEMM_GFLOPS, default_model, median, mib, prompt_tokens, reference_f32, wikitext_path};
 use sieve_candle::{CandleBackend, CandleDevice};
 use sieve_engine::sampling::argmax;
 use sieve_engine::stats::peak_rss_bytes;
@@ -137,13 +137,7 @@ fn run(args: &Args) -> Result<()> {
         bail!("--repeats must be at least 1");
     }
     let (n, d) = (args.prompt_tokens, args.decode_tokens);
-    let model_path = sieve_engine::fetch::require_default_model().map_err(|_| {
-        anyhow!(
-            "the default model is not in the cache ({}); fetch it with `{}`",
-            sieve_engine::fetch::default_model_path().display(),
-            sieve_engine::fetch::FETCH_COMMAND
-        )
-    })?;
+    let model_path = default_model()?;
     let mut model = Model::load(&model_path).with_context(|| format!("loading {}", model_path.display()))?;
     let context = model.config.context.min(MAX_SEQ_LEN);
     if n + d > context {

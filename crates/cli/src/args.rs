@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand};
+use sieve_backend::DeviceSpec;
+use sieve_runtime::BackendKind;
 
 #[derive(Parser)]
 #[command(name = "sieve", version, about = "LLM inference with dynamic token pruning")]
@@ -46,16 +49,9 @@ impl Command {
     }
 }
 
-/// Runtimes sieve can run on. Each exists only when compiled in (Cargo features).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BackendKind {
-    /// candle (CPU; CUDA with the `cuda` feature).
-    Candle,
-    /// libtorch through tch.
-    Tch,
-    /// ONNX Runtime through ort (the library is loaded at run time; install it with
-    /// `cargo xtask setup-ort`).
-    Ort,
+/// `--backend`: one of the backend names, checked by clap (so `--help` lists them).
+fn backend_parser() -> impl TypedValueParser<Value = BackendKind> {
+    PossibleValuesParser::new(BackendKind::ALL.map(BackendKind::name)).try_map(|s| s.parse::<BackendKind>())
 }
 
 #[derive(Args, Clone)]
@@ -80,12 +76,13 @@ pub struct InspectArgs {
 pub struct RuntimeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The runtime.
-    #[arg(long, value_enum, default_value_t = BackendKind::Candle)]
+    /// The runtime: candle, tch (needs `cargo xtask build-tch`) or ort (needs
+    /// `cargo xtask setup-ort`).
+    #[arg(long, value_parser = backend_parser(), default_value = "candle")]
     pub backend: BackendKind,
-    /// `cpu`, or `cuda:N`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu", value_parser = |s: &str| s.parse::<DeviceSpec>().map_err(|e| e.to_string()))]
+    pub device: DeviceSpec,
 }
 
 #[derive(Args, Clone)]

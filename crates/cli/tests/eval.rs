@@ -65,7 +65,7 @@ fn unpruned_bench_agrees_with_generate() {
     // The text: WikiText-2's first paragraphs. Its first 128 tokens, decoded, make the
     // prompt of `generate`; they must encode back to the same 128 tokens.
     let text: String = wikitext().chars().take(4000).collect();
-    let model_path = sieve_engine::fetch::require_default_model().unwrap_or_else(|e| panic!("{e}"));
+    let model_path = sieve_fetch::model::cached().expect("the default model (cargo xtask fetch-model)");
     let model = sieve_engine::Model::load(&model_path).unwrap();
     let ids = model.tokenizer.encode(&text).unwrap();
     assert!(ids.len() > 128 + 64, "{} tokens", ids.len());
@@ -176,7 +176,7 @@ fn bad_grids_are_clear_errors() {
     let cases: &[(&[&str], &str)] = &[
         (&["bench", "--keeps", "1.5"], "--keeps: 1.5"),
         (&["bench", "--policies", "nosuch"], "configs/nosuch.toml does not exist"),
-        (&["passkey", "--depths", "2"], "--depths: 2"),
+        (&["passkey", "--depths", "2"], "depths: 2 is outside 0..=1"),
         (&["passkey", "--policies", "/nonexistent/p.toml"], "/nonexistent/p.toml"),
         (&["passkey", "--lengths", "10", "--policies", "none"], "too short"),
     ];

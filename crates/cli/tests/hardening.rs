@@ -73,7 +73,7 @@ fn generate_with(path: &Path) -> Command {
 }
 
 fn default_model() -> PathBuf {
-    sieve_engine::fetch::require_default_model().unwrap_or_else(|e| panic!("{e}"))
+    sieve_fetch::model::cached().expect("the default model (cargo xtask fetch-model)")
 }
 
 fn tiny() -> TinyGguf {

@@ -40,6 +40,18 @@ pub enum Error {
     #[error("policy file{}: {}", location(*line, *column, text), error.message().trim().replace('\n', " "))]
     Toml { line: usize, column: usize, text: String, error: Box<toml::de::Error> },
 
+    /// A policy file that could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A policy name that names nothing usable.
+    #[error("policy `{spec}`: {detail}")]
+    UnknownPolicy { spec: String, detail: String },
+
     /// A policy that could not be written as TOML.
     #[error("policy serialisation: {0}")]
     TomlWrite(#[from] toml::ser::Error),

@@ -7,12 +7,14 @@
 //! - [`select`]: deterministic selection of the tokens to keep (ratio, fixed budget,
 //!   cumulative mass) with protected sinks and recent tokens.
 //! - [`schedule`]: how the kept fraction varies across layers (constant, progressive, pyramid).
-//! - [`policy`]: the pruning policy as written in a TOML file, validated.
+//! - [`policy`]: the pruning policy as written in a TOML file, validated; [`preset`]:
+//!   policies by name (`none`, a preset, a path, `NAME@K`).
 
 pub mod conformance;
 pub mod error;
 pub mod host;
 pub mod policy;
+pub mod preset;
 pub mod rng;
 pub mod schedule;
 pub mod scorer;

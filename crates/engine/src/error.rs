@@ -13,18 +13,6 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// No `--model` was given and the default model is not in the cache.
-    #[error("the default model is not in the cache ({}); fetch it with `{command}` or pass --model", path.display())]
-    DefaultModelMissing { path: PathBuf, command: &'static str },
-
-    /// A downloaded file did not match its known digest.
-    #[error("{}: sha256 {actual} does not match the expected {expected}", path.display())]
-    Checksum { path: PathBuf, expected: String, actual: String },
-
-    /// Fetching the default model failed.
-    #[error("fetching the default model: {0}")]
-    Fetch(String),
-
     /// A GGUF file that candle could not read.
     #[error("{}: not a readable GGUF file: {source}", path.display())]
     Gguf {
@@ -93,11 +81,19 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// A token id that does not index the model's vocabulary.
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    TokenId { id: u32, vocab: usize },
+
+    /// A model without a chat template was asked to render a chat.
+    #[error("{} has no chat template", path.display())]
+    NoChatTemplate { path: PathBuf },
+
     /// The pruning core rejected something.
     #[error(transparent)]
     Core(#[from] sieve_core::Error),
 
-    /// A backend runtime failed.
+    /// A backend failed; its own error is the source.
     #[error("backend {backend}: {source}")]
     Backend {
         backend: &'static str,
@@ -128,7 +124,7 @@ impl Error {
         Error::InvalidGguf { path: path.to_path_buf(), detail: detail.into() }
     }
 
-    /// A backend runtime error.
+    /// A backend's error.
     pub fn backend<E: std::error::Error + Send + Sync + 'static>(backend: &'static str, source: E) -> Self {
         Error::Backend { backend, source: Box::new(source) }
     }
@@ -136,7 +132,7 @@ impl Error {
 
 /// `e` without the backtraces candle captures when `RUST_BACKTRACE` is set: candle prints
 /// them as part of the error's message.
-pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
     match e {
         candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
         candle_core::Error::Context { inner, context } => {

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::backend::Backend;
+use sieve_backend::Backend;
+
 use crate::error::Result;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::session::{Logits, Session};

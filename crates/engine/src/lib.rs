@@ -1,25 +1,24 @@
-//! `sieve-engine`: everything between a model file and generated text.
+//! `sieve-engine`: everything between a model file and generated text, on any backend.
 //!
-//! - [`config`] and [`weights`]: Llama-family configuration and `f32` weights from GGUF or
-//!   safetensors; [`model`] loads them with the tokenizer and chat template.
+//! - [`config`] and [`weights`]: Llama-family configuration and weights read from GGUF or
+//!   safetensors into the backend contract's types; [`model`] loads them with the
+//!   tokenizer and chat template, [`export`] writes a model back as a Hugging Face folder.
 //! - [`tokenizer`] and [`template`]: text to ids and back; chat prompts.
-//! - [`backend`]: the trait a runtime implements, one transformer block at a time.
-//! - [`session`]: prefill and decode over a per-layer KV cache, with the pruning policy.
+//! - [`session`]: prefill and decode over per-layer KV caches, with the pruning policy; the
+//!   one place where inputs are checked before a backend sees them.
 //! - [`generate`] and [`sampling`]: the generation loop.
 //! - [`stats`]: what a run computed and cached, and how long it took.
-//! - [`fetch`]: the default model in the cache.
-//! - [`testing`]: a tiny synthetic GGUF model for tests and fuzzing.
+//! - [`testing`]: a tiny synthetic GGUF file for tests and fuzzing.
+//!
+//! The engine runs on any [`Backend`] (see `sieve-backend`); its own tests run on the
+//! reference backend with synthetic weights, so they need no model file and no runtime.
 
-pub mod backend;
 pub mod config;
 pub mod error;
-pub mod eval;
 pub mod export;
-pub mod fetch;
 pub mod generate;
 mod gguf;
 pub mod model;
-pub mod passkey;
 pub mod sampling;
 pub mod session;
 pub mod stats;
@@ -28,10 +27,10 @@ pub mod testing;
 pub mod tokenizer;
 pub mod weights;
 
-pub use backend::{Backend, LayerCache, LayerOutput, Probe};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Generation, StopReason, generate};
 pub use model::Model;
 pub use sampling::SamplingParams;
-pub use session::{Logits, Session};
+pub use session::{Logits, PrefillOutput, Session};
+pub use sieve_backend::{Backend, BackendDevice, BackendTensor, LayerCache, LayerOutput, ModelConfig, Probe};
 pub use sieve_core::Policy;

@@ -55,7 +55,7 @@ impl Model {
     pub fn render_chat(&self, messages: &[crate::template::Message]) -> Result<String> {
         match &self.chat_template {
             Some(t) => t.render(messages, true),
-            None => Err(Error::Invalid(format!("{} has no chat template; use --raw", self.path.display()))),
+            None => Err(Error::NoChatTemplate { path: self.path.clone() }),
         }
     }
 }
@@ -115,7 +115,7 @@ fn load_gguf_from<R: Read + Seek>(mut reader: R, len: u64, path: &Path) -> Resul
             return Err(Error::MissingTensor { source_name: source, name: weights::GGUF_NAMES.embed.into() });
         }
     };
-    let config = ModelConfig::from_gguf(&content.metadata, vocab, &source)?;
+    let config = crate::config::from_gguf(&content.metadata, vocab, &source)?;
     let tokenizer = Tokenizer::from_gguf(&content.metadata)?;
     check_vocab(&tokenizer, &config, &source)?;
     let template_source = match content.metadata.get("tokenizer.chat_template") {
@@ -272,7 +272,7 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
 fn load_hf_dir(dir: &Path) -> Result<Model> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-    let config = ModelConfig::from_hf_json(&text, &config_path.display().to_string())?;
+    let config = crate::config::from_hf_json(&text, &config_path.display().to_string())?;
     let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
     let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"), tok_config.as_ref())?;
     check_vocab(&tokenizer, &config, &dir.display().to_string())?;

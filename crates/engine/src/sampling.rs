@@ -30,18 +30,18 @@ impl SamplingParams {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(m));
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad(format!("--temperature {} must be a finite number >= 0", self.temperature));
+            return bad(format!("temperature {} must be a finite number >= 0", self.temperature));
         }
         if self.top_k == Some(0) {
-            return bad("--top-k must be at least 1".into());
+            return bad("top_k must be at least 1".into());
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
-                return bad(format!("--top-p {p} must be in (0, 1]"));
+                return bad(format!("top_p {p} must be in (0, 1]"));
             }
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return bad(format!("--repetition-penalty {} must be a finite number > 0", self.repetition_penalty));
+            return bad(format!("repetition_penalty {} must be a finite number > 0", self.repetition_penalty));
         }
         Ok(())
     }

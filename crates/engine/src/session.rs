@@ -13,7 +13,8 @@ use std::time::Instant;
 use sieve_core::policy::DecodePolicy;
 use sieve_core::{Observation, Policy, Scorer, Tensor};
 
-use crate::backend::{BTensor, Backend, LayerCache, LayerOutput, Probe};
+use sieve_backend::{Backend, BackendTensor as BTensor, LayerCache, LayerOutput, Probe};
+
 use crate::error::{Error, Result};
 use crate::stats::{RunStats, causal_pairs, layer_flops};
 
@@ -76,6 +77,11 @@ fn add_needs(probe: &mut Probe, queries: usize, rows: usize) {
     }
 }
 
+/// Wraps a backend's own error with its name.
+fn backend_error<B: Backend>(backend: &B) -> impl Fn(B::Error) -> Error + '_ {
+    move |e| Error::backend(backend.name(), e)
+}
+
 /// The attention a scorer with these needs observes.
 fn attention_for<T>(out: &LayerOutput<T>, queries: usize) -> Option<&T> {
     if queries == usize::MAX { out.attention_sums.as_ref() } else { out.attention.as_ref() }
@@ -122,22 +128,24 @@ impl<'b, B: Backend> Session<'b, B> {
         &self.caches
     }
 
-    /// Bytes the KV cache holds now.
+    /// Bytes of the live KV entries.
     pub fn kv_bytes(&self) -> usize {
         let per = self.backend.config().kv_bytes_per_token_layer();
         self.caches.iter().map(|c| c.len() * per).sum()
+    }
+
+    /// Bytes the KV storage has allocated: the live entries and the room a backend reserved
+    /// for the next ones.
+    pub fn kv_bytes_allocated(&self) -> usize {
+        let per = self.backend.config().kv_bytes_per_token_layer();
+        self.caches.iter().map(|c| c.capacity() * per).sum()
     }
 
     /// Forgets every token at position `pos` or later, so that a conversation can continue
     /// from a common prefix.
     pub fn truncate(&mut self, pos: usize) -> Result<()> {
         for cache in &mut self.caches {
-            let kept: Vec<usize> = (0..cache.len()).filter(|&i| cache.positions[i] < pos).collect();
-            if kept.is_empty() {
-                *cache = LayerCache::default();
-            } else {
-                cache.retain(&kept)?;
-            }
+            cache.truncate(pos);
         }
         if let Some(d) = &mut self.decode {
             d.scorers = (0..self.caches.len()).map(|_| d.policy.scorer.build()).collect();
@@ -147,11 +155,17 @@ impl<'b, B: Backend> Session<'b, B> {
         Ok(())
     }
 
-    fn check_context(&self, extra: usize) -> Result<()> {
-        let context = self.backend.config().context;
-        let needed = self.next_pos + extra;
-        if needed > context {
-            return Err(Error::ContextOverflow { needed, context });
+    /// The checks a backend relies on (see [`Backend`]): every token id indexes the
+    /// vocabulary and every position fits the context. Positions are the engine's own, so
+    /// they increase and follow the cache by construction.
+    fn check_input(&self, tokens: &[u32]) -> Result<()> {
+        let config = self.backend.config();
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= config.vocab) {
+            return Err(Error::TokenId { id, vocab: config.vocab });
+        }
+        let needed = self.next_pos + tokens.len();
+        if needed > config.context {
+            return Err(Error::ContextOverflow { needed, context: config.context });
         }
         Ok(())
     }
@@ -176,12 +190,13 @@ impl<'b, B: Backend> Session<'b, B> {
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
         }
-        self.check_context(tokens.len())?;
+        self.check_input(tokens)?;
         let config = self.backend.config().clone();
+        let err = backend_error(self.backend);
         let n_layers = config.n_layers;
         let n = tokens.len();
         let mut positions: Vec<usize> = (self.next_pos..self.next_pos + n).collect();
-        let mut hidden = self.backend.embed(tokens)?;
+        let mut hidden = self.backend.embed(tokens).map_err(&err)?;
         let mut stage = 0;
         let mut stats = RunStats {
             backend: self.backend.name().into(),
@@ -194,10 +209,10 @@ impl<'b, B: Backend> Session<'b, B> {
         for l in 0..n_layers {
             let prune_next = self.policy.prefill.as_ref().is_some_and(|p| p.layers.get(stage) == Some(&(l + 1)));
             let probe = self.probe_for(l, prune_next, positions.len());
-            let out = self.backend.layer(l, &hidden, &positions, &mut self.caches[l], probe)?;
+            let out = self.backend.layer(l, &hidden, &positions, &mut self.caches[l], probe).map_err(&err)?;
             let rows = positions.len();
             stats.tokens_per_layer[l] = rows;
-            stats.prefill_flops += layer_flops(&config, rows, causal_pairs(&positions, &self.caches[l].positions));
+            stats.prefill_flops += layer_flops(&config, rows, causal_pairs(&positions, self.caches[l].positions()));
             let unpruned_pairs = n * self.next_pos + n * (n + 1) / 2;
             stats.prefill_flops_unpruned += layer_flops(&config, n, unpruned_pairs);
             hidden = out.hidden.clone();
@@ -211,8 +226,8 @@ impl<'b, B: Backend> Session<'b, B> {
                 let mut scorer = p.scorer.build::<BTensor<B>>();
                 let queries = scorer.needs().attention_queries;
                 let attention = attention_for(&out, queries).map(|a| a.narrow(2, total - m, m)).transpose()?;
-                let keys = cache.keys.as_ref().map(|k| k.narrow(1, total - m, m)).transpose()?;
-                let values = cache.values.as_ref().map(|v| v.narrow(1, total - m, m)).transpose()?;
+                let keys = cache.keys()?.map(|k| k.narrow(1, total - m, m)).transpose()?;
+                let values = cache.values()?.map(|v| v.narrow(1, total - m, m)).transpose()?;
                 let obs = Observation {
                     layer: l,
                     step: 0,
@@ -235,14 +250,15 @@ impl<'b, B: Backend> Session<'b, B> {
             // Observation of the whole cache, for KV eviction and the decode budget.
             if self.policy.kv.is_some() || self.decode.is_some() {
                 let cache = &self.caches[l];
+                let (keys, values) = (cache.keys()?, cache.values()?);
                 let observe = |queries: usize| Observation {
                     layer: l,
                     step: 0,
                     kv_heads: config.n_kv_heads,
-                    positions: &cache.positions,
+                    positions: cache.positions(),
                     attention: attention_for(&out, queries),
-                    keys: cache.keys.as_ref(),
-                    values: cache.values.as_ref(),
+                    keys: keys.as_ref(),
+                    values: values.as_ref(),
                     device: device.clone(),
                 };
                 let mut decode_scores = None;
@@ -278,7 +294,7 @@ impl<'b, B: Backend> Session<'b, B> {
             Logits::Last => hidden.narrow(0, rows - 1, 1)?,
             Logits::All => hidden,
         };
-        let logits = self.backend.logits(&head_in)?;
+        let logits = self.backend.logits(&head_in).map_err(&err)?;
         let vocab = logits.dim(1)?;
         let logits = logits.to_host()?;
         let out_positions = match want {
@@ -294,10 +310,11 @@ impl<'b, B: Backend> Session<'b, B> {
 
     /// Feeds one token and returns the logits of the next.
     pub fn step(&mut self, token: u32) -> Result<Vec<f32>> {
-        self.check_context(1)?;
+        self.check_input(&[token])?;
         let config = self.backend.config();
+        let err = backend_error(self.backend);
         let positions = [self.next_pos];
-        let mut hidden = self.backend.embed(&[token])?;
+        let mut hidden = self.backend.embed(&[token]).map_err(&err)?;
         let device = self.backend.device();
         for l in 0..config.n_layers {
             if let Some(d) = &mut self.decode {
@@ -316,19 +333,20 @@ impl<'b, B: Backend> Session<'b, B> {
                 Some(d) if d.scorers[l].needs().attention_queries > 0 => Probe { last_queries: 1, column_sums: false },
                 _ => Probe::NONE,
             };
-            let out = self.backend.layer(l, &hidden, &positions, &mut self.caches[l], probe)?;
+            let out = self.backend.layer(l, &hidden, &positions, &mut self.caches[l], probe).map_err(&err)?;
             hidden = out.hidden;
             if let Some(d) = &mut self.decode {
                 let cache = &self.caches[l];
                 if d.scorers[l].is_stateful() || cache.len() >= d.policy.budget {
+                    let (keys, values) = (cache.keys()?, cache.values()?);
                     let obs = Observation {
                         layer: l,
                         step: self.next_pos as u64,
                         kv_heads: config.n_kv_heads,
-                        positions: &cache.positions,
+                        positions: cache.positions(),
                         attention: out.attention.as_ref(),
-                        keys: cache.keys.as_ref(),
-                        values: cache.values.as_ref(),
+                        keys: keys.as_ref(),
+                        values: values.as_ref(),
                         device: device.clone(),
                     };
                     d.scores[l] = Some(d.scorers[l].score_tokens(&obs)?.to_host()?);
@@ -337,13 +355,14 @@ impl<'b, B: Backend> Session<'b, B> {
         }
         self.next_pos += 1;
         self.update_kv_stats();
-        Ok(self.backend.logits(&hidden)?.to_host()?)
+        Ok(self.backend.logits(&hidden).map_err(&err)?.to_host()?)
     }
 
     fn update_kv_stats(&mut self) {
         let per = self.backend.config().kv_bytes_per_token_layer();
         self.stats.kv_entries = self.caches.iter().map(|c| c.len()).collect();
         self.stats.kv_bytes = self.kv_bytes();
+        self.stats.kv_bytes_allocated = self.kv_bytes_allocated();
         self.stats.kv_bytes_unpruned = self.next_pos * self.caches.len() * per;
     }
 }

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::config::ModelConfig;
+use sieve_backend::ModelConfig;
 
 /// Counters of one prefill and the decoding after it.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -19,8 +19,11 @@ pub struct RunStats {
     pub tokens_per_layer: Vec<usize>,
     /// KV entries per layer at the end of the run.
     pub kv_entries: Vec<usize>,
-    /// KV cache bytes at the end of the run.
+    /// Bytes of the live KV entries at the end of the run.
     pub kv_bytes: usize,
+    /// Bytes the KV storage has allocated at the end of the run (live entries plus the
+    /// room a backend reserved ahead).
+    pub kv_bytes_allocated: usize,
     /// KV cache bytes the same run would hold without eviction.
     pub kv_bytes_unpruned: usize,
     /// Estimated prefill FLOPs.

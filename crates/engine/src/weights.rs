@@ -1,90 +1,16 @@
-//! Model weights in host memory as `f32`, from GGUF or safetensors, in one layout.
+//! Reading model weights from GGUF or safetensors into the backends' [`Weights`].
 //!
-//! Every backend receives the same [`Weights`]: matrices as `[out, in]` row-major, and
-//! the q/k projections in the half-split rotary layout of Hugging Face checkpoints. GGUF
-//! files of the llama family store q/k rows interleaved for llama.cpp's rotary kind; they
-//! are un-permuted here, once, so that backends implement one rotary embedding.
+//! Every backend receives the same layout: matrices as `[out, in]` row-major, and the q/k
+//! projections in the half-split rotary layout of Hugging Face checkpoints. GGUF files of
+//! the llama family store q/k rows interleaved for llama.cpp's rotary kind; they are
+//! un-permuted here, once, so that backends implement one rotary embedding.
 
 use std::path::Path;
 
+pub use sieve_backend::weights::{HostWeight, LayerWeights, Weights};
+
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
-
-/// A dense `f32` tensor in host memory.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct HostWeight {
-    /// Row-major values.
-    pub data: Vec<f32>,
-    /// Dimensions, outermost first.
-    pub shape: Vec<usize>,
-}
-
-impl HostWeight {
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.data.len() * std::mem::size_of::<f32>()
-    }
-}
-
-/// The weights of one decoder layer.
-#[derive(Debug, Clone)]
-pub struct LayerWeights {
-    /// RMSNorm before attention `[hidden]`.
-    pub attn_norm: HostWeight,
-    /// Query projection `[heads * head_dim, hidden]`.
-    pub q: HostWeight,
-    /// Key projection `[kv_heads * head_dim, hidden]`.
-    pub k: HostWeight,
-    /// Value projection `[kv_heads * head_dim, hidden]`.
-    pub v: HostWeight,
-    /// Biases of q, k, v (Qwen2).
-    pub qkv_bias: Option<[HostWeight; 3]>,
-    /// Output projection `[hidden, heads * head_dim]`.
-    pub o: HostWeight,
-    /// RMSNorm before the MLP `[hidden]`.
-    pub ffn_norm: HostWeight,
-    /// Gate projection `[ffn, hidden]`.
-    pub gate: HostWeight,
-    /// Up projection `[ffn, hidden]`.
-    pub up: HostWeight,
-    /// Down projection `[hidden, ffn]`.
-    pub down: HostWeight,
-}
-
-/// All weights of a decoder.
-#[derive(Debug, Clone, Default)]
-pub struct Weights {
-    /// Token embedding `[vocab, hidden]`.
-    pub embed: HostWeight,
-    /// Decoder layers.
-    pub layers: Vec<LayerWeights>,
-    /// Final RMSNorm `[hidden]`.
-    pub norm: HostWeight,
-    /// LM head `[vocab, hidden]`; `None` when tied to the embedding.
-    pub lm_head: Option<HostWeight>,
-}
-
-impl Weights {
-    /// Bytes of all weights.
-    pub fn bytes(&self) -> usize {
-        let layer = |l: &LayerWeights| {
-            [&l.attn_norm, &l.q, &l.k, &l.v, &l.o, &l.ffn_norm, &l.gate, &l.up, &l.down]
-                .iter()
-                .map(|w| w.bytes())
-                .sum::<usize>()
-                + l.qkv_bias.as_ref().map_or(0, |b| b.iter().map(HostWeight::bytes).sum())
-        };
-        self.embed.bytes()
-            + self.norm.bytes()
-            + self.lm_head.as_ref().map_or(0, HostWeight::bytes)
-            + self.layers.iter().map(layer).sum::<usize>()
-    }
-
-    /// The LM head matrix (the embedding when tied).
-    pub fn lm_head(&self) -> &HostWeight {
-        self.lm_head.as_ref().unwrap_or(&self.embed)
-    }
-}
 
 /// Names a weight source uses for each tensor.
 pub(crate) trait TensorSource {

@@ -82,3 +82,16 @@ fn truncation_anywhere_is_an_error() {
         assert!(err.contains("truncated") || err.contains("too short"), "{len} bytes: {err}");
     }
 }
+
+/// The `gguf` fuzz target starts from this model; `SIEVE_BLESS=1` rewrites the committed
+/// seed after the synthetic model changes.
+#[test]
+fn tiny_gguf_fuzz_seed_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/tiny-llama.gguf.bin");
+    let bytes = tiny().to_bytes().unwrap();
+    if std::env::var_os("SIEVE_BLESS").is_some() {
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    let committed = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run with SIEVE_BLESS=1)", path.display()));
+    assert!(committed == bytes, "{} is stale; run this test with SIEVE_BLESS=1", path.display());
+}

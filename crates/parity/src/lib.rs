@@ -12,19 +12,18 @@ pub mod tolerances;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use sieve_engine::{Backend, Model, Policy};
+use sieve_backend::{Backend, DeviceSpec};
+use sieve_engine::{Model, Policy};
+use sieve_runtime::{BackendKind, Runtime};
 
 use crate::compare::{Comparison, Violation};
 use crate::suite::{CaseRun, Prompt};
 
-/// The backends parity knows, in the order they run.
-pub const BACKENDS: [&str; 3] = ["candle", "tch", "ort"];
-
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Backends to compare (at least two of [`BACKENDS`]).
-    pub backends: Vec<String>,
+    /// Backends to compare (at least two).
+    pub backends: Vec<BackendKind>,
     /// The model (GGUF file or HF directory).
     pub model: PathBuf,
     /// The passage's text (WikiText-2's test split).
@@ -36,7 +35,7 @@ pub struct Options {
     /// Only policies whose names contain one of these (all when empty).
     pub policies: Vec<String>,
     /// Test-only: the backend to bias (see [`perturb`]).
-    pub perturb: Option<String>,
+    pub perturb: Option<BackendKind>,
 }
 
 /// The result of a parity run.
@@ -56,7 +55,7 @@ fn run_on<B: Backend>(b: &B, perturb: bool, prompts: &[Prompt], policies: &[Poli
 }
 
 fn run_backend(
-    name: &str,
+    kind: BackendKind,
     model: &Path,
     perturb: bool,
     prompts: &[Prompt],
@@ -64,31 +63,12 @@ fn run_backend(
 ) -> Result<Vec<CaseRun>> {
     let mut m = Model::load(model)?;
     let weights = m.take_weights();
-    let c = &m.config;
-    match name {
-        "candle" => {
-            let b = sieve_candle::CandleBackend::from_weights(c, weights, sieve_candle::CandleDevice::Cpu)?;
-            run_on(&b, perturb, prompts, policies)
-        }
-        "tch" => {
-            let b = sieve_tch::TchBackend::new(c, &weights, sieve_tch::Device::Cpu)?;
-            drop(weights);
-            run_on(&b, perturb, prompts, policies)
-        }
-        "ort" => {
-            let b = sieve_ort::OrtBackend::new(c, &weights, sieve_ort::OrtDevice::Cpu)?;
-            drop(weights);
-            run_on(&b, perturb, prompts, policies)
-        }
-        other => bail!("unknown backend `{other}` (parity knows {})", BACKENDS.join(", ")),
-    }
+    let runtime = Runtime::load(kind, DeviceSpec::Cpu, &m.config, weights)?;
+    run_on(&runtime, perturb, prompts, policies)
 }
 
 /// Runs the suite on every backend of `o` and compares every pair.
 pub fn run(o: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
-    if let Some(bad) = o.backends.iter().find(|b| !BACKENDS.contains(&b.as_str())) {
-        bail!("unknown backend `{bad}` (parity knows {})", BACKENDS.join(", "));
-    }
     if o.backends.len() < 2 {
         bail!("parity needs at least two backends, got {:?}", o.backends);
     }
@@ -104,8 +84,8 @@ pub fn run(o: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
     }
     drop(model);
     let mut runs = Vec::new();
-    for name in &o.backends {
-        let perturb = o.perturb.as_deref() == Some(name.as_str());
+    for &name in &o.backends {
+        let perturb = o.perturb == Some(name);
         log(&format!(
             "[parity] {name}{}: {} prompts x {} policies",
             if perturb { " (perturbed)" } else { "" },
@@ -114,7 +94,7 @@ pub fn run(o: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
         ));
         let cases =
             run_backend(name, &o.model, perturb, &prompts, &policies).with_context(|| format!("backend {name}"))?;
-        runs.push((name.clone(), cases));
+        runs.push((name.to_string(), cases));
     }
     let mut comparisons = Vec::new();
     for i in 0..runs.len() {
@@ -125,8 +105,8 @@ pub fn run(o: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
     let violations = comparisons.iter().flat_map(compare::violations).collect();
     Ok(Report {
         model: o.model.display().to_string(),
-        backends: o.backends.clone(),
-        perturbed: o.perturb.clone(),
+        backends: o.backends.iter().map(ToString::to_string).collect(),
+        perturbed: o.perturb.map(|k| k.to_string()),
         runs,
         comparisons,
         violations,

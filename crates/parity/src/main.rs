@@ -5,13 +5,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sieve_parity::{Options, report};
+use sieve_runtime::BackendKind;
 
 #[derive(Parser)]
 #[command(name = "sieve-parity", about = "Cross-validate sieve's backends on a fixed suite")]
 struct Args {
     /// Backends to compare, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "candle,tch,ort")]
-    backends: Vec<String>,
+    backends: Vec<BackendKind>,
     /// A GGUF file or HF model directory. Default: SmolLM2-135M-Instruct from the cache.
     #[arg(short, long)]
     model: Option<PathBuf>,
@@ -33,12 +34,12 @@ struct Args {
     json: Option<PathBuf>,
     /// Test-only: add a small bias to one layer of this backend (parity must then fail).
     #[arg(long, hide = true)]
-    perturb: Option<String>,
+    perturb: Option<BackendKind>,
 }
 
 /// WikiText-2's test split, where the project's data lives.
 fn default_text() -> PathBuf {
-    sieve_engine::fetch::wikitext_test_split(std::path::Path::new("../shared/data"))
+    sieve_eval::data::wikitext_test_split(std::path::Path::new("../shared/data"))
 }
 
 fn main() -> ExitCode {
@@ -56,7 +57,8 @@ fn run() -> anyhow::Result<bool> {
     let a = Args::parse();
     let model = match a.model {
         Some(m) => m,
-        None => sieve_engine::fetch::require_default_model()?,
+        None => sieve_fetch::model::cached()
+            .ok_or_else(|| anyhow::anyhow!("the default model is missing; run `cargo xtask fetch-model`"))?,
     };
     let options = Options {
         backends: a.backends,

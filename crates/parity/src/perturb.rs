@@ -1,10 +1,8 @@
 //! A test-only switch: a backend wrapper that adds a small bias to one decoder layer's
 //! output, so that a test can check that parity notices a backend that is slightly wrong.
 
+use sieve_backend::{Backend, BackendDevice, LayerCache, LayerOutput, ModelConfig, Probe};
 use sieve_core::Tensor as _;
-use sieve_engine::Result;
-use sieve_engine::backend::{BDevice, Backend, LayerCache, LayerOutput, Probe};
-use sieve_engine::config::ModelConfig;
 
 /// The layer whose output is biased.
 pub const LAYER: usize = 10;
@@ -17,6 +15,7 @@ pub struct Perturbed<'a, B>(pub &'a B);
 
 impl<B: Backend> Backend for Perturbed<'_, B> {
     type Tensor = B::Tensor;
+    type Error = B::Error;
 
     fn name(&self) -> &'static str {
         self.0.name()
@@ -26,11 +25,11 @@ impl<B: Backend> Backend for Perturbed<'_, B> {
         self.0.config()
     }
 
-    fn device(&self) -> BDevice<Self> {
+    fn device(&self) -> BackendDevice<Self> {
         self.0.device()
     }
 
-    fn embed(&self, tokens: &[u32]) -> Result<Self::Tensor> {
+    fn embed(&self, tokens: &[u32]) -> Result<Self::Tensor, B::Error> {
         self.0.embed(tokens)
     }
 
@@ -41,7 +40,7 @@ impl<B: Backend> Backend for Perturbed<'_, B> {
         positions: &[usize],
         cache: &mut LayerCache<Self::Tensor>,
         probe: Probe,
-    ) -> Result<LayerOutput<Self::Tensor>> {
+    ) -> Result<LayerOutput<Self::Tensor>, B::Error> {
         let mut out = self.0.layer(index, hidden, positions, cache, probe)?;
         if index == LAYER {
             out.hidden = out.hidden.affine(1.0, BIAS)?;
@@ -49,7 +48,7 @@ impl<B: Backend> Backend for Perturbed<'_, B> {
         Ok(out)
     }
 
-    fn logits(&self, hidden: &Self::Tensor) -> Result<Self::Tensor> {
+    fn logits(&self, hidden: &Self::Tensor) -> Result<Self::Tensor, B::Error> {
         self.0.logits(hidden)
     }
 }

@@ -5,11 +5,13 @@
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use sieve_backend::Backend;
 use sieve_core::policy::PolicyFile;
-use sieve_engine::passkey::PasskeyPrompter;
 use sieve_engine::sampling::argmax;
 use sieve_engine::template::Message;
-use sieve_engine::{Backend, Logits, Model, Policy, Session, eval};
+use sieve_engine::{Logits, Model, Policy, Session};
+use sieve_eval::passkey::PasskeyPrompter;
+use sieve_eval::perplexity as eval;
 
 /// Greedy tokens generated per case.
 pub const GENERATED: usize = 32;
@@ -40,7 +42,7 @@ pub fn prompts(model: &Model, text: &str) -> Result<Vec<Prompt>> {
         bail!("the passage text holds only {} tokens, fewer than {PASSAGE_TOKENS}", passage.len());
     }
     passage.truncate(PASSAGE_TOKENS);
-    let passkey = PasskeyPrompter::new(model, sieve_engine::passkey::DEFAULT_FILLER, PASSKEY_TOKENS)?
+    let passkey = PasskeyPrompter::new(model, sieve_eval::passkey::DEFAULT_FILLER, PASSKEY_TOKENS)?
         .build(PASSKEY_TOKENS, 0.5, 0)?
         .ids;
     Ok(vec![
@@ -109,7 +111,7 @@ pub fn run<B: Backend>(backend: &B, prompts: &[Prompt], policies: &[Policy]) -> 
             let what = || format!("{} on `{}` with `{}`", backend.name(), prompt.name, policy.name);
             let mut session = Session::new(backend, policy.clone()).with_context(what)?;
             let first = session.prefill(&prompt.ids, Logits::Last).with_context(what)?;
-            let kept = session.caches().iter().map(|c| c.positions.clone()).collect();
+            let kept = session.caches().iter().map(|c| c.positions().to_vec()).collect();
             let kv_bytes_prefill = session.kv_bytes();
             let logits = first.last().to_vec();
             let mut tokens = vec![argmax(&logits)];

@@ -4,18 +4,19 @@
 use std::path::PathBuf;
 
 use sieve_parity::Options;
+use sieve_runtime::BackendKind;
 
-fn options(perturb: Option<&str>) -> Options {
+fn options(perturb: Option<BackendKind>) -> Options {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let data = std::env::var_os("SIEVE_DATA").map_or_else(|| root.join("../shared/data"), PathBuf::from);
     Options {
-        backends: vec!["candle".into(), "ort".into()],
-        model: sieve_engine::fetch::require_default_model().unwrap_or_else(|e| panic!("{e}")),
+        backends: vec![BackendKind::Candle, BackendKind::Ort],
+        model: sieve_fetch::model::cached().expect("the default model (cargo xtask fetch-model)"),
         text: data.join("wikitext-2/wiki.test.raw"),
         configs: root.join("configs"),
         prompts: vec!["chat".into()],
         policies: vec!["none".into(), "snapkv".into()],
-        perturb: perturb.map(String::from),
+        perturb,
     }
 }
 
@@ -25,7 +26,7 @@ fn a_perturbed_backend_fails_parity_by_name() {
     assert_eq!(clean.comparisons.len(), 2);
     assert!(clean.violations.is_empty(), "{:?}", clean.violations);
 
-    let bad = sieve_parity::run(&options(Some("ort")), &mut |_| {}).unwrap();
+    let bad = sieve_parity::run(&options(Some(BackendKind::Ort)), &mut |_| {}).unwrap();
     assert!(!bad.violations.is_empty());
     let v = &bad.violations[0];
     let line = v.to_string();
@@ -39,7 +40,7 @@ fn a_perturbed_backend_fails_parity_by_name() {
 #[test]
 fn the_binary_exits_non_zero_and_names_the_failure() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let o = options(Some("ort"));
+    let o = options(Some(BackendKind::Ort));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sieve-parity"))
         .args(["--backends", "candle,ort", "--prompts", "chat", "--policies", "none", "--perturb", "ort", "--text"])
         .arg(&o.text)

@@ -15,6 +15,8 @@ pub fn run() -> anyhow::Result<()> {
     super::onnxruntime::setup()?;
     cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
     cargo(&["clippy", "-p", "sieve-cli", "--all-targets", "--features", "tch", "--locked", "--", "-D", "warnings"])?;
+    let tch_tools = ["-p", "sieve-parity", "-p", "sieve-benches", "--all-targets", "--features", "tch", "--locked"];
+    cargo(&[&["clippy"][..], &tch_tools, &["--", "-D", "warnings"]].concat())?;
     // sieve-tch (the CLI with libtorch), which `sieve --backend tch` runs; its tests must
     // not be skipped here.
     super::libtorch::build()?;

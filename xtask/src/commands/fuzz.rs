@@ -46,8 +46,10 @@ fn seed(target: &str) -> Result<()> {
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     match target {
         "gguf" => {
-            let bytes = sieve_engine::testing::TinyGguf::llama()?.to_bytes()?;
-            fs::write(dir.join("tiny-llama.gguf"), bytes).context("writing the GGUF seed")?;
+            // Written by sieve-engine's `tiny_gguf_fuzz_seed_is_current` test, which keeps
+            // it equal to the synthetic model of `sieve_engine::testing`.
+            let seed = root.join("fuzz").join("seeds").join("tiny-llama.gguf.bin");
+            fs::copy(&seed, dir.join("tiny-llama.gguf")).with_context(|| format!("copying {}", seed.display()))?;
         }
         "policy" => {
             let configs = root.join("configs");

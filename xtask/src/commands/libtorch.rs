@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::wheels::{extract, pip_download, wheel};
+use sieve_fetch::pypi::{download, extract, find_wheel};
 
 /// The libtorch version tch 0.26 expects.
 pub const VERSION: &str = "2.13.0";
@@ -19,7 +19,7 @@ const WHEELS: &[&str] = &["torch==2.13.0", "nvidia-cuda-runtime==13.0.96", "nvid
 
 /// Where libtorch goes: `<sieve cache>/libtorch-2.13.0`.
 pub fn dir() -> PathBuf {
-    sieve_engine::fetch::cache_dir().join(format!("libtorch-{VERSION}"))
+    sieve_fetch::cache_dir().join(format!("libtorch-{VERSION}"))
 }
 
 /// Assembles libtorch unless a complete copy is there; returns its directory.
@@ -30,18 +30,18 @@ pub fn setup() -> Result<PathBuf> {
         eprintln!("libtorch {VERSION} already there: {}", target.display());
         return Ok(target);
     }
-    let wheels = pip_download(WHEELS)?;
+    let wheels = download(WHEELS)?;
     let staging = target.with_extension("partial");
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(staging.join("lib"))?;
     let keep = ["lib/libtorch_cpu.so", "lib/libc10.so", "lib/libgomp.so.1"];
-    let n = extract(&wheel(&wheels, "torch-2.13.0")?, &staging, &|name| {
+    let n = extract(&find_wheel(&wheels, "torch-2.13.0")?, &staging, &|name| {
         let rel = name.strip_prefix("torch/")?;
         (rel.starts_with("include/") || keep.contains(&rel)).then(|| rel.to_string())
     })?;
     eprintln!("extracted {n} files of libtorch");
     for (prefix, lib) in [("nvidia_cuda_runtime-", "libcudart.so.13"), ("nvidia_cuda_cupti-", "libcupti.so.13")] {
-        let found = extract(&wheel(&wheels, prefix)?, &staging.join("lib"), &|name| {
+        let found = extract(&find_wheel(&wheels, prefix)?, &staging.join("lib"), &|name| {
             name.ends_with(&format!("/lib/{lib}")).then(|| lib.to_string())
         })?;
         if found != 1 {

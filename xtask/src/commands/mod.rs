@@ -4,7 +4,6 @@ pub mod fuzz;
 pub mod libtorch;
 pub mod onnxruntime;
 pub mod parity;
-pub mod wheels;
 
 use std::process::Command;
 

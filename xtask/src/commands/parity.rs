@@ -9,7 +9,7 @@ pub fn run(args: &[String]) -> Result<()> {
     super::fetch::run()?;
     super::libtorch::setup()?;
     super::onnxruntime::setup()?;
-    let mut cargo_args = vec!["run", "--release", "--locked", "-q", "-p", "sieve-parity", "--"];
+    let mut cargo_args = vec!["run", "--release", "--locked", "-q", "-p", "sieve-parity", "--features", "tch", "--"];
     cargo_args.extend(args.iter().map(String::as_str));
     super::cargo(&cargo_args)
 }
@@ -20,5 +20,5 @@ pub fn scoring_bench() -> Result<()> {
     super::fetch::run()?;
     super::libtorch::setup()?;
     super::onnxruntime::setup()?;
-    super::cargo(&["bench", "--locked", "-p", "sieve-benches", "--bench", "scoring"])
+    super::cargo(&["bench", "--locked", "-p", "sieve-benches", "--features", "tch", "--bench", "scoring"])
 }

@@ -4,24 +4,23 @@
 
 use std::io::{BufRead, Write};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use sieve_engine::Session;
 use sieve_engine::template::Message;
 
 use crate::args::ChatArgs;
-use crate::{backends, with_backend};
 
 pub fn run(args: ChatArgs) -> Result<()> {
     let policy = super::load_policy(&args.policy)?;
     let options = super::generate_options(&args.sampling);
-    options.sampling.validate()?;
+    options.sampling.validate().context(super::SAMPLING_FLAGS)?;
     let mut model = super::load_model(&args.runtime.model)?;
     if model.chat_template.is_none() {
         bail!("{} has no chat template", model.path.display());
     }
-    let loaded = backends::load(&args.runtime, &mut model)?;
-    with_backend!(&loaded, b => {
-        let mut session = Session::new(b, policy)?;
+    let runtime = super::load_runtime(&args.runtime, &mut model)?;
+    {
+        let mut session = Session::new(&runtime, policy)?;
         let mut messages = Vec::new();
         if let Some(s) = &args.system {
             messages.push(Message::new("system", s.as_str()));
@@ -64,6 +63,6 @@ pub fn run(args: ChatArgs) -> Result<()> {
             fed.extend_from_slice(&g.tokens);
             messages.push(Message::new("assistant", g.text));
         }
-        Ok::<(), anyhow::Error>(())
-    })
+    }
+    Ok(())
 }

@@ -7,7 +7,7 @@ use sieve_engine::template::Message;
 use sieve_engine::{Model, Session};
 
 use crate::args::GenerateArgs;
-use crate::{backends, report, with_backend};
+use crate::report;
 
 fn read_prompt(args: &GenerateArgs) -> Result<String> {
     let text = if let Some(p) = &args.prompt {
@@ -46,7 +46,7 @@ pub fn prompt_ids(model: &Model, text: &str, raw: bool, system: Option<&str>) ->
             messages.push(Message::new("system", s));
         }
         messages.push(Message::new("user", text));
-        model.render_chat(&messages)?
+        model.render_chat(&messages).context("the model has no chat template; send the prompt with --raw")?
     };
     Ok(model.tokenizer.encode(&rendered)?)
 }
@@ -54,24 +54,21 @@ pub fn prompt_ids(model: &Model, text: &str, raw: bool, system: Option<&str>) ->
 pub fn run(args: GenerateArgs) -> Result<()> {
     let policy = super::load_policy(&args.policy)?;
     let options = super::generate_options(&args.sampling);
-    options.sampling.validate()?;
+    options.sampling.validate().context(super::SAMPLING_FLAGS)?;
     let text = read_prompt(&args)?;
     let mut model = super::load_model(&args.runtime.model)?;
     let ids = prompt_ids(&model, &text, args.raw, args.system.as_deref())?;
     let weight_bytes = model.weights.bytes();
-    let loaded = backends::load(&args.runtime, &mut model)?;
-    let generation = with_backend!(&loaded, b => {
-        let mut session = Session::new(b, policy)?;
-        let mut stdout = std::io::stdout().lock();
-        let json = args.json;
-        sieve_engine::generate(&mut session, &model.tokenizer, &ids, &options, &mut |piece| {
-            if !json {
-                // A closed stdout (e.g. `| head`) ends the output, not the run.
-                let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
-            }
-        })?
-    });
-    let mut generation = generation;
+    let runtime = super::load_runtime(&args.runtime, &mut model)?;
+    let mut session = Session::new(&runtime, policy)?;
+    let mut stdout = std::io::stdout().lock();
+    let json = args.json;
+    let mut generation = sieve_engine::generate(&mut session, &model.tokenizer, &ids, &options, &mut |piece| {
+        if !json {
+            // A closed stdout (e.g. `| head`) ends the output, not the run.
+            let _ = stdout.write_all(piece.as_bytes()).and_then(|_| stdout.flush());
+        }
+    })?;
     generation.stats.weight_bytes = weight_bytes;
     if args.json {
         println!("{}", report::json(&generation));

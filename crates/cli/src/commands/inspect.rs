@@ -53,7 +53,9 @@ pub fn run(args: InspectArgs) -> Result<()> {
 
 #[cfg(feature = "ort")]
 fn export_onnx(model: &sieve_engine::Model, dir: &std::path::Path) -> Result<()> {
-    let files = sieve_ort::export_onnx(&model.config, &model.weights, dir)?;
+    use anyhow::Context;
+    let files = sieve_ort::export_onnx(&model.config, &model.weights, dir)
+        .with_context(|| format!("writing the ONNX graphs to {}", dir.display()))?;
     println!("onnx         {} graphs written to {}", files.len(), dir.display());
     Ok(())
 }

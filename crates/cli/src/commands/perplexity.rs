@@ -3,10 +3,9 @@
 use anyhow::{Context, Result, bail};
 use sieve_core::ScorerSpec;
 use sieve_core::policy::DecodeFile;
-use sieve_engine::eval;
+use sieve_eval::perplexity;
 
 use crate::args::PerplexityArgs;
-use crate::{backends, with_backend};
 
 pub fn run(args: PerplexityArgs) -> Result<()> {
     let mut policy = super::load_policy(&args.policy)?;
@@ -35,14 +34,13 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     })?;
     let mut model = super::load_model(&args.runtime.model)?;
     let tokens = model.tokenizer.encode(&text)?;
-    let loaded = backends::load(&args.runtime, &mut model)?;
-    let report = with_backend!(&loaded, b => {
-        if args.streaming {
-            eval::streaming_perplexity(b, &policy, &tokens, args.length)?
-        } else {
-            eval::compressed_perplexity(b, &policy, &tokens, args.context, args.continuation, args.windows)?
-        }
-    });
+    let runtime = super::load_runtime(&args.runtime, &mut model)?;
+    let report = if args.streaming {
+        perplexity::streaming_perplexity(&runtime, &policy, &tokens, args.length)?
+    } else {
+        perplexity::compressed_perplexity(&runtime, &policy, &tokens, args.context, args.continuation, args.windows)
+            .context("--context, --continuation, --windows")?
+    };
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {

@@ -1,6 +1,6 @@
 //! `results.md`: the grid as one markdown table, with notes on what each column measures.
 
-use super::{Point, Results};
+use crate::bench::{Point, Results};
 
 fn mib(bytes: f64) -> f64 {
     bytes / (1024.0 * 1024.0)

@@ -7,20 +7,20 @@
 //! is cut to its budget after each step.
 
 use serde::Serialize;
+use sieve_backend::Backend;
 use sieve_core::Policy;
+use sieve_engine::{Logits, Session};
 
-use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::session::{Logits, Session};
 
 /// Negative log-likelihood of `target` under `logits` (log-softmax in f64).
 pub fn nll(logits: &[f32], target: u32) -> Result<f64> {
     let t = target as usize;
     if t >= logits.len() {
-        return Err(Error::Invalid(format!("token {target} is outside the vocabulary of {}", logits.len())));
+        return Err(sieve_engine::Error::TokenId { id: target, vocab: logits.len() }.into());
     }
     if let Some(position) = logits.iter().position(|x| !x.is_finite()) {
-        return Err(Error::NonFiniteLogits { position, value: logits[position] });
+        return Err(sieve_engine::Error::NonFiniteLogits { position, value: logits[position] }.into());
     }
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let log_sum = logits.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
@@ -87,11 +87,12 @@ pub fn compressed_perplexity<B: Backend>(
     windows: usize,
 ) -> Result<PerplexityReport> {
     if context == 0 || continuation == 0 || windows == 0 {
-        return Err(Error::Invalid("--context, --continuation and --windows must be at least 1".into()));
+        return Err(Error::Invalid("context, continuation and windows must be at least 1".into()));
     }
     let span = context + continuation;
     if span > backend.config().context {
-        return Err(Error::ContextOverflow { needed: span, context: backend.config().context });
+        let context = backend.config().context;
+        return Err(sieve_engine::Error::ContextOverflow { needed: span, context }.into());
     }
     let mut out = Vec::new();
     for w in 0..windows {
@@ -138,7 +139,8 @@ pub fn streaming_perplexity<B: Backend>(
         return Err(Error::Invalid("streaming perplexity needs at least two tokens".into()));
     }
     if n > backend.config().context {
-        return Err(Error::ContextOverflow { needed: n, context: backend.config().context });
+        let context = backend.config().context;
+        return Err(sieve_engine::Error::ContextOverflow { needed: n, context }.into());
     }
     let mut session = Session::new(backend, policy.clone())?;
     let mut logits = session.prefill(&tokens[..1], Logits::Last)?.last().to_vec();

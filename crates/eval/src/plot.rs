@@ -2,10 +2,10 @@
 //! files are needed): perplexity and TTFT speedup against the kept fraction, one line per
 //! policy (and length, when there are several), beside the unpruned model.
 
-use anyhow::{Result, anyhow};
+use crate::error::{Error, Result};
 use plotters::prelude::*;
 
-use super::Point;
+use crate::bench::Point;
 
 /// Distinct colours readable on white (Tableau 10).
 const PALETTE: [RGBColor; 10] = [
@@ -70,7 +70,7 @@ fn lines(points: &[Point], value: impl Fn(&Point) -> f64) -> Vec<Line> {
 }
 
 fn svg(title: &str, y_desc: &str, lines: &[Line]) -> Result<String> {
-    let err = |e: &dyn std::fmt::Display| anyhow!("drawing the plot `{title}`: {e}");
+    let err = |e: &dyn std::fmt::Display| Error::Plot { title: title.to_string(), detail: e.to_string() };
     let ys: Vec<f64> = lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)).collect();
     let (mut y0, mut y1) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
     if !(y0.is_finite() && y1.is_finite()) {

@@ -8,16 +8,14 @@
 //! and the template's tail.
 
 use serde::Serialize;
+use sieve_backend::Backend;
 use sieve_core::Policy;
 use sieve_core::rng::SplitMix64;
+use sieve_engine::template::Message;
+use sieve_engine::tokenizer::Tokenizer;
+use sieve_engine::{GenerateOptions, Model, Session, generate};
 
-use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::generate::{GenerateOptions, generate};
-use crate::model::Model;
-use crate::session::Session;
-use crate::template::Message;
-use crate::tokenizer::Tokenizer;
 
 /// The default filler: neutral sentences, repeated.
 pub const DEFAULT_FILLER: &str =
@@ -313,6 +311,105 @@ pub fn accuracy_by(trials: &[PasskeyTrial], axis: impl Fn(&PasskeyTrial) -> f64)
     out
 }
 
+/// A grid of trials: every length × depth × seed, for every policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PasskeyGrid {
+    /// Prompt lengths, in tokens.
+    pub lengths: Vec<usize>,
+    /// Depths of the key, fractions of the filler before it (0 to 1).
+    pub depths: Vec<f64>,
+    /// Seeds (keys) per cell.
+    pub seeds: u64,
+    /// Tokens generated to answer.
+    pub answer_tokens: usize,
+}
+
+impl PasskeyGrid {
+    /// Checks that every axis has a value and every value is in range.
+    pub fn validate(&self) -> Result<()> {
+        if self.lengths.is_empty() || self.depths.is_empty() || self.seeds == 0 {
+            return Err(Error::Invalid("lengths, depths and seeds must each give at least one value".into()));
+        }
+        if let Some(d) = self.depths.iter().find(|d| !(0.0..=1.0).contains(*d)) {
+            return Err(Error::Invalid(format!("depths: {d} is outside 0..=1")));
+        }
+        if self.answer_tokens == 0 {
+            return Err(Error::Invalid("answer_tokens must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Trials the grid runs for `policies` policies.
+    pub fn trials(&self, policies: usize) -> usize {
+        self.lengths.len() * self.depths.len() * self.seeds as usize * policies
+    }
+}
+
+/// Runs every trial of `grid` for every policy (each prompt under every policy in turn),
+/// after one unmeasured warm-up step; `progress` receives one line per trial.
+pub fn run_grid<B: Backend>(
+    backend: &B,
+    tokenizer: &Tokenizer,
+    prompter: &PasskeyPrompter,
+    policies: &[Policy],
+    grid: &PasskeyGrid,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<PasskeyTrial>> {
+    grid.validate()?;
+    let total = grid.trials(policies.len());
+    let started = std::time::Instant::now();
+    let mut warm = Session::new(backend, Policy::none())?;
+    warm.prefill(&[0], sieve_engine::Logits::Last)?;
+    drop(warm);
+    let mut trials = Vec::with_capacity(total);
+    for &length in &grid.lengths {
+        for &depth in &grid.depths {
+            for seed in 0..grid.seeds {
+                let prompt = prompter.build(length, depth, seed)?;
+                for policy in policies {
+                    let t = run_trial(backend, tokenizer, policy, &prompt, grid.answer_tokens).map_err(|e| {
+                        Error::Invalid(format!(
+                            "policy `{}`, length {length}, depth {depth}, seed {seed}: {e}",
+                            policy.name
+                        ))
+                    })?;
+                    progress(&format!(
+                        "{}/{total} | {} | length {length} | depth {depth} | key {} | {} | {:?} ({:.0} s)",
+                        trials.len() + 1,
+                        t.policy,
+                        t.passkey,
+                        if t.found { "found" } else { "missed" },
+                        t.answer,
+                        started.elapsed().as_secs_f64()
+                    ));
+                    trials.push(t);
+                }
+            }
+        }
+    }
+    Ok(trials)
+}
+
+fn pct(a: &Accuracy) -> String {
+    format!("{:.0}% ({}/{})", 100.0 * a.rate(), a.found, a.trials)
+}
+
+/// A markdown table of accuracy per policy and axis value, the baseline's beside each.
+pub fn markdown(rows: &[Accuracy], baseline: &str, axis: &str, fmt: impl Fn(f64) -> String) -> String {
+    let mut out = format!("| policy | {axis} | accuracy | unpruned accuracy |\n|---|---:|---:|---:|\n");
+    for a in rows {
+        let base = rows.iter().find(|b| b.policy == baseline && b.value == a.value);
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            a.policy,
+            fmt(a.value),
+            pct(a),
+            base.map_or_else(|| "-".into(), pct)
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,7 +475,7 @@ mod tests {
 
     #[test]
     fn prompts_have_the_exact_length_and_hold_the_needle() {
-        let path = crate::fetch::require_default_model().unwrap_or_else(|e| panic!("{e}"));
+        let path = sieve_fetch::model::cached().expect("the default model (cargo xtask fetch-model)");
         let model = Model::load(&path).unwrap();
         let p = PasskeyPrompter::new(&model, DEFAULT_FILLER, 1024).unwrap();
         let min = p.min_length().unwrap();

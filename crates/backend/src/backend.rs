@@ -1,0 +1,102 @@
+//! The Backend trait: a transformer block at a time, on some runtime.
+
+use sieve_core::Tensor;
+
+use crate::cache::LayerCache;
+use crate::config::ModelConfig;
+
+/// Shorthand for a backend's tensor type.
+pub type BackendTensor<B> = <B as Backend>::Tensor;
+/// Shorthand for the device type of a backend's tensors.
+pub type BackendDevice<B> = <<B as Backend>::Tensor as Tensor>::Device;
+
+/// What [`Backend::layer`] must report besides the hidden states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Probe {
+    /// Attention probabilities of this many last queries (0 for none).
+    pub last_queries: usize,
+    /// The attention probabilities summed over every query of the call.
+    pub column_sums: bool,
+}
+
+impl Probe {
+    /// Nothing to report.
+    pub const NONE: Probe = Probe { last_queries: 0, column_sums: false };
+
+    /// Whether anything is asked for.
+    pub fn any(&self) -> bool {
+        self.last_queries > 0 || self.column_sums
+    }
+}
+
+/// What [`Backend::layer`] returns.
+#[derive(Debug, Clone)]
+pub struct LayerOutput<T> {
+    /// Hidden states after the block `[tokens, hidden]`.
+    pub hidden: T,
+    /// Attention probabilities of the last `probe.last_queries` queries over every cached
+    /// key (including this call's tokens): `[heads, min(last_queries, tokens), cache_len]`,
+    /// zero where the causal mask hides a key.
+    pub attention: Option<T>,
+    /// With `probe.column_sums`: attention summed over all of this call's queries,
+    /// `[heads, 1, cache_len]`.
+    pub attention_sums: Option<T>,
+}
+
+/// A runtime that executes a Llama-family decoder one block at a time.
+///
+/// Implementations hold the model's weights on their device and compute in `f32` (scores
+/// and probabilities always come back as `f32`). The engine drives them: it embeds the
+/// tokens, runs each layer over the rows that survive pruning, scores and compacts the
+/// caches with the core's tensor trait, and asks for logits.
+///
+/// # What the engine guarantees
+///
+/// The engine checks its inputs once, before calling a backend, so implementations need
+/// not repeat these checks (a violation must still be an error, never undefined
+/// behaviour):
+/// - every token id given to [`Backend::embed`] is below `config().vocab`;
+/// - `positions` given to [`Backend::layer`] are increasing, below `config().context`, as
+///   many as `hidden` has rows, and greater than every position already in `cache`;
+/// - `index < config().n_layers`.
+///
+/// # What implementations guarantee
+///
+/// Positions are original token positions: after pruning they may have gaps, and the
+/// rotary embedding and causal mask must use them, not row indices (a query at position
+/// `p` attends to the cached keys whose position is at most `p`). Keys are cached after
+/// the rotary embedding. [`crate::conformance`] checks all of this against
+/// [`crate::reference::HostBackend`].
+pub trait Backend {
+    /// The backend's tensor, which the pruning core scores with.
+    type Tensor: Tensor + Send + 'static;
+
+    /// The backend's error. Tensor-trait failures (`sieve_core::Error`) convert into it.
+    type Error: std::error::Error + Send + Sync + 'static + From<sieve_core::Error>;
+
+    /// Short name (`candle`, `tch`, `ort`, `host`).
+    fn name(&self) -> &'static str;
+
+    /// The model's configuration.
+    fn config(&self) -> &ModelConfig;
+
+    /// The device tensors live on.
+    fn device(&self) -> BackendDevice<Self>;
+
+    /// Embeddings of `tokens`: `[tokens.len(), hidden]`.
+    fn embed(&self, tokens: &[u32]) -> Result<Self::Tensor, Self::Error>;
+
+    /// Runs decoder layer `index` on `hidden` (`[n, hidden]`, tokens at `positions`),
+    /// appending their keys and values to `cache`, and reports what `probe` asks for.
+    fn layer(
+        &self,
+        index: usize,
+        hidden: &Self::Tensor,
+        positions: &[usize],
+        cache: &mut LayerCache<Self::Tensor>,
+        probe: Probe,
+    ) -> Result<LayerOutput<Self::Tensor>, Self::Error>;
+
+    /// Final norm and LM head: logits `[n, vocab]` for hidden states `[n, hidden]`.
+    fn logits(&self, hidden: &Self::Tensor) -> Result<Self::Tensor, Self::Error>;
+}

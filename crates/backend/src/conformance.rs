@@ -1,0 +1,292 @@
+//! The backend conformance suite: a backend against [`HostBackend`] on synthetic models.
+//!
+//! Each case builds the backend under test and the reference on the same
+//! [`crate::synthetic`] weights, drives both through the same calls (prefill, decode steps,
+//! positions with gaps, probes, caches compacted or truncated between calls) and compares
+//! hidden states, caches, probes and logits. A backend crate instantiates it with
+//! [`crate::backend_conformance!`], which makes one `#[test]` per case (plus the core's
+//! tensor cases, [`sieve_core::tensor_conformance!`]).
+//!
+//! Values agree when `|a - b| <= ATOL + RTOL * |b|`: the reference accumulates in `f64`,
+//! a backend in `f32` with its own summation order, which on these small models moves
+//! values by about 1e-6; a wrong rotary pair, mask or head mapping moves them by more
+//! than 1e-2.
+
+use sieve_core::{HostTensor, Tensor};
+
+use crate::backend::{Backend, LayerOutput, Probe};
+use crate::cache::LayerCache;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::reference::HostBackend;
+use crate::synthetic;
+use crate::weights::Weights;
+
+/// Absolute tolerance of the comparisons.
+pub const ATOL: f32 = 1e-4;
+/// Relative tolerance of the comparisons.
+pub const RTOL: f32 = 1e-4;
+
+/// Builds the backend under test from a configuration and weights.
+pub type Make<'a, B> = &'a dyn Fn(&ModelConfig, Weights) -> B;
+
+fn mismatch(case: &str, detail: String) -> Error {
+    Error::Mismatch { case: case.to_string(), detail }
+}
+
+fn backend_err<B: Backend>(b: &B) -> impl Fn(B::Error) -> Error + '_ {
+    move |e| Error::Backend { backend: b.name(), source: Box::new(e) }
+}
+
+/// Compares a backend tensor with the reference's: same shape, values within tolerance.
+pub fn compare<T: Tensor>(case: &str, got: &T, want: &HostTensor) -> Result<()> {
+    if got.shape() != want.shape() {
+        return Err(mismatch(case, format!("shape {:?}, reference {:?}", got.shape(), want.shape())));
+    }
+    let got = got.to_host()?;
+    for (i, (a, b)) in got.iter().zip(want.data()).enumerate() {
+        let close = (a - b).abs() <= ATOL + RTOL * b.abs() || (a.is_infinite() && a == b);
+        if !close {
+            return Err(mismatch(case, format!("element {i}: {a} vs reference {b}")));
+        }
+    }
+    Ok(())
+}
+
+/// The pair under comparison: the backend and the reference on the same weights, with one
+/// cache per layer each.
+struct Pair<B: Backend> {
+    ours: B,
+    reference: HostBackend,
+    caches: Vec<LayerCache<B::Tensor>>,
+    reference_caches: Vec<LayerCache<HostTensor>>,
+}
+
+impl<B: Backend> Pair<B> {
+    fn new(make: Make<'_, B>, config: &ModelConfig, seed: u64, untied: bool) -> Result<Self> {
+        let weights = synthetic::weights(config, seed, untied);
+        let reference = HostBackend::new(config, weights.clone())?;
+        let ours = make(config, weights);
+        let n = config.n_layers;
+        Ok(Self {
+            ours,
+            reference,
+            caches: (0..n).map(|_| LayerCache::default()).collect(),
+            reference_caches: (0..n).map(|_| LayerCache::default()).collect(),
+        })
+    }
+
+    fn tiny(make: Make<'_, B>) -> Result<Self> {
+        Self::new(make, &synthetic::tiny_config(), 1, false)
+    }
+
+    /// Runs every layer on `tokens` at `positions` on both sides, comparing after each
+    /// layer; the last layer asks for `probe`. Returns both last-layer outputs.
+    fn forward(
+        &mut self,
+        case: &str,
+        tokens: &[u32],
+        positions: &[usize],
+        probe: Probe,
+    ) -> Result<(LayerOutput<B::Tensor>, LayerOutput<HostTensor>)> {
+        let err = backend_err(&self.ours);
+        let mut h = self.ours.embed(tokens).map_err(&err)?;
+        let mut r = self.reference.embed(tokens)?;
+        compare(&format!("{case}: embed"), &h, &r)?;
+        let layers = self.reference.config().n_layers;
+        for l in 0..layers {
+            let p = if l + 1 == layers { probe } else { Probe::NONE };
+            let out = self.ours.layer(l, &h, positions, &mut self.caches[l], p).map_err(&err)?;
+            let want = self.reference.layer(l, &r, positions, &mut self.reference_caches[l], p)?;
+            compare(&format!("{case}: layer {l} hidden"), &out.hidden, &want.hidden)?;
+            self.compare_cache(case, l)?;
+            if l + 1 == layers {
+                return Ok((out, want));
+            }
+            (h, r) = (out.hidden, want.hidden);
+        }
+        Err(mismatch(case, "the model has no layers".into()))
+    }
+
+    fn compare_cache(&self, case: &str, l: usize) -> Result<()> {
+        let (ours, theirs) = (&self.caches[l], &self.reference_caches[l]);
+        if ours.positions() != theirs.positions() {
+            return Err(mismatch(
+                case,
+                format!("layer {l} cache positions {:?}, reference {:?}", ours.positions(), theirs.positions()),
+            ));
+        }
+        for (what, got, want) in [("keys", ours.keys()?, theirs.keys()?), ("values", ours.values()?, theirs.values()?)]
+        {
+            match (got, want) {
+                (Some(g), Some(w)) => compare(&format!("{case}: layer {l} cached {what}"), &g, &w)?,
+                (None, None) => {}
+                (g, _) => {
+                    return Err(mismatch(case, format!("layer {l} cached {what} present: {}", g.is_some())));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn logits(&self, case: &str, out: &LayerOutput<B::Tensor>, want: &LayerOutput<HostTensor>) -> Result<()> {
+        let got = self.ours.logits(&out.hidden).map_err(backend_err(&self.ours))?;
+        compare(&format!("{case}: logits"), &got, &self.reference.logits(&want.hidden)?)
+    }
+}
+
+fn tokens(n: usize, vocab: usize, salt: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 31 + salt * 7 + 3) % vocab) as u32).collect()
+}
+
+/// Embeddings of tokens, repeated and at both ends of the vocabulary.
+pub fn embed<B: Backend>(make: Make<'_, B>) -> Result<()> {
+    let pair = Pair::tiny(make)?;
+    let ids = [3, 0, 63, 3, 17];
+    compare("embed", &pair.ours.embed(&ids).map_err(backend_err(&pair.ours))?, &pair.reference.embed(&ids)?)
+}
+
+/// A prefill of 12 tokens through every layer from empty caches, and its logits.
+pub fn prefill<B: Backend>(make: Make<'_, B>) -> Result<()> {
+    let mut pair = Pair::tiny(make)?;
+    let positions: Vec<usize> = (0..12).collect();
+    let (out, want) = pair.forward("prefill", &tokens(12, 64, 0), &positions, Probe::NONE)?;
+    pair.logits("prefill", &out, &want)
+}
+
+/// Rows at positions with gaps, as after prefill pruning: the rotary embedding and the
+/// causal mask follow the positions, not the row indices.
+pub fn gapped_positions<B: Backend>(make: Make<'_, B>) -> Result<()> {
+    let mut pair = Pair::tiny(make)?;
+    let positions = [0, 2, 3, 7, 8, 15, 40];
+    pair.forward("gapped positions", &tokens(7, 64, 1), &positions, Probe::NONE)?;
+    pair.forward("gapped positions, then a step", &[5], &[41], Probe::NONE).map(drop)
+}
+
+/// A prefill, then single-token decode steps appended to the caches.
+pub fn decode_steps<B: Backend>(make: Make<'_, B>) -> Result<()> {
+    let mut pair = Pair::tiny(make)?;
+    let positions: Vec<usize> = (0..6).collect();
+    pair.forward("decode", &tokens(6, 64, 2), &positions, Probe::NONE)?;
+    for (i, t) in [9u32, 44, 1].into_iter().enumerate() {
+        let (out, want) = pair.forward(&format!("decode step {i}"), &[t], &[6 + i], Probe::NONE)?;
+        pair.logits(&format!("decode step {i}"), &out, &want)?;
+    }
+    Ok(())
+}
+
+/// The attention probes: the last queries' probabilities (zero where masked) and the sums
+/// over every query, on a call that follows cached tokens.
+pub fn probes<B: Backend>(make: Make<'_, B>) -> Result<()> {
+    let mut pair = Pair::tiny(make)?;
+    pair.forward("probes", &tokens(5, 64, 3), &[0, 1, 2, 3, 4], Probe::NONE)?;
+    let probe = Probe { last_queries: 3, column_sums: true };
+    let (out, want) = pair.forward("probes", &tokens(4, 64, 4), &[5, 6, 8, 9], probe)?;
+    for (what, got, exp) in
+        [("attention", &out.attention, &want.attention), ("sums", &out.attention_sums, &want.attention_sums)]
+    {
+        match (got, exp) {
+            (Some(g), Some(w)) => compare(&format!("probes: {what}"), g, w)?,
+            _ => return Err(mismatch("probes", format!("{what} missing"))),
+        }
+    }
+    // A probe asking for more queries than the call has rows gets every row.
+    let probe = Probe { last_queries: 8, column_sums: false };
+    let (out, want) = pair.forward("probes, one row", &[7], &[10], probe)?;
+    match (&out.attention, &want.attention) {
+        (Some(g), Some(w)) => compare("probes: one row", g, w),
+        _ => Err(mismatch("probes", "attention of a single row missing".into())),
+    }
+}
+
+/// Caches compacted between calls (the engine's eviction) and truncated (a conversation
+/// going back to a common prefix): the next calls see exactly the remaining entries.
+pub fn compacted_caches<B: Backend>(make: Make<'_, B>) -> Result<()> {
+    let mut pair = Pair::tiny(make)?;
+    pair.forward("compacted", &tokens(10, 64, 5), &(0..10).collect::<Vec<_>>(), Probe::NONE)?;
+    for l in 0..pair.caches.len() {
+        let kept = [0, 3, 4, 8, 9];
+        pair.caches[l].retain(&kept)?;
+        pair.reference_caches[l].retain(&kept)?;
+    }
+    for (i, t) in [2u32, 3].into_iter().enumerate() {
+        pair.forward("compacted, then a step", &[t], &[10 + i], Probe::NONE)?;
+    }
+    for l in 0..pair.caches.len() {
+        pair.caches[l].truncate(9);
+        pair.reference_caches[l].truncate(9);
+    }
+    let (out, want) = pair.forward("truncated, then a call", &tokens(3, 64, 6), &[9, 10, 11], Probe::NONE)?;
+    pair.logits("truncated", &out, &want)
+}
+
+/// A prefill longer than the blocks backends split attention into (300 rows), with probes.
+pub fn long_prefill<B: Backend>(make: Make<'_, B>) -> Result<()> {
+    let config = ModelConfig { context: 512, ..synthetic::tiny_config() };
+    let mut pair = Pair::new(make, &config, 3, false)?;
+    let probe = Probe { last_queries: 16, column_sums: true };
+    let (out, want) = pair.forward("long prefill", &tokens(300, 64, 7), &(0..300).collect::<Vec<_>>(), probe)?;
+    if let (Some(g), Some(w)) = (&out.attention_sums, &want.attention_sums) {
+        compare("long prefill: sums", g, w)?;
+    }
+    pair.logits("long prefill", &out, &want)
+}
+
+/// The optional parts of the block: q/k/v biases, Llama-3 rotary scaling, an untied LM
+/// head.
+pub fn block_options<B: Backend>(make: Make<'_, B>) -> Result<()> {
+    let mut pair = Pair::new(make, &synthetic::tiny_config_with_options(), 2, true)?;
+    pair.forward("options", &tokens(9, 64, 8), &[0, 1, 2, 3, 10, 20, 30, 70, 100], Probe::NONE)?;
+    let (out, want) = pair.forward("options, then a step", &[4], &[101], Probe::NONE)?;
+    pair.logits("options", &out, &want)
+}
+
+/// Instantiates the conformance suite for a backend: one `#[test]` per case of this
+/// module, and the core's tensor cases on the backend's device. `$make` builds the backend
+/// from `(&ModelConfig, Weights)` (and may panic: it runs in tests).
+///
+/// ```ignore
+/// sieve_backend::backend_conformance!(CandleBackend, |config, weights| {
+///     CandleBackend::from_weights(config, weights, CandleDevice::Cpu).unwrap()
+/// });
+/// ```
+#[macro_export]
+macro_rules! backend_conformance {
+    ($backend:ty, $make:expr) => {
+        $crate::backend_conformance!(@cases $backend, $make;
+            embed, prefill, gapped_positions, decode_steps, probes, compacted_caches, long_prefill, block_options);
+
+        mod tensor {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn device() -> $crate::BackendDevice<$backend> {
+                let config = $crate::synthetic::tiny_config();
+                let make = $make;
+                let backend: $backend = make(&config, $crate::synthetic::weights(&config, 0, false));
+                $crate::Backend::device(&backend)
+            }
+
+            $crate::sieve_core::tensor_conformance!(<$backend as $crate::Backend>::Tensor, device());
+        }
+    };
+    (@cases $backend:ty, $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                let make = $make;
+                let make = |c: &$crate::ModelConfig, w: $crate::Weights| -> $backend { make(c, w) };
+                if let Err(e) = $crate::conformance::$case::<$backend>(&make) {
+                    panic!("{e}");
+                }
+            }
+        )*
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::reference::HostBackend;
+
+    crate::backend_conformance!(HostBackend, |c: &crate::ModelConfig, w| HostBackend::new(c, w).unwrap());
+}

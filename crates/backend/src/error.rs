@@ -1,0 +1,42 @@
+//! The one error type of `sieve-backend`.
+
+/// Errors of the contract's own code: configuration checks, the reference backend and the
+/// conformance suite. Each backend crate has its own error type (see
+/// [`crate::Backend::Error`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A model configuration no backend can build.
+    #[error("{0}")]
+    Config(String),
+
+    /// Weights that do not match the configuration.
+    #[error("weight `{name}` has shape {actual:?}, expected {expected:?}")]
+    WeightShape { name: String, expected: Vec<usize>, actual: Vec<usize> },
+
+    /// An input outside what the engine guarantees (see [`crate::Backend`]).
+    #[error("{0}")]
+    Input(String),
+
+    /// A device string that is not `cpu`, `cuda` or `cuda:N`.
+    #[error("device `{0}` is not `cpu`, `cuda` or `cuda:N`")]
+    Device(String),
+
+    /// A backend disagrees with the reference (conformance suite).
+    #[error("conformance: {case}: {detail}")]
+    Mismatch { case: String, detail: String },
+
+    /// A tensor operation of the core failed.
+    #[error(transparent)]
+    Core(#[from] sieve_core::Error),
+
+    /// The backend under test failed (conformance suite).
+    #[error("backend {backend}: {source}")]
+    Backend {
+        backend: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Result with this crate's error.
+pub type Result<T> = std::result::Result<T, Error>;

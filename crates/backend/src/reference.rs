@@ -1,0 +1,247 @@
+//! [`HostBackend`]: the reference backend, in plain Rust on the core's host tensors.
+//!
+//! Written to be read, not to be fast: loops over rows, dot products accumulated in `f64`,
+//! the causal mask by original positions spelled out. The engine's tests run sessions on
+//! it with [`crate::synthetic`] models (no model file, no runtime library), and the
+//! [`crate::conformance`] suite compares every backend with it.
+
+use sieve_core::host::Host;
+use sieve_core::{HostTensor, Tensor};
+
+use crate::backend::{Backend, LayerOutput, Probe};
+use crate::cache::LayerCache;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::weights::{HostWeight, Weights};
+
+/// The reference decoder on host memory.
+#[derive(Debug, Clone)]
+pub struct HostBackend {
+    config: ModelConfig,
+    weights: Weights,
+    /// `cos`/`sin` of every position, `[context, head_dim / 2]` row-major.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl HostBackend {
+    /// A backend on `weights`, after checking them against `config`.
+    pub fn new(config: &ModelConfig, weights: Weights) -> Result<Self> {
+        config.validate()?;
+        weights.check(config)?;
+        let (cos, sin) = config.rope_tables();
+        Ok(Self { config: config.clone(), weights, cos, sin })
+    }
+
+    /// The weights.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum()
+}
+
+/// `x [n, in] · wᵀ` for `w [out, in]`, plus an optional bias.
+fn linear(x: &[f32], n: usize, w: &HostWeight, bias: Option<&HostWeight>) -> Vec<f32> {
+    let (out, inp) = (w.shape[0], w.shape[1]);
+    let mut y = Vec::with_capacity(n * out);
+    for r in 0..n {
+        let row = &x[r * inp..(r + 1) * inp];
+        for o in 0..out {
+            let b = bias.map_or(0.0, |b| f64::from(b.data[o]));
+            y.push((dot(row, &w.data[o * inp..(o + 1) * inp]) + b) as f32);
+        }
+    }
+    y
+}
+
+fn rms_norm(x: &[f32], n: usize, w: &HostWeight, eps: f64) -> Vec<f32> {
+    let d = w.data.len();
+    let mut y = Vec::with_capacity(n * d);
+    for r in 0..n {
+        let row = &x[r * d..(r + 1) * d];
+        let scale = 1.0 / (dot(row, row) / d as f64 + eps).sqrt();
+        y.extend(row.iter().zip(&w.data).map(|(&v, &g)| (f64::from(v) * scale * f64::from(g)) as f32));
+    }
+    y
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+impl HostBackend {
+    /// Rotates `x [n, heads * head_dim]` in place, half-split pairs `(i, i + head_dim/2)`.
+    fn rope(&self, x: &mut [f32], positions: &[usize], heads: usize) {
+        let hd = self.config.head_dim;
+        let half = hd / 2;
+        for (r, &p) in positions.iter().enumerate() {
+            let (cos, sin) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
+            for h in 0..heads {
+                let head = &mut x[(r * heads + h) * hd..(r * heads + h + 1) * hd];
+                for i in 0..half {
+                    let (a, b) = (head[i], head[i + half]);
+                    head[i] = a * cos[i] - b * sin[i];
+                    head[i + half] = b * cos[i] + a * sin[i];
+                }
+            }
+        }
+    }
+
+    fn check_inputs(
+        &self,
+        index: usize,
+        hidden: &HostTensor,
+        positions: &[usize],
+        cache_last: Option<usize>,
+    ) -> Result<()> {
+        let c = &self.config;
+        if index >= c.n_layers {
+            return Err(Error::Input(format!("layer {index} of {}", c.n_layers)));
+        }
+        if hidden.shape() != [positions.len(), c.hidden] {
+            return Err(Error::Input(format!("hidden {:?} for {} positions", hidden.shape(), positions.len())));
+        }
+        let increasing = positions.windows(2).all(|w| w[0] < w[1]);
+        let after_cache = match (cache_last, positions.first()) {
+            (Some(last), Some(&first)) => first > last,
+            _ => true,
+        };
+        if !increasing || !after_cache || positions.last().is_some_and(|&p| p >= c.context) {
+            return Err(Error::Input(format!(
+                "positions {positions:?} (cache ends at {cache_last:?}, context {})",
+                c.context
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for HostBackend {
+    type Tensor = HostTensor;
+    type Error = Error;
+
+    fn name(&self) -> &'static str {
+        "host"
+    }
+
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn device(&self) -> Host {
+        Host
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Result<HostTensor> {
+        let d = self.config.hidden;
+        let mut data = Vec::with_capacity(tokens.len() * d);
+        for &t in tokens {
+            let t = t as usize;
+            if t >= self.config.vocab {
+                return Err(Error::Input(format!("token id {t} is outside the vocabulary of {}", self.config.vocab)));
+            }
+            data.extend_from_slice(&self.weights.embed.data[t * d..(t + 1) * d]);
+        }
+        Ok(HostTensor::new(data, &[tokens.len(), d])?)
+    }
+
+    fn layer(
+        &self,
+        index: usize,
+        hidden: &HostTensor,
+        positions: &[usize],
+        cache: &mut LayerCache<HostTensor>,
+        probe: Probe,
+    ) -> Result<LayerOutput<HostTensor>> {
+        self.check_inputs(index, hidden, positions, cache.positions().last().copied())?;
+        let c = &self.config;
+        let w = &self.weights.layers[index];
+        let (n, d, hd, nh, nkv) = (positions.len(), c.hidden, c.head_dim, c.n_heads, c.n_kv_heads);
+        let group = nh / nkv;
+        let x = hidden.data();
+
+        let h = rms_norm(x, n, &w.attn_norm, c.rms_eps);
+        let bias = w.qkv_bias.as_ref();
+        let mut q = linear(&h, n, &w.q, bias.map(|b| &b[0]));
+        let mut k = linear(&h, n, &w.k, bias.map(|b| &b[1]));
+        let v = linear(&h, n, &w.v, bias.map(|b| &b[2]));
+        self.rope(&mut q, positions, nh);
+        self.rope(&mut k, positions, nkv);
+
+        // [n, kv, hd] -> [kv, n, hd], appended to the cache.
+        let by_head = |t: &[f32]| -> Result<HostTensor> {
+            let mut out = Vec::with_capacity(t.len());
+            for h in 0..nkv {
+                for r in 0..n {
+                    out.extend_from_slice(&t[(r * nkv + h) * hd..(r * nkv + h + 1) * hd]);
+                }
+            }
+            Ok(HostTensor::new(out, &[nkv, n, hd])?)
+        };
+        cache.append(by_head(&k)?, by_head(&v)?, positions)?;
+        let m = cache.len();
+        let keys = cache.keys()?.map(|t| t.to_host()).transpose()?.unwrap_or_default();
+        let values = cache.values()?.map(|t| t.to_host()).transpose()?.unwrap_or_default();
+        let key_pos = cache.positions();
+
+        let scale = 1.0 / (hd as f64).sqrt();
+        let probe_rows = probe.last_queries.min(n);
+        let mut attn_out = vec![0.0f32; n * nh * hd];
+        let mut probes = vec![0.0f32; nh * probe_rows * m];
+        let mut sums = vec![0.0f32; nh * m];
+        for head in 0..nh {
+            let kv = head / group;
+            for (r, &p) in positions.iter().enumerate() {
+                let qr = &q[(r * nh + head) * hd..(r * nh + head + 1) * hd];
+                let visible = key_pos.partition_point(|&kp| kp <= p);
+                let logits: Vec<f64> =
+                    (0..visible).map(|j| dot(qr, &keys[(kv * m + j) * hd..(kv * m + j + 1) * hd]) * scale).collect();
+                let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let exps: Vec<f64> = logits.iter().map(|&l| (l - max).exp()).collect();
+                let total: f64 = exps.iter().sum();
+                let out = &mut attn_out[(r * nh + head) * hd..(r * nh + head + 1) * hd];
+                for (j, e) in exps.iter().enumerate() {
+                    let pj = e / total;
+                    for (o, &val) in out.iter_mut().zip(&values[(kv * m + j) * hd..(kv * m + j + 1) * hd]) {
+                        *o += (pj * f64::from(val)) as f32;
+                    }
+                    if probe.column_sums {
+                        sums[head * m + j] += pj as f32;
+                    }
+                    if r + probe_rows >= n {
+                        let pr = r + probe_rows - n;
+                        probes[(head * probe_rows + pr) * m + j] = pj as f32;
+                    }
+                }
+            }
+        }
+        let attn = linear(&attn_out, n, &w.o, None);
+        let x: Vec<f32> = x.iter().zip(&attn).map(|(a, b)| a + b).collect();
+        let h = rms_norm(&x, n, &w.ffn_norm, c.rms_eps);
+        let gate = linear(&h, n, &w.gate, None);
+        let up = linear(&h, n, &w.up, None);
+        let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
+        let mlp = linear(&act, n, &w.down, None);
+        let out: Vec<f32> = x.iter().zip(&mlp).map(|(a, b)| a + b).collect();
+        Ok(LayerOutput {
+            hidden: HostTensor::new(out, &[n, d])?,
+            attention: (probe_rows > 0).then(|| HostTensor::new(probes, &[nh, probe_rows, m])).transpose()?,
+            attention_sums: probe.column_sums.then(|| HostTensor::new(sums, &[nh, 1, m])).transpose()?,
+        })
+    }
+
+    fn logits(&self, hidden: &HostTensor) -> Result<HostTensor> {
+        let c = &self.config;
+        let shape = hidden.shape();
+        if shape.len() != 2 || shape[1] != c.hidden {
+            return Err(Error::Input(format!("hidden {shape:?} for the LM head")));
+        }
+        let n = shape[0];
+        let h = rms_norm(hidden.data(), n, &self.weights.norm, c.rms_eps);
+        let head = self.weights.lm_head();
+        Ok(HostTensor::new(linear(&h, n, head, None), &[n, c.vocab])?)
+    }
+}

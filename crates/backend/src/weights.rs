@@ -1,0 +1,138 @@
+//! Model weights in host memory as `f32`, in the one layout every backend receives.
+//!
+//! Matrices are `[out, in]` row-major, and the q/k projections are in the half-split
+//! rotary layout of Hugging Face checkpoints (the engine un-permutes GGUF files of the
+//! llama family once, at load), so that backends implement one rotary embedding.
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+
+/// A dense `f32` tensor in host memory.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HostWeight {
+    /// Row-major values.
+    pub data: Vec<f32>,
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+}
+
+impl HostWeight {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<f32>()
+    }
+}
+
+/// The weights of one decoder layer.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    /// RMSNorm before attention `[hidden]`.
+    pub attn_norm: HostWeight,
+    /// Query projection `[heads * head_dim, hidden]`.
+    pub q: HostWeight,
+    /// Key projection `[kv_heads * head_dim, hidden]`.
+    pub k: HostWeight,
+    /// Value projection `[kv_heads * head_dim, hidden]`.
+    pub v: HostWeight,
+    /// Biases of q, k, v (Qwen2).
+    pub qkv_bias: Option<[HostWeight; 3]>,
+    /// Output projection `[hidden, heads * head_dim]`.
+    pub o: HostWeight,
+    /// RMSNorm before the MLP `[hidden]`.
+    pub ffn_norm: HostWeight,
+    /// Gate projection `[ffn, hidden]`.
+    pub gate: HostWeight,
+    /// Up projection `[ffn, hidden]`.
+    pub up: HostWeight,
+    /// Down projection `[hidden, ffn]`.
+    pub down: HostWeight,
+}
+
+/// All weights of a decoder.
+#[derive(Debug, Clone, Default)]
+pub struct Weights {
+    /// Token embedding `[vocab, hidden]`.
+    pub embed: HostWeight,
+    /// Decoder layers.
+    pub layers: Vec<LayerWeights>,
+    /// Final RMSNorm `[hidden]`.
+    pub norm: HostWeight,
+    /// LM head `[vocab, hidden]`; `None` when tied to the embedding.
+    pub lm_head: Option<HostWeight>,
+}
+
+impl Weights {
+    /// Bytes of all weights.
+    pub fn bytes(&self) -> usize {
+        let layer = |l: &LayerWeights| {
+            [&l.attn_norm, &l.q, &l.k, &l.v, &l.o, &l.ffn_norm, &l.gate, &l.up, &l.down]
+                .iter()
+                .map(|w| w.bytes())
+                .sum::<usize>()
+                + l.qkv_bias.as_ref().map_or(0, |b| b.iter().map(HostWeight::bytes).sum())
+        };
+        self.embed.bytes()
+            + self.norm.bytes()
+            + self.lm_head.as_ref().map_or(0, HostWeight::bytes)
+            + self.layers.iter().map(layer).sum::<usize>()
+    }
+
+    /// The LM head matrix (the embedding when tied).
+    pub fn lm_head(&self) -> &HostWeight {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+}
+
+impl Weights {
+    /// Checks every shape against `config` (backends may then index without checks).
+    pub fn check(&self, config: &ModelConfig) -> Result<()> {
+        let c = config;
+        let (q_out, kv_out) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let check = |name: &str, w: &HostWeight, shape: &[usize]| -> Result<()> {
+            let n: usize = shape.iter().product();
+            if w.shape != shape || w.data.len() != n {
+                return Err(Error::WeightShape {
+                    name: name.into(),
+                    expected: shape.to_vec(),
+                    actual: w.shape.clone(),
+                });
+            }
+            Ok(())
+        };
+        check("embed", &self.embed, &[c.vocab, c.hidden])?;
+        check("norm", &self.norm, &[c.hidden])?;
+        if let Some(h) = &self.lm_head {
+            check("lm_head", h, &[c.vocab, c.hidden])?;
+        }
+        if self.layers.len() != c.n_layers {
+            return Err(Error::Config(format!("{} layers of weights for {} layers", self.layers.len(), c.n_layers)));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            let name = |p: &str| format!("layers.{i}.{p}");
+            check(&name("attn_norm"), &l.attn_norm, &[c.hidden])?;
+            check(&name("q"), &l.q, &[q_out, c.hidden])?;
+            check(&name("k"), &l.k, &[kv_out, c.hidden])?;
+            check(&name("v"), &l.v, &[kv_out, c.hidden])?;
+            check(&name("o"), &l.o, &[c.hidden, q_out])?;
+            check(&name("ffn_norm"), &l.ffn_norm, &[c.hidden])?;
+            check(&name("gate"), &l.gate, &[c.ffn, c.hidden])?;
+            check(&name("up"), &l.up, &[c.ffn, c.hidden])?;
+            check(&name("down"), &l.down, &[c.hidden, c.ffn])?;
+            match (&l.qkv_bias, c.qkv_bias) {
+                (Some([bq, bk, bv]), true) => {
+                    check(&name("q_bias"), bq, &[q_out])?;
+                    check(&name("k_bias"), bk, &[kv_out])?;
+                    check(&name("v_bias"), bv, &[kv_out])?;
+                }
+                (None, false) => {}
+                (_, wanted) => {
+                    return Err(Error::Config(format!(
+                        "layer {i}: q/k/v biases {} but the configuration says qkv_bias = {wanted}",
+                        if wanted { "missing" } else { "present" }
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}

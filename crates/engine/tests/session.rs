@@ -1,0 +1,212 @@
+//! Session invariants on the reference backend with a synthetic 24-layer model: no model
+//! file, no runtime library. Keep 1.0 changes nothing, budgets hold, protected tokens
+//! survive, memory is really freed, positions stay original, decode eviction keeps its
+//! budget, caches can be truncated and continued, and inputs are checked before a backend
+//! sees them.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use sieve_backend::ModelConfig;
+use sieve_backend::reference::HostBackend;
+use sieve_backend::synthetic;
+use sieve_core::policy::PolicyFile;
+use sieve_core::rng::SplitMix64;
+use sieve_engine::sampling::argmax;
+use sieve_engine::{Error, Logits, Policy, Session};
+
+const LAYERS: usize = 24;
+
+fn config() -> ModelConfig {
+    ModelConfig { n_layers: LAYERS, context: 1024, ..synthetic::tiny_config() }
+}
+
+fn backend() -> &'static HostBackend {
+    static BACKEND: OnceLock<HostBackend> = OnceLock::new();
+    BACKEND.get_or_init(|| HostBackend::new(&config(), synthetic::weights(&config(), 11, false)).unwrap())
+}
+
+/// `n` pseudo-random token ids.
+fn tokens(n: usize) -> Vec<u32> {
+    let mut rng = SplitMix64::new(5);
+    (0..n).map(|_| (rng.next_u64() % 64) as u32).collect()
+}
+
+fn configs() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    files.sort();
+    files
+}
+
+fn policy(text: &str) -> Policy {
+    Policy::from_toml(text).unwrap()
+}
+
+/// Prefill then `steps` greedy tokens; every logit row produced, in order.
+fn run(policy: Policy, tokens: &[u32], steps: usize) -> (Vec<Vec<f32>>, Session<'static, HostBackend>) {
+    let mut session = Session::new(backend(), policy).unwrap();
+    let mut rows = vec![session.prefill(tokens, Logits::Last).unwrap().last().to_vec()];
+    for _ in 0..steps {
+        let next = argmax(rows.last().unwrap());
+        rows.push(session.step(next).unwrap());
+    }
+    (rows, session)
+}
+
+#[test]
+fn every_preset_at_keep_one_is_identical_to_no_pruning() {
+    let tokens = tokens(160);
+    let (reference, _) = run(Policy::none(), &tokens, 4);
+    let configs = configs();
+    assert!(configs.len() >= 10, "{configs:?}");
+    for path in configs {
+        let mut file = PolicyFile::from_toml(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        file.override_keep(1.0);
+        if let Some(d) = &mut file.decode {
+            d.budget = 8192; // a decode budget the run never reaches
+        }
+        let (rows, _) = run(file.validate().unwrap(), &tokens, 4);
+        assert_eq!(rows, reference, "{} at keep 1.0 changed the logits", path.display());
+    }
+}
+
+#[test]
+fn kv_eviction_meets_budgets_protects_tokens_and_frees_memory() {
+    let tokens = tokens(400);
+    let per = config().kv_bytes_per_token_layer();
+    let p = policy("[kv]\nkeep = 0.25\nsinks = 4\nrecent = 32\n[kv.scorer]\nkind = \"snapkv\"\n");
+    let (_, session) = run(p, &tokens, 0);
+    for (l, cache) in session.caches().iter().enumerate() {
+        assert_eq!(cache.len(), 100, "layer {l}");
+        assert!(cache.positions().windows(2).all(|w| w[0] < w[1]), "layer {l}: positions not increasing");
+        for p in (0..4).chain(368..400) {
+            assert!(cache.positions().contains(&p), "layer {l} lost protected position {p}");
+        }
+        // The storage really shrank: nothing is allocated beyond the kept entries.
+        assert_eq!(cache.capacity(), cache.len(), "layer {l}");
+    }
+    assert_eq!(session.kv_bytes(), LAYERS * 100 * per);
+    assert_eq!(session.kv_bytes_allocated(), session.kv_bytes());
+    assert_eq!(session.stats.kv_bytes, session.kv_bytes());
+    assert_eq!(session.stats.kv_bytes_unpruned, LAYERS * 400 * per);
+}
+
+#[test]
+fn pyramid_budgets_fall_with_depth_and_keep_the_total() {
+    let (_, session) = run(policy("[kv]\nkeep = 0.25\nschedule = \"pyramid\"\nbeta = 4\n"), &tokens(400), 0);
+    let lens: Vec<usize> = session.caches().iter().map(|c| c.len()).collect();
+    assert!(lens.windows(2).all(|w| w[0] >= w[1]), "{lens:?}");
+    assert!(lens[0] > lens[LAYERS - 1], "{lens:?}");
+    assert_eq!(lens.iter().sum::<usize>(), LAYERS * 100, "{lens:?}");
+}
+
+#[test]
+fn decode_budget_is_never_exceeded() {
+    let tokens = tokens(100);
+    for scorer in ["h2o", "tova", "recency", "knorm"] {
+        let text =
+            format!("[decode]\nbudget = 64\nevery = 8\nsinks = 4\nrecent = 8\n[decode.scorer]\nkind = \"{scorer}\"\n");
+        let mut session = Session::new(backend(), policy(&text)).unwrap();
+        let mut logits = session.prefill(&tokens, Logits::Last).unwrap().last().to_vec();
+        assert!(session.caches().iter().all(|c| c.len() == 100), "prefill keeps everything until the first step");
+        for step in 0..30 {
+            logits = session.step(argmax(&logits)).unwrap();
+            let newest = session.next_position() - 1;
+            for (l, cache) in session.caches().iter().enumerate() {
+                assert!(cache.len() <= 64, "{scorer}: step {step}, layer {l}: {} entries", cache.len());
+                for p in (0..4).chain(newest + 1 - 8..=newest) {
+                    assert!(cache.positions().contains(&p), "{scorer}: step {step}, layer {l} lost position {p}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn prefill_pruning_keeps_original_positions() {
+    let p = policy("[prefill]\nlayers = [3, 10]\nkeep = [0.6, 0.3]\nsinks = 4\nrecent = 8\n");
+    let (_, mut session) = run(p, &tokens(400), 0);
+    let expected = [400, 400, 400, 240, 240, 240, 240, 240, 240, 240, 120];
+    assert_eq!(&session.stats.tokens_per_layer[..11], &expected);
+    assert!(session.stats.flops_saved > 0.5, "{}", session.stats.flops_saved);
+    for (l, cache) in session.caches().iter().enumerate() {
+        assert_eq!(cache.len(), session.stats.tokens_per_layer[l], "layer {l}");
+        assert!(cache.positions().windows(2).all(|w| w[0] < w[1]));
+        assert!(cache.positions().iter().all(|&p| p < 400));
+        for p in (0..4).chain(392..400) {
+            assert!(cache.positions().contains(&p), "layer {l} lost position {p}");
+        }
+    }
+    // Layers after a pruning layer see a subset of what the layer before saw.
+    let pos = |l: usize| session.caches()[l].positions().to_vec();
+    assert!(pos(10).iter().all(|p| pos(9).contains(p)));
+    // The next token continues from the last original position.
+    assert_eq!(session.next_position(), 400);
+    session.step(42).unwrap();
+    assert!(session.caches().iter().all(|c| *c.positions().last().unwrap() == 400));
+}
+
+#[test]
+fn adaptive_budgets_follow_the_attention() {
+    let (_, session) = run(policy("[kv]\nmass = 0.9\nsinks = 4\nrecent = 16\n"), &tokens(400), 0);
+    let lens: Vec<usize> = session.caches().iter().map(|c| c.len()).collect();
+    assert_eq!(session.stats.kv_entries, lens);
+    assert!(lens.iter().all(|&n| (20..400).contains(&n)), "{lens:?}");
+    let distinct: std::collections::BTreeSet<_> = lens.iter().collect();
+    assert!(distinct.len() > 3, "the kept count should differ between layers: {lens:?}");
+}
+
+#[test]
+fn token_by_token_decoding_matches_prefill() {
+    let tokens = tokens(40);
+    let mut full = Session::new(backend(), Policy::none()).unwrap();
+    let all = full.prefill(&tokens, Logits::All).unwrap();
+    assert_eq!(all.positions, (0..40).collect::<Vec<_>>());
+    let mut inc = Session::new(backend(), Policy::none()).unwrap();
+    inc.prefill(&tokens[..1], Logits::Last).unwrap();
+    for (i, &t) in tokens.iter().enumerate().skip(1) {
+        let logits = inc.step(t).unwrap();
+        let diff = logits.iter().zip(all.row(i)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-4, "position {i}: {diff}");
+    }
+}
+
+#[test]
+fn a_truncated_session_continues_like_a_fresh_one() {
+    // A chat turn that rewrites the end of the conversation: forget from position 30 on,
+    // then feed a different ending; the logits equal a fresh prefill of the same tokens.
+    let mut ids = tokens(50);
+    let mut session = Session::new(backend(), Policy::none()).unwrap();
+    session.prefill(&ids, Logits::Last).unwrap();
+    session.truncate(30).unwrap();
+    assert_eq!(session.next_position(), 30);
+    assert!(session.caches().iter().all(|c| c.len() == 30));
+    ids.truncate(30);
+    ids.extend([1, 2, 3, 4, 5]);
+    let continued = session.prefill(&ids[30..], Logits::Last).unwrap();
+    let fresh = Session::new(backend(), Policy::none()).unwrap().prefill(&ids, Logits::Last).map(|o| o.last().to_vec());
+    let diff = continued.last().iter().zip(fresh.unwrap()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-4, "{diff}");
+}
+
+#[test]
+fn inputs_are_checked_before_the_backend_sees_them() {
+    let mut session = Session::new(backend(), Policy::none()).unwrap();
+    match session.prefill(&[1, 64, 2], Logits::Last) {
+        Err(Error::TokenId { id: 64, vocab: 64 }) => {}
+        other => panic!("expected a token id error, got {other:?}"),
+    }
+    assert!(matches!(session.prefill(&[], Logits::Last), Err(Error::EmptyPrompt)));
+    match session.prefill(&tokens(1025), Logits::Last) {
+        Err(Error::ContextOverflow { needed: 1025, context: 1024 }) => {}
+        other => panic!("expected a context overflow, got {other:?}"),
+    }
+    // Nothing was cached by the refused calls.
+    assert_eq!(session.next_position(), 0);
+    assert!(session.caches().iter().all(|c| c.is_empty()));
+    // A policy that does not fit the model is refused when the session is made.
+    let too_deep = policy("[prefill]\nlayers = [30]\nkeep = 0.5\n");
+    assert!(Session::new(backend(), too_deep).is_err());
+}
