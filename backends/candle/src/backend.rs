@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
-use sieve_backend::{Backend, DeviceSpec, HostWeight, LayerCache, LayerOutput, ModelConfig, Probe, Weights};
+use sieve_backend::{Backend, Block, DeviceSpec, HostWeight, LayerCache, LayerOutput, ModelConfig, Probe, Weights};
 
 use crate::error::{Error, Result};
 use crate::tensor::CandleTensor;
@@ -47,18 +47,7 @@ impl CandleDevice {
     }
 }
 
-struct Layer {
-    attn_norm: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    bias: Option<[Tensor; 3]>,
-    o: Tensor,
-    ffn_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
-}
+type Layer = Block<Tensor>;
 
 type MaskKey = (Vec<usize>, Vec<usize>);
 
@@ -92,27 +81,7 @@ impl CandleBackend {
         weights.check(config)?;
         let device = device.open()?;
         let up = |w: HostWeight| upload(w, &device);
-        let layers = weights
-            .layers
-            .into_iter()
-            .map(|l| {
-                Ok(Layer {
-                    attn_norm: up(l.attn_norm)?,
-                    q: up(l.q)?,
-                    k: up(l.k)?,
-                    v: up(l.v)?,
-                    bias: match l.qkv_bias {
-                        Some([bq, bk, bv]) => Some([up(bq)?, up(bk)?, up(bv)?]),
-                        None => None,
-                    },
-                    o: up(l.o)?,
-                    ffn_norm: up(l.ffn_norm)?,
-                    gate: up(l.gate)?,
-                    up: up(l.up)?,
-                    down: up(l.down)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let layers = weights.layers.into_iter().map(|l| l.try_map(&up)).collect::<Result<Vec<_>>>()?;
         let embed = up(weights.embed)?;
         let lm_head = match weights.lm_head {
             Some(w) => up(w)?,
@@ -285,7 +254,7 @@ impl Backend for CandleBackend {
 
         let h = candle_nn::ops::rms_norm(x, &w.attn_norm, eps).map_err(err)?;
         let (mut q, mut k, mut v) = (linear(&h, &w.q), linear(&h, &w.k), linear(&h, &w.v));
-        if let Some([bq, bk, bv]) = &w.bias {
+        if let Some([bq, bk, bv]) = &w.qkv_bias {
             q = q.and_then(|q| q.broadcast_add(bq));
             k = k.and_then(|k| k.broadcast_add(bk));
             v = v.and_then(|v| v.broadcast_add(bv));

@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 
-use sieve_backend::{Backend, DeviceSpec, HostWeight, LayerCache, LayerOutput, ModelConfig, Probe, Weights};
+use sieve_backend::{Backend, Block, DeviceSpec, HostWeight, LayerCache, LayerOutput, ModelConfig, Probe, Weights};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -25,18 +25,7 @@ pub fn cuda_available() -> bool {
     tch::Cuda::is_available()
 }
 
-struct Layer {
-    attn_norm: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    bias: Option<[Tensor; 3]>,
-    o: Tensor,
-    ffn_norm: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
-}
+type Layer = Block<Tensor>;
 
 type MaskKey = (Vec<usize>, Vec<usize>);
 
@@ -77,27 +66,7 @@ impl TchBackend {
             }
         }
         let up = |w: &HostWeight| upload(w, device);
-        let layers = weights
-            .layers
-            .iter()
-            .map(|l| {
-                Ok(Layer {
-                    attn_norm: up(&l.attn_norm)?,
-                    q: up(&l.q)?,
-                    k: up(&l.k)?,
-                    v: up(&l.v)?,
-                    bias: match &l.qkv_bias {
-                        Some([bq, bk, bv]) => Some([up(bq)?, up(bk)?, up(bv)?]),
-                        None => None,
-                    },
-                    o: up(&l.o)?,
-                    ffn_norm: up(&l.ffn_norm)?,
-                    gate: up(&l.gate)?,
-                    up: up(&l.up)?,
-                    down: up(&l.down)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let layers = weights.layers.iter().map(|l| l.as_ref().try_map(&up)).collect::<Result<Vec<_>>>()?;
         let embed = up(&weights.embed)?;
         let lm_head = match &weights.lm_head {
             Some(w) => up(w)?,
@@ -271,7 +240,7 @@ impl Backend for TchBackend {
         let h = x.f_rms_norm([c.hidden as i64], Some(&w.attn_norm), eps).map_err(err)?;
         let (mut q, mut k, mut v) =
             (linear(&h, &w.q).map_err(err)?, linear(&h, &w.k).map_err(err)?, linear(&h, &w.v).map_err(err)?);
-        if let Some([bq, bk, bv]) = &w.bias {
+        if let Some([bq, bk, bv]) = &w.qkv_bias {
             q = q.f_add(bq).map_err(err)?;
             k = k.f_add(bk).map_err(err)?;
             v = v.f_add(bv).map_err(err)?;

@@ -38,19 +38,10 @@ fn backend_err<B: Backend>(b: &B) -> impl Fn(B::Error) -> Error + '_ {
     move |e| Error::Backend { backend: b.name(), source: Box::new(e) }
 }
 
-/// Compares a backend tensor with the reference's: same shape, values within tolerance.
+/// Compares a backend tensor with the reference's: same shape, values within
+/// [`ATOL`] and [`RTOL`].
 pub fn compare<T: Tensor>(case: &str, got: &T, want: &HostTensor) -> Result<()> {
-    if got.shape() != want.shape() {
-        return Err(mismatch(case, format!("shape {:?}, reference {:?}", got.shape(), want.shape())));
-    }
-    let got = got.to_host()?;
-    for (i, (a, b)) in got.iter().zip(want.data()).enumerate() {
-        let close = (a - b).abs() <= ATOL + RTOL * b.abs() || (a.is_infinite() && a == b);
-        if !close {
-            return Err(mismatch(case, format!("element {i}: {a} vs reference {b}")));
-        }
-    }
-    Ok(())
+    Ok(sieve_core::conformance::compare_within(case, got, want, ATOL, RTOL)?)
 }
 
 /// The pair under comparison: the backend and the reference on the same weights, with one

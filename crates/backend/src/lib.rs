@@ -28,7 +28,7 @@ pub use cache::LayerCache;
 pub use config::{Architecture, Llama3RopeScaling, ModelConfig};
 pub use device::DeviceSpec;
 pub use error::{Error, Result};
-pub use weights::{HostWeight, LayerWeights, Weights};
+pub use weights::{Block, HostWeight, LayerWeights, Weights};
 
 /// The pruning core, re-exported for the conformance macros.
 pub use sieve_core;

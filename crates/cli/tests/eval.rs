@@ -1,52 +1,19 @@
 //! `sieve bench` and `sieve passkey` end to end on the default model (CI fetches it first)
 //! and WikiText-2 (`$SIEVE_DATA`, else `shared/data` beside the workspace).
 
+mod common;
+
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use assert_cmd::Command;
+use common::{TempPath as TempDir, sieve, wikitext};
 use serde_json::Value;
 
 /// One model run at a time: the timing comparison must not share the cores with another test.
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn sieve() -> Command {
-    let mut cmd = Command::cargo_bin("sieve").expect("sieve binary");
-    cmd.env_remove("SIEVE_CACHE").timeout(Duration::from_secs(600));
-    cmd
-}
-
-/// A fresh folder under the temporary directory, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("sieve-eval-{}-{n}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn wikitext() -> String {
-    let dir = std::env::var_os("SIEVE_DATA")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    let path = dir.join("wikitext-2/wiki.test.raw");
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn run_ok(cmd: &mut Command) -> std::process::Output {
@@ -65,14 +32,14 @@ fn unpruned_bench_agrees_with_generate() {
     // The text: WikiText-2's first paragraphs. Its first 128 tokens, decoded, make the
     // prompt of `generate`; they must encode back to the same 128 tokens.
     let text: String = wikitext().chars().take(4000).collect();
-    let model_path = sieve_fetch::model::cached().expect("the default model (cargo xtask fetch-model)");
+    let model_path = common::default_model();
     let model = sieve_engine::Model::load(&model_path).unwrap();
     let ids = model.tokenizer.encode(&text).unwrap();
     assert!(ids.len() > 128 + 64, "{} tokens", ids.len());
     let prompt = model.tokenizer.decode(&ids[..128]).unwrap();
     assert_eq!(model.tokenizer.encode(&prompt).unwrap(), ids[..128], "the prompt does not round-trip");
 
-    let dir = TempDir::new("bench");
+    let dir = TempDir::dir("bench");
     let (text_file, prompt_file, out) = (dir.0.join("text.txt"), dir.0.join("prompt.txt"), dir.0.join("results"));
     std::fs::write(&text_file, &text).unwrap();
     std::fs::write(&prompt_file, &prompt).unwrap();

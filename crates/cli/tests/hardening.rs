@@ -3,50 +3,17 @@
 //! panic, a hang or a silent wrong answer. Broken files are written under the system's
 //! temporary directory and removed afterwards.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 use assert_cmd::Command;
+use common::{TempPath, sieve};
 use safetensors::SafeTensors;
 use safetensors::tensor::TensorView;
 use sieve_engine::Model;
 use sieve_engine::testing::{GgmlDType, TinyGguf, Value, patch_tensor_info, tensor};
-
-fn sieve() -> Command {
-    let mut cmd = Command::cargo_bin("sieve").expect("sieve binary");
-    cmd.env_remove("SIEVE_CACHE").timeout(Duration::from_secs(300));
-    cmd
-}
-
-/// A path under the temporary directory, removed (file or directory) when dropped.
-struct TempPath(PathBuf);
-
-impl TempPath {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        Self(std::env::temp_dir().join(format!("sieve-hardening-{}-{n}-{name}", std::process::id())))
-    }
-
-    fn with_bytes(name: &str, bytes: &[u8]) -> Self {
-        let t = Self::new(name);
-        std::fs::write(&t.0, bytes).unwrap();
-        t
-    }
-
-    fn display(&self) -> String {
-        self.0.display().to_string()
-    }
-}
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs `cmd` and checks that it fails cleanly: exit status 1, one `error:` line on stderr
 /// that contains every needle, nothing on stdout. Returns the line.
@@ -73,7 +40,7 @@ fn generate_with(path: &Path) -> Command {
 }
 
 fn default_model() -> PathBuf {
-    sieve_fetch::model::cached().expect("the default model (cargo xtask fetch-model)")
+    common::default_model()
 }
 
 fn tiny() -> TinyGguf {

@@ -22,7 +22,7 @@ pub const ATOL: f32 = 1e-5;
 pub const RTOL: f32 = 1e-4;
 
 fn fail(what: &str, detail: String) -> Error {
-    Error::InvalidPolicy(format!("conformance: {what}: {detail}"))
+    Error::Mismatch { what: what.to_string(), detail }
 }
 
 fn random(shape: &[usize], seed: u64) -> HostTensor {
@@ -34,12 +34,17 @@ fn random(shape: &[usize], seed: u64) -> HostTensor {
 
 /// Compares a backend result with the reference: same shape, values within tolerance.
 pub fn compare<T: Tensor>(what: &str, got: &T, want: &HostTensor) -> Result<()> {
+    compare_within(what, got, want, ATOL, RTOL)
+}
+
+/// [`compare`] with other tolerances: `|a - b| <= atol + rtol * |b|` for every value.
+pub fn compare_within<T: Tensor>(what: &str, got: &T, want: &HostTensor, atol: f32, rtol: f32) -> Result<()> {
     if got.shape() != want.shape() {
         return Err(fail(what, format!("shape {:?}, reference {:?}", got.shape(), want.shape())));
     }
     let got = got.to_host()?;
     for (i, (a, b)) in got.iter().zip(want.data()).enumerate() {
-        let ok = (a - b).abs() <= ATOL + RTOL * b.abs() || (a.is_infinite() && a == b);
+        let ok = (a - b).abs() <= atol + rtol * b.abs() || (a.is_infinite() && a == b);
         if !ok {
             return Err(fail(what, format!("element {i}: {a} vs reference {b}")));
         }

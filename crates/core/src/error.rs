@@ -40,6 +40,10 @@ pub enum Error {
     #[error("policy file{}: {}", location(*line, *column, text), error.message().trim().replace('\n', " "))]
     Toml { line: usize, column: usize, text: String, error: Box<toml::de::Error> },
 
+    /// A tensor implementation disagrees with the reference (the conformance suite).
+    #[error("conformance: {what}: {detail}")]
+    Mismatch { what: String, detail: String },
+
     /// A policy file that could not be read.
     #[error("{}: {source}", path.display())]
     Io {

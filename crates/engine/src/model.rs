@@ -131,16 +131,8 @@ fn load_gguf_from<R: Read + Seek>(mut reader: R, len: u64, path: &Path) -> Resul
     let mut src = GgufSource { path: path.to_path_buf(), reader, content };
     let weights =
         weights::read_weights(&mut src, &weights::GGUF_NAMES, &config, weights::gguf_interleaved(config.arch))?;
-    let chat_template = compile_template(template_source.as_deref(), &tokenizer)?;
-    Ok(Model {
-        path: path.to_path_buf(),
-        config,
-        weights,
-        tokenizer,
-        chat_template,
-        chat_template_source: template_source,
-        tensor_summary,
-    })
+    let parts = Parts { config, weights, tokenizer, template_source, tensor_summary };
+    parts.into_model(path)
 }
 
 /// Every id the tokenizer can produce must index the embedding.
@@ -164,6 +156,30 @@ fn check_vocab(tokenizer: &Tokenizer, config: &ModelConfig, source: &str) -> Res
         }
     }
     Ok(())
+}
+
+/// What a loader read, before the chat template is compiled.
+struct Parts {
+    config: ModelConfig,
+    weights: Weights,
+    tokenizer: Tokenizer,
+    template_source: Option<String>,
+    tensor_summary: Vec<(String, String, Vec<usize>)>,
+}
+
+impl Parts {
+    fn into_model(self, path: &Path) -> Result<Model> {
+        let chat_template = compile_template(self.template_source.as_deref(), &self.tokenizer)?;
+        Ok(Model {
+            path: path.to_path_buf(),
+            config: self.config,
+            weights: self.weights,
+            tokenizer: self.tokenizer,
+            chat_template,
+            chat_template_source: self.template_source,
+            tensor_summary: self.tensor_summary,
+        })
+    }
 }
 
 fn compile_template(source: Option<&str>, tokenizer: &Tokenizer) -> Result<Option<ChatTemplate>> {
@@ -283,14 +299,6 @@ fn load_hf_dir(dir: &Path) -> Result<Model> {
         src.index.keys().map(|n| (n.clone(), "safetensors".to_string(), Vec::new())).collect();
     tensor_summary.sort();
     let weights = weights::read_weights(&mut src, &weights::HF_NAMES, &config, false)?;
-    let chat_template = compile_template(template_source.as_deref(), &tokenizer)?;
-    Ok(Model {
-        path: dir.to_path_buf(),
-        config,
-        weights,
-        tokenizer,
-        chat_template,
-        chat_template_source: template_source,
-        tensor_summary,
-    })
+    let parts = Parts { config, weights, tokenizer, template_source, tensor_summary };
+    parts.into_model(dir)
 }

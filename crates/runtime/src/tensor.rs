@@ -63,6 +63,22 @@ fn mixed(op: &'static str) -> Error {
     Error::Shape { op, detail: "tensors of two different backends".into() }
 }
 
+/// Applies `$body` to the tensors inside `$x` and `$y`, which must be of one backend.
+macro_rules! both {
+    ($x:expr, $y:expr, $op:literal, $a:ident, $b:ident => $body:expr) => {
+        match ($x, $y) {
+            #[cfg(feature = "candle")]
+            (RuntimeTensor::Candle($a), RuntimeTensor::Candle($b)) => Ok(RuntimeTensor::Candle($body?)),
+            #[cfg(feature = "tch")]
+            (RuntimeTensor::Tch($a), RuntimeTensor::Tch($b)) => Ok(RuntimeTensor::Tch($body?)),
+            #[cfg(feature = "ort")]
+            (RuntimeTensor::Ort($a), RuntimeTensor::Ort($b)) => Ok(RuntimeTensor::Ort($body?)),
+            #[allow(unreachable_patterns)]
+            _ => Err(mixed($op)),
+        }
+    };
+}
+
 /// Unwraps a list of tensors that must all be of variant `$variant`.
 macro_rules! all_of {
     ($tensors:expr, $variant:ident, $op:literal) => {
@@ -151,29 +167,11 @@ impl Tensor for RuntimeTensor {
     }
 
     fn matmul(&self, rhs: &Self) -> Result<Self> {
-        match (self, rhs) {
-            #[cfg(feature = "candle")]
-            (RuntimeTensor::Candle(a), RuntimeTensor::Candle(b)) => Ok(RuntimeTensor::Candle(a.matmul(b)?)),
-            #[cfg(feature = "tch")]
-            (RuntimeTensor::Tch(a), RuntimeTensor::Tch(b)) => Ok(RuntimeTensor::Tch(a.matmul(b)?)),
-            #[cfg(feature = "ort")]
-            (RuntimeTensor::Ort(a), RuntimeTensor::Ort(b)) => Ok(RuntimeTensor::Ort(a.matmul(b)?)),
-            #[allow(unreachable_patterns)]
-            _ => Err(mixed("matmul")),
-        }
+        both!(self, rhs, "matmul", a, b => a.matmul(b))
     }
 
     fn add(&self, rhs: &Self) -> Result<Self> {
-        match (self, rhs) {
-            #[cfg(feature = "candle")]
-            (RuntimeTensor::Candle(a), RuntimeTensor::Candle(b)) => Ok(RuntimeTensor::Candle(a.add(b)?)),
-            #[cfg(feature = "tch")]
-            (RuntimeTensor::Tch(a), RuntimeTensor::Tch(b)) => Ok(RuntimeTensor::Tch(a.add(b)?)),
-            #[cfg(feature = "ort")]
-            (RuntimeTensor::Ort(a), RuntimeTensor::Ort(b)) => Ok(RuntimeTensor::Ort(a.add(b)?)),
-            #[allow(unreachable_patterns)]
-            _ => Err(mixed("add")),
-        }
+        both!(self, rhs, "add", a, b => a.add(b))
     }
 
     fn affine(&self, mul: f32, add: f32) -> Result<Self> {
