@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group};
 use sieve_backend::{Backend, BackendTensor as BTensor, DeviceSpec, LayerCache, Probe};
 use sieve_benches::{default_model, median, prompt_tokens, wikitext_path};
-use sieve_core::host::Host;
 use sieve_core::{Aggregation, Budget, HostTensor, Observation, Pool, ScorerSpec, Selector, Tensor};
 use sieve_engine::Model;
 use sieve_runtime::{BackendKind, Runtime};
@@ -70,6 +69,26 @@ fn time(f: &mut dyn FnMut()) -> f64 {
 
 /// Benchmarks every scorer on `backend`'s tensors (and, once, on host tensors) beside
 /// layer [`LAYER`]'s forward; returns the markdown rows of the cost shares.
+/// Layer [`LAYER`]'s observation: `attention` (rows or sums), keys and values.
+fn observe<'a, T: Tensor>(
+    attention: &'a T,
+    keys: &'a T,
+    values: &'a T,
+    positions: &'a [usize],
+    kv_heads: usize,
+) -> Observation<'a, T> {
+    Observation {
+        layer: LAYER,
+        step: 0,
+        kv_heads,
+        positions,
+        attention: Some(attention),
+        keys: Some(keys),
+        values: Some(values),
+        device: attention.device(),
+    }
+}
+
 fn bench_backend<B: Backend>(c: &mut Criterion, backend: &B, tokens: &[u32], with_host: bool) -> Vec<String> {
     let name = backend.name();
     let positions: Vec<usize> = (0..TOKENS).collect();
@@ -85,29 +104,13 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &B, tokens: &[u32], wit
     let kv_heads = backend.config().n_kv_heads;
     let keys: BTensor<B> = cache.keys().expect("keys").expect("keys");
     let values: BTensor<B> = cache.values().expect("values").expect("values");
-    let obs = |attention| Observation {
-        layer: LAYER,
-        step: 0,
-        kv_heads,
-        positions: &positions,
-        attention: Some(attention),
-        keys: Some(&keys),
-        values: Some(&values),
-        device: backend.device(),
-    };
-    let (rows, sum_obs) = (obs(&attention), obs(&sums));
+    let (rows, sum_obs) = (
+        observe(&attention, &keys, &values, &positions, kv_heads),
+        observe(&sums, &keys, &values, &positions, kv_heads),
+    );
     let (h_att, h_sums, h_keys, h_values) = (to_host(&attention), to_host(&sums), to_host(&keys), to_host(&values));
-    let host_obs = |attention| Observation {
-        layer: LAYER,
-        step: 0,
-        kv_heads,
-        positions: &positions,
-        attention: Some(attention),
-        keys: Some(&h_keys),
-        values: Some(&h_values),
-        device: Host,
-    };
-    let (h_rows, h_sum_obs) = (host_obs(&h_att), host_obs(&h_sums));
+    let h_rows = observe(&h_att, &h_keys, &h_values, &positions, kv_heads);
+    let h_sum_obs = observe(&h_sums, &h_keys, &h_values, &positions, kv_heads);
     let forward = || {
         let mut cache = LayerCache::default();
         black_box(backend.layer(LAYER, &hidden, &positions, &mut cache, Probe::NONE).expect("layer"));

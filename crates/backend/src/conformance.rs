@@ -17,7 +17,7 @@ use sieve_core::{HostTensor, Tensor};
 use crate::backend::{Backend, LayerOutput, Probe};
 use crate::cache::LayerCache;
 use crate::config::ModelConfig;
-use crate::error::{Error, Result};
+use crate::error::{BackendFailure, Error, Result};
 use crate::reference::HostBackend;
 use crate::synthetic;
 use crate::weights::Weights;
@@ -35,7 +35,7 @@ fn mismatch(case: &str, detail: String) -> Error {
 }
 
 fn backend_err<B: Backend>(b: &B) -> impl Fn(B::Error) -> Error + '_ {
-    move |e| Error::Backend { backend: b.name(), source: Box::new(e) }
+    move |e| Error::Backend(BackendFailure::new(b.name(), e))
 }
 
 /// Compares a backend tensor with the reference's: same shape, values within

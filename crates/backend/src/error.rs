@@ -30,12 +30,27 @@ pub enum Error {
     Core(#[from] sieve_core::Error),
 
     /// The backend under test failed (conformance suite).
-    #[error("backend {backend}: {source}")]
-    Backend {
-        backend: &'static str,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Backend(#[from] BackendFailure),
+}
+
+/// A backend's own error, kept as the source, with the backend's name: how the engine and
+/// the conformance suite report whatever [`crate::Backend::Error`] a backend returns.
+#[derive(Debug, thiserror::Error)]
+#[error("backend {backend}: {source}")]
+pub struct BackendFailure {
+    /// The backend's [`crate::Backend::name`].
+    pub backend: &'static str,
+    /// Its error.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl BackendFailure {
+    /// `source`, a failure of the backend named `backend`.
+    pub fn new<E: std::error::Error + Send + Sync + 'static>(backend: &'static str, source: E) -> Self {
+        Self { backend, source: Box::new(source) }
+    }
 }
 
 /// Result with this crate's error.

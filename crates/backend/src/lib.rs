@@ -27,7 +27,7 @@ pub use backend::{Backend, BackendDevice, BackendTensor, LayerOutput, Probe};
 pub use cache::LayerCache;
 pub use config::{Architecture, Llama3RopeScaling, ModelConfig};
 pub use device::DeviceSpec;
-pub use error::{Error, Result};
+pub use error::{BackendFailure, Error, Result};
 pub use weights::{Block, HostWeight, LayerWeights, Weights};
 
 /// The pruning core, re-exported for the conformance macros.

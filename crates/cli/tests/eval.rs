@@ -88,21 +88,13 @@ fn unpruned_bench_agrees_with_generate() {
     }
 }
 
+/// One passkey trial per policy: 256 tokens, the key in the middle.
+const PASSKEY_256: [&str; 7] = ["passkey", "--lengths", "256", "--depths", "0.5", "--seeds", "1"];
+
 #[test]
 fn unpruned_model_finds_the_passkey() {
     let _serial = serial();
-    let out = run_ok(sieve().args([
-        "passkey",
-        "--lengths",
-        "256",
-        "--depths",
-        "0.5",
-        "--seeds",
-        "1",
-        "--policies",
-        "none",
-        "--json",
-    ]));
+    let out = run_ok(sieve().args(PASSKEY_256).args(["--policies", "none", "--json"]));
     let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     let trials = report["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 1, "{report}");
@@ -120,17 +112,7 @@ fn passkey_tables_put_the_baseline_beside_each_policy() {
     let _serial = serial();
     // Policy names resolve to configs/<name>.toml in the current directory.
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = run_ok(sieve().current_dir(&root).args([
-        "passkey",
-        "--lengths",
-        "256",
-        "--depths",
-        "0.5",
-        "--seeds",
-        "1",
-        "--policies",
-        "snapkv",
-    ]));
+    let out = run_ok(sieve().current_dir(&root).args(PASSKEY_256).args(["--policies", "snapkv"]));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("| policy | length | accuracy | unpruned accuracy |"), "{table}");
     assert!(table.contains("| none | 256 | 100% (1/1) | 100% (1/1) |"), "{table}");

@@ -94,12 +94,8 @@ pub enum Error {
     Core(#[from] sieve_core::Error),
 
     /// A backend failed; its own error is the source.
-    #[error("backend {backend}: {source}")]
-    Backend {
-        backend: &'static str,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Backend(#[from] sieve_backend::BackendFailure),
 }
 
 impl Error {
@@ -126,7 +122,7 @@ impl Error {
 
     /// A backend's error.
     pub fn backend<E: std::error::Error + Send + Sync + 'static>(backend: &'static str, source: E) -> Self {
-        Error::Backend { backend, source: Box::new(source) }
+        Error::Backend(sieve_backend::BackendFailure::new(backend, source))
     }
 }
 
