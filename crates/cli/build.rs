@@ -3,10 +3,10 @@
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    if std::env::var_os("CARGO_FEATURE_TCH").is_some() {
-        if let Some(dir) = std::env::var_os("LIBTORCH") {
-            let lib = std::path::Path::new(&dir).join("lib");
-            println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{}", lib.display());
-        }
+    if std::env::var_os("CARGO_FEATURE_TCH").is_some()
+        && let Some(dir) = std::env::var_os("LIBTORCH")
+    {
+        let lib = std::path::Path::new(&dir).join("lib");
+        println!("cargo:rustc-link-arg-bins=-Wl,-rpath,{}", lib.display());
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! [`CandleTensor`] implements the core's tensor trait on candle tensors, so scoring runs
 //! on candle's device; [`CandleBackend`] implements the backend contract
-//! ([`sieve_backend::Backend`]), one decoder block at a time, in `f32`. CPU by default;
-//! CUDA with the `cuda` feature.
+//! ([`sieve_backend::Backend`]), one decoder block at a time, in `f32`: on the CPU with
+//! sieve's own kernels ([`cpu`]), on CUDA (the `cuda` feature) with candle's ops.
 
 mod backend;
+pub mod cpu;
 mod error;
+mod ops;
 mod tensor;
 
-pub use backend::{CandleBackend, CandleDevice};
+pub use backend::{CandleBackend, CandleDevice, Kernels};
 pub use error::{Error, Result};
 pub use tensor::CandleTensor;

@@ -60,10 +60,10 @@ impl TchBackend {
     pub fn new(config: &ModelConfig, weights: &Weights, device: Device) -> Result<Self> {
         config.validate()?;
         weights.check(config)?;
-        if let Device::Cuda(n) = device {
-            if !cuda_available() || n >= tch::Cuda::device_count() as usize {
-                return Err(Error::NoCuda(n));
-            }
+        if let Device::Cuda(n) = device
+            && (!cuda_available() || n >= tch::Cuda::device_count() as usize)
+        {
+            return Err(Error::NoCuda(n));
         }
         let up = |w: &HostWeight| upload(w, device);
         let layers = weights.layers.iter().map(|l| l.as_ref().try_map(&up)).collect::<Result<Vec<_>>>()?;
@@ -101,10 +101,11 @@ impl TchBackend {
         // A poisoned lock only means another thread panicked while caching: the cache is
         // rebuilt below whatever it holds.
         let mut cached = self.mask.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(((q, k), t)) = cached.as_ref() {
-            if q == queries && k == keys {
-                return Ok(t.shallow_clone());
-            }
+        if let Some(((q, k), t)) = cached.as_ref()
+            && q == queries
+            && k == keys
+        {
+            return Ok(t.shallow_clone());
         }
         let mut data = Vec::with_capacity(queries.len() * keys.len());
         for &q in queries {

@@ -94,7 +94,7 @@ impl ModelConfig {
                 return bad(format!("{what} = {v} is outside 1..={max}"));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!("{} heads are not a multiple of {} kv heads", self.n_heads, self.n_kv_heads));
         }
         // Backends tabulate the rotary embedding for every position of the context.
@@ -104,7 +104,7 @@ impl ModelConfig {
                 self.context, self.head_dim
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head dim {} is odd; rotary embeddings need pairs", self.head_dim));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0 && self.rms_eps.is_finite() && self.rms_eps > 0.0) {

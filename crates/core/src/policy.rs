@@ -417,14 +417,14 @@ impl Policy {
 
     /// Checks the policy against a model with `n_layers` layers.
     pub fn check_model(&self, n_layers: usize) -> Result<()> {
-        if let Some(p) = &self.prefill {
-            if let Some(&bad) = p.layers.iter().find(|&&l| l >= n_layers) {
-                return Err(Error::out_of_range(
-                    "prefill.layers",
-                    bad,
-                    format!("1..{n_layers} (the model has {n_layers} layers)"),
-                ));
-            }
+        if let Some(p) = &self.prefill
+            && let Some(&bad) = p.layers.iter().find(|&&l| l >= n_layers)
+        {
+            return Err(Error::out_of_range(
+                "prefill.layers",
+                bad,
+                format!("1..{n_layers} (the model has {n_layers} layers)"),
+            ));
         }
         Ok(())
     }

@@ -72,14 +72,14 @@ impl Schedule {
                         return Err(Error::InvalidPolicy(format!("{key}.layers must strictly increase: {layers:?}")));
                     }
                 }
-                if let Some(n) = n_layers {
-                    if let Some(&bad) = layers.iter().find(|&&l| l >= n) {
-                        return Err(Error::out_of_range(
-                            format!("{key}.layers"),
-                            bad,
-                            format!("0..{n} (the model has {n} layers)"),
-                        ));
-                    }
+                if let Some(n) = n_layers
+                    && let Some(&bad) = layers.iter().find(|&&l| l >= n)
+                {
+                    return Err(Error::out_of_range(
+                        format!("{key}.layers"),
+                        bad,
+                        format!("0..{n} (the model has {n} layers)"),
+                    ));
                 }
                 Ok(())
             }

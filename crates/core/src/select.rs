@@ -91,14 +91,14 @@ impl Selector {
                 ));
             }
         }
-        if let Some(max) = self.max_keep {
-            if max < protected.max(self.min_keep).max(1) {
-                return Err(Error::out_of_range(
-                    format!("{key}.max_keep"),
-                    max,
-                    format!("at least 1, min_keep ({}) and sinks + recent ({protected})", self.min_keep),
-                ));
-            }
+        if let Some(max) = self.max_keep
+            && max < protected.max(self.min_keep).max(1)
+        {
+            return Err(Error::out_of_range(
+                format!("{key}.max_keep"),
+                max,
+                format!("at least 1, min_keep ({}) and sinks + recent ({protected})", self.min_keep),
+            ));
         }
         Ok(())
     }

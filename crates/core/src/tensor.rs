@@ -16,7 +16,7 @@ pub enum Pool {
 /// Checks the kernel of [`Tensor::pool1d`]: odd and at least 1 (every implementation calls
 /// this first, so that all reject the same kernels with the same error).
 pub fn check_pool_kernel(kernel: usize) -> Result<()> {
-    if kernel == 0 || kernel % 2 == 0 {
+    if kernel == 0 || kernel.is_multiple_of(2) {
         return Err(Error::out_of_range("kernel", kernel, "an odd number >= 1"));
     }
     Ok(())

@@ -35,10 +35,10 @@ impl SamplingParams {
         if self.top_k == Some(0) {
             return bad("top_k must be at least 1".into());
         }
-        if let Some(p) = self.top_p {
-            if !(p > 0.0 && p <= 1.0) {
-                return bad(format!("top_p {p} must be in (0, 1]"));
-            }
+        if let Some(p) = self.top_p
+            && !(p > 0.0 && p <= 1.0)
+        {
+            return bad(format!("top_p {p} must be in (0, 1]"));
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return bad(format!("repetition_penalty {} must be a finite number > 0", self.repetition_penalty));

@@ -317,16 +317,16 @@ impl<'b, B: Backend> Session<'b, B> {
         let mut hidden = self.backend.embed(&[token]).map_err(&err)?;
         let device = self.backend.device();
         for l in 0..config.n_layers {
-            if let Some(d) = &mut self.decode {
-                if self.caches[l].len() >= d.policy.budget {
-                    let scores = d.scores[l]
-                        .take()
-                        .filter(|s| s.len() == self.caches[l].len())
-                        .ok_or_else(|| Error::Invalid(format!("layer {l}: no current scores for decode eviction")))?;
-                    let kept = d.policy.selector.select(&scores)?;
-                    self.caches[l].retain(&kept)?;
-                    d.scorers[l].retain(&kept)?;
-                }
+            if let Some(d) = &mut self.decode
+                && self.caches[l].len() >= d.policy.budget
+            {
+                let scores = d.scores[l]
+                    .take()
+                    .filter(|s| s.len() == self.caches[l].len())
+                    .ok_or_else(|| Error::Invalid(format!("layer {l}: no current scores for decode eviction")))?;
+                let kept = d.policy.selector.select(&scores)?;
+                self.caches[l].retain(&kept)?;
+                d.scorers[l].retain(&kept)?;
             }
             // One query: its attention row is also the sum over this call's queries.
             let probe = match &self.decode {

@@ -79,10 +79,10 @@ pub struct PasskeyPrompter {
 
 /// `ids` without a leading BOS that the tokenizer adds to every text.
 fn without_bos(tokenizer: &Tokenizer, mut ids: Vec<u32>) -> Vec<u32> {
-    if let (true, Some(bos)) = (tokenizer.add_bos, tokenizer.bos) {
-        if ids.first() == Some(&bos) {
-            ids.remove(0);
-        }
+    if let (true, Some(bos)) = (tokenizer.add_bos, tokenizer.bos)
+        && ids.first() == Some(&bos)
+    {
+        ids.remove(0);
     }
     ids
 }

@@ -1,0 +1,158 @@
+//! Causal attention over a layer's cache, by original positions, on host slices.
+//!
+//! Work is split into tasks of one KV head and a block of query rows: the `g` query heads
+//! of the group and the block's rows form one matrix `A` (`g × rows` by `head_dim`), so one
+//! product `S = A · Kᵀ` reads each key once for all of them. A block reads only the keys its
+//! last row may see, so most of the masked half of a long prefill is never computed. The
+//! rows of `S` then go through a masked softmax (vectorised exponential), the probes the
+//! scorers asked for are copied out, and `O = S · V` is scattered back.
+
+use std::sync::Mutex;
+
+use super::exp::exp_shifted_sum;
+use super::gemm::{View, matmul};
+use super::pool::Pool;
+
+/// Query rows per task.
+const QUERY_BLOCK: usize = 64;
+
+/// The shapes of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (each serves `heads / kv_heads` query heads).
+    pub kv_heads: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+    /// Rows per head in the cache storage (its capacity; the live rows come first).
+    pub capacity: usize,
+}
+
+/// What the scorers asked to see of the probabilities.
+pub struct ProbeOut<'a> {
+    /// The last `rows` query rows' probabilities `[heads, rows, keys]`, zero where masked.
+    pub rows: usize,
+    pub probs: Option<&'a mut [f32]>,
+    /// The probabilities summed over every query row `[heads, keys]`.
+    pub sums: Option<&'a mut [f32]>,
+}
+
+/// One task's results: its output rows and its share of the probes.
+struct Part {
+    kv: usize,
+    start: usize,
+    rows: usize,
+    /// `[g, rows, head_dim]`.
+    out: Vec<f32>,
+    /// `[g, probe rows in this block, keys]`, with the first such row's index.
+    probs: Vec<f32>,
+    probe_from: usize,
+    /// `[g, keys]`.
+    sums: Vec<f32>,
+}
+
+/// Attention of `q` (`[n, heads, head_dim]`, already rotated and scaled) at positions
+/// `q_pos` over the cached `keys`/`values` (`[kv_heads, capacity, head_dim]`, the first
+/// `k_pos.len()` rows live) at positions `k_pos`, into `out` (`[n, heads, head_dim]`).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    q: &[f32],
+    q_pos: &[usize],
+    keys: &[f32],
+    values: &[f32],
+    k_pos: &[usize],
+    s: Shape,
+    out: &mut [f32],
+    probe: ProbeOut<'_>,
+) {
+    let (n, m, hd) = (q_pos.len(), k_pos.len(), s.head_dim);
+    let g = s.heads / s.kv_heads;
+    assert!(q.len() == n * s.heads * hd && out.len() == q.len(), "attention: q and out must be [n, heads, head_dim]");
+    assert!(keys.len() >= s.kv_heads * s.capacity * hd && values.len() == keys.len() && m <= s.capacity);
+    let probe_rows = probe.rows.min(n);
+    let first_probe = n - probe_rows;
+    let want_sums = probe.sums.is_some();
+    let blocks = n.div_ceil(QUERY_BLOCK);
+    let tasks: Vec<(usize, usize)> = (0..s.kv_heads).flat_map(|kv| (0..blocks).map(move |b| (kv, b))).collect();
+    let slots: Vec<Mutex<Option<Part>>> = tasks.iter().map(|_| Mutex::new(None)).collect();
+    let task = |i: usize| {
+        let (kv, b) = tasks[i];
+        let part = {
+            let start = b * QUERY_BLOCK;
+            let rows = QUERY_BLOCK.min(n - start);
+            let visible = k_pos.partition_point(|&p| p <= q_pos[start + rows - 1]);
+            // A: the group's heads over the block's rows, [g * rows, hd], head-major.
+            let mut a = Vec::with_capacity(g * rows * hd);
+            for gi in 0..g {
+                let h = kv * g + gi;
+                for t in start..start + rows {
+                    a.extend_from_slice(&q[(t * s.heads + h) * hd..(t * s.heads + h + 1) * hd]);
+                }
+            }
+            let base = kv * s.capacity * hd;
+            let k = View::transposed(&keys[base..base + visible.max(1) * hd], hd, visible);
+            let mut scores = vec![0f32; g * rows * visible];
+            matmul(View::rows(&a, g * rows, hd), k, &mut scores, visible, false, 1);
+            let probe_from = first_probe.max(start);
+            let probe_here = (start + rows).saturating_sub(probe_from);
+            let mut probs = vec![0f32; g * probe_here * m];
+            let mut sums = if want_sums { vec![0f32; g * m] } else { Vec::new() };
+            for gi in 0..g {
+                for (r, t) in (start..start + rows).enumerate() {
+                    let row = &mut scores[(gi * rows + r) * visible..(gi * rows + r + 1) * visible];
+                    let seen = k_pos[..visible].partition_point(|&p| p <= q_pos[t]);
+                    let (live, masked) = row.split_at_mut(seen);
+                    masked.fill(0.0);
+                    let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let total = exp_shifted_sum(live, max);
+                    let inv = 1.0 / total;
+                    live.iter_mut().for_each(|p| *p *= inv);
+                    if want_sums {
+                        for (acc, &p) in sums[gi * m..gi * m + seen].iter_mut().zip(live.iter()) {
+                            *acc += p;
+                        }
+                    }
+                    if t >= probe_from {
+                        let pr = t - probe_from;
+                        probs[(gi * probe_here + pr) * m..(gi * probe_here + pr) * m + seen].copy_from_slice(live);
+                    }
+                }
+            }
+            let mut o = vec![0f32; g * rows * hd];
+            let v = View::rows(&values[base..base + visible.max(1) * hd], visible, hd);
+            matmul(View::rows(&scores, g * rows, visible), v, &mut o, hd, false, 1);
+            Part { kv, start, rows, out: o, probs, probe_from, sums }
+        };
+        *slots[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(part);
+    };
+    Pool::global().run(tasks.len(), &task);
+    let parts = slots.into_iter().filter_map(|s| s.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let ProbeOut { probs: mut probe_probs, sums: mut probe_sums, .. } = probe;
+    if let Some(sums) = probe_sums.as_deref_mut() {
+        sums.fill(0.0);
+    }
+    for p in parts {
+        for gi in 0..g {
+            let h = p.kv * g + gi;
+            for r in 0..p.rows {
+                let t = p.start + r;
+                out[(t * s.heads + h) * hd..(t * s.heads + h + 1) * hd]
+                    .copy_from_slice(&p.out[(gi * p.rows + r) * hd..(gi * p.rows + r + 1) * hd]);
+            }
+            if let Some(dst) = probe_probs.as_deref_mut() {
+                let here = (p.start + p.rows).saturating_sub(p.probe_from);
+                for pr in 0..here {
+                    let row = p.probe_from + pr - first_probe;
+                    dst[(h * probe_rows + row) * m..(h * probe_rows + row + 1) * m]
+                        .copy_from_slice(&p.probs[(gi * here + pr) * m..(gi * here + pr + 1) * m]);
+                }
+            }
+            if let Some(dst) = probe_sums.as_deref_mut() {
+                for (d, &v) in dst[h * m..(h + 1) * m].iter_mut().zip(&p.sums[gi * m..(gi + 1) * m]) {
+                    *d += v;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! One decoder layer on the CPU with sieve's own kernels: fused q/k/v and gate/up
+//! projections, the attention of [`super::attention`], the KV cache written in place.
+
+use candle_core::{Device, Tensor};
+use sieve_backend::{Block, HostWeight, LayerCache, ModelConfig, Probe};
+
+use super::attention::{ProbeOut, Shape, attention};
+use super::exp::exp1;
+use super::gemm::{View, matmul};
+use super::matvec::matmul_t;
+use super::weights::Matrix;
+use crate::error::Result;
+use crate::tensor::CandleTensor;
+
+/// Rows up to which a projection runs as matrix × few vectors rather than a GEMM: the
+/// weights are read once either way, and the vector kernel has no packing to pay for.
+const SMALL_BATCH: usize = 4;
+
+/// Entries a cache grows by beyond what a call needs, so that decode steps write in place
+/// instead of reallocating the cache at every token.
+pub const CACHE_HEADROOM: usize = 256;
+
+/// A decoder layer's weights, fused for the kernels.
+pub struct CpuLayer {
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    /// q, k and v stacked: `[q_out + 2 kv_out, hidden]`.
+    qkv: Matrix,
+    qkv_bias: Option<Vec<f32>>,
+    o: Matrix,
+    /// gate and up stacked: `[2 ffn, hidden]`.
+    gate_up: Matrix,
+    down: Matrix,
+}
+
+fn matrix(w: HostWeight) -> Matrix {
+    let (rows, cols) = (w.shape[0], w.shape.get(1).copied().unwrap_or(1));
+    Matrix::f32(w.data, rows, cols)
+}
+
+impl CpuLayer {
+    /// Fuses one layer's host weights.
+    pub fn new(w: Block<HostWeight>) -> Self {
+        let qkv_bias = w.qkv_bias.map(|[bq, bk, bv]| [bq.data, bk.data, bv.data].concat());
+        Self {
+            attn_norm: w.attn_norm.data,
+            ffn_norm: w.ffn_norm.data,
+            qkv: Matrix::stack(&[matrix(w.q), matrix(w.k), matrix(w.v)]),
+            qkv_bias,
+            o: matrix(w.o),
+            gate_up: Matrix::stack(&[matrix(w.gate), matrix(w.up)]),
+            down: matrix(w.down),
+        }
+    }
+
+    /// Bytes of weights held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.attn_norm.len() + self.ffn_norm.len() + self.qkv_bias.as_ref().map_or(0, Vec::len))
+            + [&self.qkv, &self.o, &self.gate_up, &self.down].iter().map(|m| m.bytes()).sum::<usize>()
+    }
+}
+
+/// `y = x · Wᵀ` for `n` rows of `x`.
+pub fn project(w: &Matrix, x: &[f32], n: usize, threads: usize) -> Vec<f32> {
+    let mut y = vec![0f32; n * w.rows()];
+    if n <= SMALL_BATCH {
+        matmul_t(w, x, &mut y);
+    } else {
+        let mut scratch = Vec::new();
+        let all = w.all_f32(&mut scratch);
+        matmul(View::rows(x, n, w.cols()), View::transposed(all, w.cols(), w.rows()), &mut y, w.rows(), false, threads);
+    }
+    y
+}
+
+/// RMSNorm of each row of `x` (`[n, d]`) with gain `g`.
+pub fn rms_norm(x: &[f32], g: &[f32], eps: f64) -> Vec<f32> {
+    let d = g.len();
+    let mut y = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(d) {
+        let ss: f32 = super::simd::dot(row, row);
+        let scale = (1.0 / (f64::from(ss) / d as f64 + eps).sqrt()) as f32;
+        y.extend(row.iter().zip(g).map(|(&v, &w)| v * scale * w));
+    }
+    y
+}
+
+/// Rotates heads in place: half-split pairs `(i, i + hd/2)`, angles of `positions`.
+fn rope(
+    x: &mut [f32],
+    stride: usize,
+    offset: usize,
+    heads: usize,
+    hd: usize,
+    positions: &[usize],
+    tables: (&[f32], &[f32]),
+) {
+    let half = hd / 2;
+    for (r, &p) in positions.iter().enumerate() {
+        let (cos, sin) = (&tables.0[p * half..(p + 1) * half], &tables.1[p * half..(p + 1) * half]);
+        for h in 0..heads {
+            let head = &mut x[r * stride + offset + h * hd..r * stride + offset + (h + 1) * hd];
+            let (a, b) = head.split_at_mut(half);
+            for i in 0..half {
+                let (x1, x2) = (a[i], b[i]);
+                a[i] = x1 * cos[i] - x2 * sin[i];
+                b[i] = x2 * cos[i] + x1 * sin[i];
+            }
+        }
+    }
+}
+
+/// The cache's storage with room for `extra` more entries, growing it (live entries
+/// copied, [`CACHE_HEADROOM`] to spare) when it has not.
+fn reserve(cache: &mut LayerCache<CandleTensor>, extra: usize, kv: usize, hd: usize) -> Result<(Tensor, Tensor)> {
+    let len = cache.len();
+    if let Some((k, v)) = cache.storage()
+        && cache.capacity() >= len + extra
+    {
+        return Ok((k.0.clone(), v.0.clone()));
+    }
+    let cap = len + extra + CACHE_HEADROOM;
+    let k = Tensor::zeros((kv, cap, hd), candle_core::DType::F32, &Device::Cpu)?;
+    let v = Tensor::zeros((kv, cap, hd), candle_core::DType::F32, &Device::Cpu)?;
+    if let (Some(old_k), Some(old_v)) = (cache.keys()?, cache.values()?) {
+        k.slice_set(&old_k.0.contiguous()?, 1, 0)?;
+        v.slice_set(&old_v.0.contiguous()?, 1, 0)?;
+    }
+    cache.set_storage(CandleTensor(k.clone()), CandleTensor(v.clone()));
+    Ok((k, v))
+}
+
+/// Runs `f` on the values of a contiguous CPU `f32` tensor, without copying them.
+pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return Err(candle_core::Error::Msg("the CPU kernels got a tensor that is not on the CPU".into()).into());
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let (a, b) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("the CPU kernels got a non-contiguous tensor".into()))?;
+    Ok(f(&data[a..b]))
+}
+
+/// `[n, kv, hd]` rows (at column `offset` of rows `stride` wide) as `[kv, n, hd]`.
+fn by_head(x: &[f32], stride: usize, offset: usize, n: usize, kv: usize, hd: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * kv * hd);
+    for h in 0..kv {
+        for r in 0..n {
+            out.extend_from_slice(&x[r * stride + offset + h * hd..r * stride + offset + (h + 1) * hd]);
+        }
+    }
+    out
+}
+
+/// What a layer returns: hidden states `[n, hidden]` and the probes asked for.
+pub struct Forward {
+    pub hidden: Vec<f32>,
+    pub attention: Option<(Vec<f32>, usize)>,
+    pub sums: Option<Vec<f32>>,
+}
+
+impl CpuLayer {
+    /// The layer on `x` (`[n, hidden]`) at `positions`, appending to `cache` in place.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        c: &ModelConfig,
+        x: &[f32],
+        positions: &[usize],
+        cache: &mut LayerCache<CandleTensor>,
+        probe: Probe,
+        tables: (&[f32], &[f32]),
+        threads: usize,
+    ) -> Result<Forward> {
+        let n = positions.len();
+        let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let (q_out, kv_out) = (nh * hd, nkv * hd);
+        let width = q_out + 2 * kv_out;
+
+        let h = rms_norm(x, &self.attn_norm, c.rms_eps);
+        let mut qkv = project(&self.qkv, &h, n, threads);
+        if let Some(b) = &self.qkv_bias {
+            for row in qkv.chunks_exact_mut(width) {
+                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+        }
+        rope(&mut qkv, width, 0, nh, hd, positions, tables);
+        rope(&mut qkv, width, q_out, nkv, hd, positions, tables);
+
+        // The new keys and values, written into the cache's storage after the live rows.
+        let (keys, values) = reserve(cache, n, nkv, hd)?;
+        let len = cache.len();
+        let new_k = Tensor::from_vec(by_head(&qkv, width, q_out, n, nkv, hd), (nkv, n, hd), &Device::Cpu)?;
+        let new_v = Tensor::from_vec(by_head(&qkv, width, q_out + kv_out, n, nkv, hd), (nkv, n, hd), &Device::Cpu)?;
+        keys.slice_set(&new_k, 1, len)?;
+        values.slice_set(&new_v, 1, len)?;
+        cache.push_positions(positions);
+
+        // Queries [n, nh, hd], scaled.
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut q = Vec::with_capacity(n * q_out);
+        for row in qkv.chunks_exact(width) {
+            q.extend(row[..q_out].iter().map(|v| v * scale));
+        }
+        let m = cache.len();
+        let probe_rows = probe.last_queries.min(n);
+        let mut probs = (probe_rows > 0).then(|| vec![0f32; nh * probe_rows * m]);
+        let mut sums = probe.column_sums.then(|| vec![0f32; nh * m]);
+        let mut attn = vec![0f32; n * q_out];
+        let shape = Shape { heads: nh, kv_heads: nkv, head_dim: hd, capacity: keys.dim(1)? };
+        with_slice(&keys, |k| {
+            with_slice(&values, |v| {
+                let probe = ProbeOut { rows: probe_rows, probs: probs.as_deref_mut(), sums: sums.as_deref_mut() };
+                attention(&q, positions, k, v, cache.positions(), shape, &mut attn, probe);
+            })
+        })??;
+
+        let mut x = x.to_vec();
+        let o = project(&self.o, &attn, n, threads);
+        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        let h = rms_norm(&x, &self.ffn_norm, c.rms_eps);
+        let gu = project(&self.gate_up, &h, n, threads);
+        let f = c.ffn;
+        let mut act = Vec::with_capacity(n * f);
+        for row in gu.chunks_exact(2 * f) {
+            let (gate, up) = row.split_at(f);
+            act.extend(gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + exp1(-g)) * u));
+        }
+        let mlp = project(&self.down, &act, n, threads);
+        x.iter_mut().zip(&mlp).for_each(|(a, b)| *a += b);
+        Ok(Forward { hidden: x, attention: probs.map(|p| (p, probe_rows)), sums })
+    }
+}

@@ -1,0 +1,119 @@
+//! The CPU path of the candle backend: sieve's own kernels on host slices, with candle
+//! tensors at the boundary (hidden states, the KV cache and the probes stay candle tensors,
+//! so the pruning core scores them with candle's ops as on any device).
+//!
+//! Why kernels of our own: a decode step multiplies every weight matrix by one vector, and
+//! a general GEMM does that well below the memory's speed; the cache was concatenated anew
+//! at every step; q/k/v and gate/up ran as separate products; the softmax computed its
+//! exponentials one by one. Here the projections are fused, matrix × vector runs four rows
+//! per pass with AVX-512 or AVX2 chosen at run time ([`simd`]), the cache is written in
+//! place with room to spare ([`layer::CACHE_HEADROOM`]), attention works per KV head on
+//! blocks of queries through the `gemm` crate with a vectorised exponential ([`exp`]), and
+//! prefill projections use the same GEMM on the fused matrices.
+
+pub mod attention;
+pub mod exp;
+pub mod gemm;
+pub mod layer;
+pub mod matvec;
+pub mod pool;
+pub mod simd;
+pub mod weights;
+
+use candle_core::{Device, Tensor};
+use sieve_backend::{LayerCache, LayerOutput, ModelConfig, Probe, Weights};
+
+use crate::error::Result;
+use crate::tensor::CandleTensor;
+use layer::{CpuLayer, project, rms_norm, with_slice};
+use weights::Matrix;
+
+/// A decoder held for the CPU kernels.
+pub struct CpuModel {
+    config: ModelConfig,
+    embed: Matrix,
+    /// `None` when tied to the embedding.
+    lm_head: Option<Matrix>,
+    norm: Vec<f32>,
+    layers: Vec<CpuLayer>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+fn to_tensor(data: Vec<f32>, shape: &[usize]) -> Result<CandleTensor> {
+    Ok(CandleTensor(Tensor::from_vec(data, shape, &Device::Cpu)?))
+}
+
+impl CpuModel {
+    /// Takes the (checked) weights over.
+    pub fn new(config: &ModelConfig, weights: Weights) -> Self {
+        let (cos, sin) = config.rope_tables();
+        let matrix = |w: sieve_backend::HostWeight| {
+            let (rows, cols) = (w.shape[0], w.shape[1]);
+            Matrix::f32(w.data, rows, cols)
+        };
+        Self {
+            config: config.clone(),
+            embed: matrix(weights.embed),
+            lm_head: weights.lm_head.map(matrix),
+            norm: weights.norm.data,
+            layers: weights.layers.into_iter().map(CpuLayer::new).collect(),
+            cos,
+            sin,
+        }
+    }
+
+    /// Embeddings of `tokens` (ids checked by the engine).
+    pub fn embed(&self, tokens: &[u32]) -> Result<CandleTensor> {
+        let d = self.config.hidden;
+        let mut out = Vec::with_capacity(tokens.len() * d);
+        let mut scratch = Vec::new();
+        for &t in tokens {
+            out.extend_from_slice(self.embed.rows_f32(t as usize, 1, &mut scratch));
+        }
+        to_tensor(out, &[tokens.len(), d])
+    }
+
+    /// Decoder layer `index`.
+    pub fn layer(
+        &self,
+        index: usize,
+        hidden: &CandleTensor,
+        positions: &[usize],
+        cache: &mut LayerCache<CandleTensor>,
+        probe: Probe,
+    ) -> Result<LayerOutput<CandleTensor>> {
+        let layer = self.layers.get(index).ok_or_else(|| sieve_backend::Error::Input(format!("no layer {index}")))?;
+        let x = with_slice(&hidden.0, <[f32]>::to_vec)
+            .or_else(|_| -> Result<Vec<f32>> { Ok(hidden.0.flatten_all()?.to_vec1::<f32>()?) })?;
+        let tables = (self.cos.as_slice(), self.sin.as_slice());
+        let out = layer.forward(&self.config, &x, positions, cache, probe, tables, threads())?;
+        let (n, m, nh) = (positions.len(), cache.len(), self.config.n_heads);
+        Ok(LayerOutput {
+            hidden: to_tensor(out.hidden, &[n, self.config.hidden])?,
+            attention: out.attention.map(|(p, rows)| to_tensor(p, &[nh, rows, m])).transpose()?,
+            attention_sums: out.sums.map(|s| to_tensor(s, &[nh, 1, m])).transpose()?,
+        })
+    }
+
+    /// Final norm and LM head.
+    pub fn logits(&self, hidden: &CandleTensor) -> Result<CandleTensor> {
+        let x = hidden.0.flatten_all()?.to_vec1::<f32>()?;
+        let n = x.len() / self.config.hidden;
+        let h = rms_norm(&x, &self.norm, self.config.rms_eps);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        to_tensor(project(head, &h, n, threads()), &[n, self.config.vocab])
+    }
+
+    /// Bytes of weights held.
+    pub fn bytes(&self) -> usize {
+        self.embed.bytes()
+            + self.lm_head.as_ref().map_or(0, Matrix::bytes)
+            + 4 * self.norm.len()
+            + self.layers.iter().map(CpuLayer::bytes).sum::<usize>()
+    }
+}

@@ -1,0 +1,170 @@
+//! Dot products with the widest SIMD the CPU has, chosen at run time (AVX-512, else AVX2
+//! with FMA, else plain Rust), never at build time: one binary runs on every x86-64.
+//!
+//! The kernels take four rows at a time against one vector, so that each load of the
+//! vector serves four rows; rows are read once, in order, which is what a memory-bound
+//! matrix–vector product needs.
+
+/// Which instruction set the kernels use on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// 16 lanes of f32.
+    Avx512,
+    /// 8 lanes of f32 with fused multiply-add.
+    Avx2,
+    /// Plain Rust (the compiler may still vectorise).
+    Scalar,
+}
+
+/// The instruction set of this CPU, detected once.
+pub fn isa() -> Isa {
+    use std::sync::OnceLock;
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::env::var_os("SIEVE_NO_AVX512").is_none() && is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    })
+}
+
+/// `out[r] = rows[r] · x` for four rows of `x.len()` values each.
+#[inline]
+pub fn dot4(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+    debug_assert!(rows.iter().all(|r| r.len() == x.len()));
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa()` returned Avx512 only after detecting avx512f on this CPU, and every
+        // row has `x.len()` values (checked by the callers, asserted above in debug builds).
+        Isa::Avx512 => unsafe { x86::dot4_avx512(rows, x) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, for avx2 and fma.
+        Isa::Avx2 => unsafe { x86::dot4_avx2(rows, x) },
+        _ => rows.map(|r| dot_scalar(r, x)),
+    }
+}
+
+/// `a · b`.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx512f was detected; both slices have the same length.
+        Isa::Avx512 => unsafe { x86::dot4_avx512([a, a, a, a], b)[0] },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx2 and fma were detected; both slices have the same length.
+        Isa::Avx2 => unsafe { x86::dot4_avx2([a, a, a, a], b)[0] },
+        _ => dot_scalar(a, b),
+    }
+}
+
+/// `y += a * x`.
+#[inline]
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    debug_assert_eq!(x.len(), y.len());
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums, so that the compiler can keep them in one vector register.
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let tail: f32 = a[chunks * 8..].iter().zip(&b[chunks * 8..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU has avx512f; every row has `x.len()` values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot4_avx512(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+        let n = x.len();
+        let (xp, rp) = (x.as_ptr(), rows.map(<[f32]>::as_ptr));
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (all loads): `i + 16 <= n`, or a mask covers only the `n - i` values left.
+        while i + 16 <= n {
+            let xv = unsafe { _mm512_loadu_ps(xp.add(i)) };
+            for r in 0..4 {
+                acc[r] = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(rp[r].add(i)) }, xv, acc[r]);
+            }
+            i += 16;
+        }
+        if i < n {
+            let mask: __mmask16 = (1u32 << (n - i)) as u16 - 1;
+            let xv = unsafe { _mm512_maskz_loadu_ps(mask, xp.add(i)) };
+            for r in 0..4 {
+                acc[r] = _mm512_fmadd_ps(unsafe { _mm512_maskz_loadu_ps(mask, rp[r].add(i)) }, xv, acc[r]);
+            }
+        }
+        acc.map(|a| _mm512_reduce_add_ps(a))
+    }
+
+    /// # Safety
+    /// The CPU has avx2 and fma; every row has `x.len()` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot4_avx2(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
+        let n = x.len();
+        let (xp, rp) = (x.as_ptr(), rows.map(<[f32]>::as_ptr));
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY (all loads): `i + 8 <= n`.
+        while i + 8 <= n {
+            let xv = unsafe { _mm256_loadu_ps(xp.add(i)) };
+            for r in 0..4 {
+                acc[r] = _mm256_fmadd_ps(unsafe { _mm256_loadu_ps(rp[r].add(i)) }, xv, acc[r]);
+            }
+            i += 8;
+        }
+        let mut out = [0f32; 4];
+        for r in 0..4 {
+            let hi = _mm256_extractf128_ps(acc[r], 1);
+            let s = _mm_add_ps(_mm256_castps256_ps128(acc[r]), hi);
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            out[r] = _mm_cvtss_f32(s);
+            // SAFETY: `j < n` for the values the vector loop left.
+            for j in i..n {
+                out[r] += unsafe { *rp[r].add(j) * *xp.add(j) };
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dots_agree_with_plain_sums_at_every_length() {
+        for n in [1, 7, 8, 15, 16, 17, 31, 64, 100, 576] {
+            let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let rows: Vec<Vec<f32>> = (0..4).map(|r| (0..n).map(|i| ((i + r) as f32 * 0.11).cos()).collect()).collect();
+            let got = dot4([&rows[0], &rows[1], &rows[2], &rows[3]], &x);
+            for r in 0..4 {
+                let want: f64 = rows[r].iter().zip(&x).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                assert!((f64::from(got[r]) - want).abs() < 1e-4, "n {n} row {r}: {} vs {want}", got[r]);
+            }
+            assert!((dot(&rows[1], &x) - got[1]).abs() < 1e-5);
+            assert!((dot_scalar(&rows[2], &x) - got[2]).abs() < 1e-4);
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The candle backend as candle ops: every step of the block written with candle's tensor
+//! operations, so it runs on any device candle has (CUDA in particular). On the CPU the
+//! backend uses its own kernels instead ([`crate::cpu`]); this path stays selectable there
+//! for comparison and is checked by the same conformance suite.
+
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor};
+use sieve_backend::{Block, HostWeight, LayerCache, LayerOutput, ModelConfig, Probe, Weights};
+
+use crate::error::{Error, Result};
+use crate::tensor::CandleTensor;
+
+fn err(e: candle_core::Error) -> Error {
+    Error::from(e)
+}
+
+fn upload(w: HostWeight, device: &Device) -> Result<Tensor> {
+    // On the CPU this takes the vector over without copying.
+    Tensor::from_vec(w.data, w.shape.as_slice(), device).map_err(err)
+}
+
+type Layer = Block<Tensor>;
+
+type MaskKey = (Vec<usize>, Vec<usize>);
+
+/// A Llama-family decoder as candle ops (`f32`), for any candle device.
+pub struct OpsModel {
+    config: ModelConfig,
+    device: Device,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Mutex<Option<(MaskKey, Tensor)>>,
+}
+
+impl OpsModel {
+    /// Moves `weights` to `device`; on the CPU without a copy.
+    pub fn new(config: &ModelConfig, weights: Weights, device: Device) -> Result<Self> {
+        let up = |w: HostWeight| upload(w, &device);
+        let layers = weights.layers.into_iter().map(|l| l.try_map(&up)).collect::<Result<Vec<_>>>()?;
+        let embed = up(weights.embed)?;
+        let lm_head = match weights.lm_head {
+            Some(w) => up(w)?,
+            None => embed.clone(),
+        };
+        // Rotary tables for every position of the context, half-split layout.
+        let half = config.head_dim / 2;
+        let (cos, sin) = config.rope_tables();
+        let cos = Tensor::from_vec(cos, (config.context, half), &device).map_err(err)?;
+        let sin = Tensor::from_vec(sin, (config.context, half), &device).map_err(err)?;
+        let norm = up(weights.norm)?;
+        Ok(Self { config: config.clone(), device, embed, layers, norm, lm_head, cos, sin, mask: Mutex::new(None) })
+    }
+
+    fn positions_tensor(&self, positions: &[usize]) -> Result<Tensor> {
+        let ids: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        Tensor::from_vec(ids, positions.len(), &self.device).map_err(err)
+    }
+
+    /// Additive causal mask `[n, m]` by original positions; cached across layers that see
+    /// the same positions.
+    fn mask(&self, queries: &[usize], keys: &[usize]) -> Result<Tensor> {
+        // A poisoned lock only means another thread panicked while caching: the cache is
+        // rebuilt below whatever it holds.
+        let mut cached = self.mask.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(((q, k), t)) = cached.as_ref()
+            && q == queries
+            && k == keys
+        {
+            return Ok(t.clone());
+        }
+        let mut data = Vec::with_capacity(queries.len() * keys.len());
+        for &q in queries {
+            data.extend(keys.iter().map(|&k| if k <= q { 0.0 } else { f32::NEG_INFINITY }));
+        }
+        let t = Tensor::from_vec(data, (queries.len(), keys.len()), &self.device).map_err(err)?;
+        *cached = Some(((queries.to_vec(), keys.to_vec()), t.clone()));
+        Ok(t)
+    }
+}
+
+/// Query rows per attention block. Blocks only read the keys their last query may see,
+/// which skips most of the masked half of causal attention in a long prefill.
+const QUERY_BLOCK: usize = 256;
+
+impl OpsModel {
+    /// Causal attention of scaled queries `[kv, g, n, hd]` over `keys`/`values`
+    /// `[kv, m, hd]`, by original positions, in blocks of query rows. Returns the output
+    /// `[kv, g, n, hd]`, the probabilities of the last `probe.last_queries` rows
+    /// `[kv * g, rows, m]` (zero where masked) and their sums over all rows `[kv * g, 1, m]`.
+    #[allow(clippy::type_complexity)]
+    fn attention(
+        &self,
+        q: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        q_pos: &[usize],
+        k_pos: &[usize],
+        probe_spec: Probe,
+    ) -> Result<(Tensor, Option<CandleTensor>, Option<CandleTensor>)> {
+        let (nkv, g, n, hd) = q.dims4().map_err(err)?;
+        let m = k_pos.len();
+        let probe = probe_spec.last_queries.min(n);
+        let mut outs = Vec::new();
+        let mut probes = Vec::new();
+        let mut sums: Option<Tensor> = None;
+        let mut start = 0;
+        while start < n {
+            let rows = QUERY_BLOCK.min(n - start);
+            let last_pos = q_pos[start + rows - 1];
+            // Keys are in increasing position order: the block sees a prefix of them.
+            let visible = k_pos.partition_point(|&p| p <= last_pos);
+            let qb = q.narrow(2, start, rows).and_then(|t| t.reshape((nkv, g * rows, hd))).map_err(err)?;
+            let kb = keys.narrow(1, 0, visible).map_err(err)?;
+            let vb = values.narrow(1, 0, visible).map_err(err)?;
+            let mut att = qb.matmul(&kb.t().map_err(err)?).map_err(err)?;
+            let needs_mask = visible > 0 && k_pos[visible - 1] > q_pos[start];
+            if needs_mask {
+                let mask = self.mask(q_pos, k_pos)?;
+                let mb = mask.narrow(0, start, rows).and_then(|t| t.narrow(1, 0, visible)).map_err(err)?;
+                att = att
+                    .reshape((nkv, g, rows, visible))
+                    .and_then(|a| a.broadcast_add(&mb))
+                    .and_then(|a| a.reshape((nkv, g * rows, visible)))
+                    .map_err(err)?;
+            }
+            let att = candle_nn::ops::softmax_last_dim(&att).map_err(err)?;
+            if probe_spec.column_sums {
+                // Summed over rows as a product with a row of ones: a GEMM, much faster
+                // than candle's reduction over a middle dimension.
+                let ones = Tensor::ones((nkv * g, 1, rows), DType::F32, &self.device).map_err(err)?;
+                let block = att
+                    .reshape((nkv * g, rows, visible))
+                    .and_then(|a| ones.matmul(&a))
+                    .and_then(|a| if visible < m { a.pad_with_zeros(2, 0, m - visible) } else { Ok(a) })
+                    .map_err(err)?;
+                sums = Some(match sums {
+                    Some(total) => (total + block).map_err(err)?,
+                    None => block,
+                });
+            }
+            // Rows of this block among the last `probe` rows of the call.
+            let first_probe = n - probe;
+            if probe > 0 && start + rows > first_probe {
+                let from = first_probe.max(start) - start;
+                let a = att
+                    .reshape((nkv * g, rows, visible))
+                    .and_then(|a| a.narrow(1, from, rows - from))
+                    .and_then(|a| if visible < m { a.pad_with_zeros(2, 0, m - visible) } else { Ok(a) })
+                    .map_err(err)?;
+                probes.push(a);
+            }
+            let ob = att.matmul(&vb).and_then(|o| o.reshape((nkv, g, rows, hd))).map_err(err)?;
+            outs.push(ob);
+            start += rows;
+        }
+        let out = if outs.len() == 1 { outs.remove(0) } else { Tensor::cat(&outs, 2).map_err(err)? };
+        let probe = match probes.len() {
+            0 => None,
+            1 => Some(CandleTensor(probes.remove(0))),
+            _ => Some(CandleTensor(Tensor::cat(&probes, 1).map_err(err)?)),
+        };
+        let sums = sums.map(CandleTensor);
+        Ok((out, probe, sums))
+    }
+}
+
+fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    x.matmul(&w.t()?)
+}
+
+impl OpsModel {
+    pub fn embed(&self, tokens: &[u32]) -> Result<CandleTensor> {
+        let ids = Tensor::from_slice(tokens, tokens.len(), &self.device).map_err(err)?;
+        self.embed.index_select(&ids, 0).map(CandleTensor).map_err(err)
+    }
+
+    pub fn layer(
+        &self,
+        index: usize,
+        hidden: &CandleTensor,
+        positions: &[usize],
+        cache: &mut LayerCache<CandleTensor>,
+        probe: Probe,
+    ) -> Result<LayerOutput<CandleTensor>> {
+        let c = &self.config;
+        let w = self.layers.get(index).ok_or_else(|| sieve_backend::Error::Input(format!("no layer {index}")))?;
+        let x = &hidden.0;
+        let n = x.dim(0).map_err(err)?;
+        let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let g = nh / nkv;
+        let eps = c.rms_eps as f32;
+        let pos = self.positions_tensor(positions)?;
+        let cos = self.cos.index_select(&pos, 0).map_err(err)?;
+        let sin = self.sin.index_select(&pos, 0).map_err(err)?;
+
+        let h = candle_nn::ops::rms_norm(x, &w.attn_norm, eps).map_err(err)?;
+        let (mut q, mut k, mut v) = (linear(&h, &w.q), linear(&h, &w.k), linear(&h, &w.v));
+        if let Some([bq, bk, bv]) = &w.qkv_bias {
+            q = q.and_then(|q| q.broadcast_add(bq));
+            k = k.and_then(|k| k.broadcast_add(bk));
+            v = v.and_then(|v| v.broadcast_add(bv));
+        }
+        let heads = |t: candle_core::Result<Tensor>, h: usize| -> candle_core::Result<Tensor> {
+            t?.reshape((1, n, h, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let q = candle_nn::rotary_emb::rope(&heads(q, nh).map_err(err)?, &cos, &sin).map_err(err)?;
+        let k = candle_nn::rotary_emb::rope(&heads(k, nkv).map_err(err)?, &cos, &sin).map_err(err)?;
+        let v = heads(v, nkv).map_err(err)?;
+        let (k, v) = (k.squeeze(0).map_err(err)?, v.squeeze(0).map_err(err)?);
+
+        // Append to the cache: [kv, len, hd].
+        cache.append(CandleTensor(k), CandleTensor(v), positions)?;
+        let keys = cache.keys()?.map(|k| k.0).ok_or_else(|| sieve_backend::Error::Input("empty cache".into()))?;
+        let values = cache.values()?.map(|v| v.0).ok_or_else(|| sieve_backend::Error::Input("empty cache".into()))?;
+
+        // Grouped attention: the g query heads of a KV head attend together.
+        let q = q.affine(1.0 / (hd as f64).sqrt(), 0.0).and_then(|q| q.reshape((nkv, g, n, hd))).map_err(err)?;
+        let (out, attention, attention_sums) =
+            self.attention(&q, &keys, &values, positions, cache.positions(), probe)?;
+        let out = out
+            .reshape((nh, n, hd))
+            .and_then(|o| o.transpose(0, 1))
+            .and_then(|o| o.reshape((n, nh * hd)))
+            .map_err(err)?;
+        let x = (x + linear(&out, &w.o).map_err(err)?).map_err(err)?;
+
+        let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, eps).map_err(err)?;
+        let gate = candle_nn::ops::silu(&linear(&h, &w.gate).map_err(err)?).map_err(err)?;
+        let upv = linear(&h, &w.up).map_err(err)?;
+        let mlp = linear(&(gate * upv).map_err(err)?, &w.down).map_err(err)?;
+        let x = (x + mlp).map_err(err)?;
+        Ok(LayerOutput { hidden: CandleTensor(x), attention, attention_sums })
+    }
+
+    pub fn logits(&self, hidden: &CandleTensor) -> Result<CandleTensor> {
+        let h = candle_nn::ops::rms_norm(&hidden.0, &self.norm, self.config.rms_eps as f32).map_err(err)?;
+        let logits = linear(&h, &self.lm_head).map_err(err)?;
+        logits.to_dtype(DType::F32).map(CandleTensor).map_err(err)
+    }
+}
