@@ -28,6 +28,14 @@ enum Command {
     SetupLlamacpp,
     /// Build the `sieve` binary with the libtorch backend (sets up libtorch first).
     BuildTch,
+    /// sieve against llama.cpp on the same weights (prefill 512/2,048, decode at depth 0 and
+    /// 2,048, perplexity), every backend, alternating, with ratios; arguments go to the
+    /// `peers` benchmark (e.g. `--repeats 5 --json peers.json`). Sets up llama.cpp,
+    /// libtorch and ONNX Runtime first. A benchmark: run it on a quiet machine.
+    Peers {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Cross-validate the backends (candle, tch, ort) on a fixed suite; arguments go to
     /// `sieve-parity` (e.g. `--backends candle,ort`, `--json parity.json`).
     Parity {
@@ -56,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Command::SetupOrt => commands::onnxruntime::run(),
         Command::SetupLlamacpp => commands::llamacpp::run(),
         Command::BuildTch => commands::libtorch::build(),
+        Command::Peers { args } => commands::parity::peers(&args),
         Command::ScoringBench => commands::parity::scoring_bench(),
         Command::Parity { args } => commands::parity::run(&args),
         Command::Fuzz { seconds, targets } => commands::fuzz::run(seconds, &targets),

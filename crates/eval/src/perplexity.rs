@@ -162,6 +162,45 @@ pub fn streaming_perplexity<B: Backend>(
     PerplexityReport::new("streaming", &policy.name, vec![window])
 }
 
+/// Perplexity by llama.cpp's `llama-perplexity` protocol: non-overlapping chunks of `n_ctx`
+/// tokens, each prefilled unpruned from an empty cache, and only the second half of each
+/// chunk scored (token `j + 1` from the logits of position `j`, for `j` from `n_ctx / 2` to
+/// `n_ctx - 2`). Up to `chunks` chunks from the start of `tokens`.
+pub fn chunked_perplexity<B: Backend>(
+    backend: &B,
+    tokens: &[u32],
+    n_ctx: usize,
+    chunks: usize,
+) -> Result<PerplexityReport> {
+    if n_ctx < 4 || chunks == 0 {
+        return Err(Error::Invalid("chunked perplexity needs n_ctx >= 4 and at least one chunk".into()));
+    }
+    if n_ctx > backend.config().context {
+        let context = backend.config().context;
+        return Err(sieve_engine::Error::ContextOverflow { needed: n_ctx, context }.into());
+    }
+    let first = n_ctx / 2;
+    let mut out = Vec::new();
+    for c in 0..chunks.min(tokens.len() / n_ctx) {
+        let chunk = &tokens[c * n_ctx..(c + 1) * n_ctx];
+        let mut session = Session::new(backend, Policy::none())?;
+        let logits = session.prefill(chunk, Logits::All)?;
+        let mut total = 0.0;
+        for j in first..n_ctx - 1 {
+            total += nll(logits.row(j), chunk[j + 1])?;
+        }
+        out.push(WindowScore {
+            start: c * n_ctx,
+            scored: n_ctx - 1 - first,
+            nll: total,
+            kv_bytes: session.stats.kv_bytes,
+            kv_bytes_unpruned: session.stats.kv_bytes_unpruned,
+            computed: 1.0,
+        });
+    }
+    PerplexityReport::new("chunks", "none", out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

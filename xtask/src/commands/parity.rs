@@ -1,5 +1,5 @@
-//! `cargo xtask parity [ARGS]` and `cargo xtask scoring-bench`, the commands that need all
-//! three backends. `parity`: installs what the three backends need (the default model,
+//! `cargo xtask parity [ARGS]`, `cargo xtask scoring-bench` and `cargo xtask peers`, the
+//! commands that need all three backends. `parity`: installs what the three backends need (the default model,
 //! libtorch, ONNX Runtime), then runs the `sieve-parity` binary with ARGS
 //! (`--backends candle,tch,ort`, `--model M`, `--json FILE`, ...; see its `--help`).
 
@@ -21,4 +21,18 @@ pub fn scoring_bench() -> Result<()> {
     super::libtorch::setup()?;
     super::onnxruntime::setup()?;
     super::cargo(&["bench", "--locked", "-p", "sieve-benches", "--features", "tch", "--bench", "scoring"])
+}
+
+/// `cargo xtask peers`: llama.cpp, libtorch and ONNX Runtime set up, then the `peers`
+/// benchmark with all three backends and as many threads as the machine has cores.
+pub fn peers(args: &[String]) -> Result<()> {
+    let peer = super::llamacpp::setup()?;
+    super::libtorch::setup()?;
+    super::onnxruntime::setup()?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
+    let (bin, model) = (peer.bin.display().to_string(), peer.f32_model.display().to_string());
+    let mut cargo_args = vec!["run", "--release", "--locked", "-q", "-p", "sieve-benches", "--features", "tch"];
+    cargo_args.extend(["--bin", "peers", "--", "--llama-bin", &bin, "--llama-model", &model, "--threads", &threads]);
+    cargo_args.extend(args.iter().map(String::as_str));
+    super::cargo_with(&cargo_args, &[("SIEVE_THREADS", &threads)])
 }

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use super::exp::exp_shifted_sum;
 use super::gemm::{View, matmul};
 use super::pool::Pool;
+use super::scratch::zeroed;
 
 /// Query rows per task.
 const QUERY_BLOCK: usize = 64;
@@ -44,7 +45,7 @@ struct Part {
     start: usize,
     rows: usize,
     /// `[g, rows, head_dim]`.
-    out: Vec<f32>,
+    out: super::scratch::Buf,
     /// `[g, probe rows in this block, keys]`, with the first such row's index.
     probs: Vec<f32>,
     probe_from: usize,
@@ -83,16 +84,17 @@ pub fn attention(
             let rows = QUERY_BLOCK.min(n - start);
             let visible = k_pos.partition_point(|&p| p <= q_pos[start + rows - 1]);
             // A: the group's heads over the block's rows, [g * rows, hd], head-major.
-            let mut a = Vec::with_capacity(g * rows * hd);
+            let mut a = zeroed(g * rows * hd);
             for gi in 0..g {
                 let h = kv * g + gi;
                 for t in start..start + rows {
-                    a.extend_from_slice(&q[(t * s.heads + h) * hd..(t * s.heads + h + 1) * hd]);
+                    let dst = (gi * rows + t - start) * hd;
+                    a[dst..dst + hd].copy_from_slice(&q[(t * s.heads + h) * hd..(t * s.heads + h + 1) * hd]);
                 }
             }
             let base = kv * s.capacity * hd;
             let k = View::transposed(&keys[base..base + visible.max(1) * hd], hd, visible);
-            let mut scores = vec![0f32; g * rows * visible];
+            let mut scores = zeroed(g * rows * visible);
             matmul(View::rows(&a, g * rows, hd), k, &mut scores, visible, false, 1);
             let probe_from = first_probe.max(start);
             let probe_here = (start + rows).saturating_sub(probe_from);
@@ -119,7 +121,7 @@ pub fn attention(
                     }
                 }
             }
-            let mut o = vec![0f32; g * rows * hd];
+            let mut o = zeroed(g * rows * hd);
             let v = View::rows(&values[base..base + visible.max(1) * hd], visible, hd);
             matmul(View::rows(&scores, g * rows, visible), v, &mut o, hd, false, 1);
             Part { kv, start, rows, out: o, probs, probe_from, sums }

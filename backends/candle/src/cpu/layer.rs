@@ -5,9 +5,10 @@ use candle_core::{Device, Tensor};
 use sieve_backend::{Block, HostWeight, LayerCache, ModelConfig, Probe};
 
 use super::attention::{ProbeOut, Shape, attention};
-use super::exp::exp1;
+use super::exp::exp_shifted_sum;
 use super::gemm::{View, matmul};
 use super::matvec::matmul_t;
+use super::scratch::{Buf, zeroed};
 use super::weights::Matrix;
 use crate::error::Result;
 use crate::tensor::CandleTensor;
@@ -61,8 +62,8 @@ impl CpuLayer {
 }
 
 /// `y = x · Wᵀ` for `n` rows of `x`.
-pub fn project(w: &Matrix, x: &[f32], n: usize, threads: usize) -> Vec<f32> {
-    let mut y = vec![0f32; n * w.rows()];
+pub fn project(w: &Matrix, x: &[f32], n: usize, threads: usize) -> Buf {
+    let mut y = zeroed(n * w.rows());
     if n <= SMALL_BATCH {
         matmul_t(w, x, &mut y);
     } else {
@@ -74,15 +75,34 @@ pub fn project(w: &Matrix, x: &[f32], n: usize, threads: usize) -> Vec<f32> {
 }
 
 /// RMSNorm of each row of `x` (`[n, d]`) with gain `g`.
-pub fn rms_norm(x: &[f32], g: &[f32], eps: f64) -> Vec<f32> {
+pub fn rms_norm(x: &[f32], g: &[f32], eps: f64) -> Buf {
     let d = g.len();
-    let mut y = Vec::with_capacity(x.len());
-    for row in x.chunks_exact(d) {
+    let mut y = zeroed(x.len());
+    for (row, out) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
         let ss: f32 = super::simd::dot(row, row);
         let scale = (1.0 / (f64::from(ss) / d as f64 + eps).sqrt()) as f32;
-        y.extend(row.iter().zip(g).map(|(&v, &w)| v * scale * w));
+        for ((o, &v), &w) in out.iter_mut().zip(row).zip(g) {
+            *o = v * scale * w;
+        }
     }
     y
+}
+
+/// `silu(gate) * up` for rows `[gate | up]` of `gu` (`[n, 2f]`), into `[n, f]`.
+fn silu_mul(gu: &[f32], f: usize) -> Buf {
+    let n = gu.len() / (2 * f);
+    let mut act = zeroed(n * f);
+    for (row, out) in gu.chunks_exact(2 * f).zip(act.chunks_exact_mut(f)) {
+        let (gate, up) = row.split_at(f);
+        for (o, &g) in out.iter_mut().zip(gate) {
+            *o = -g;
+        }
+        exp_shifted_sum(out, 0.0);
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + *o) * u;
+        }
+    }
+    act
 }
 
 /// Rotates heads in place: half-split pairs `(i, i + hd/2)`, angles of `positions`.
@@ -145,10 +165,11 @@ pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
 
 /// `[n, kv, hd]` rows (at column `offset` of rows `stride` wide) as `[kv, n, hd]`.
 fn by_head(x: &[f32], stride: usize, offset: usize, n: usize, kv: usize, hd: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(n * kv * hd);
+    let mut out = vec![0f32; n * kv * hd];
     for h in 0..kv {
         for r in 0..n {
-            out.extend_from_slice(&x[r * stride + offset + h * hd..r * stride + offset + (h + 1) * hd]);
+            let src = r * stride + offset + h * hd;
+            out[(h * n + r) * hd..(h * n + r + 1) * hd].copy_from_slice(&x[src..src + hd]);
         }
     }
     out
@@ -167,7 +188,7 @@ impl CpuLayer {
     pub fn forward(
         &self,
         c: &ModelConfig,
-        x: &[f32],
+        x_in: &[f32],
         positions: &[usize],
         cache: &mut LayerCache<CandleTensor>,
         probe: Probe,
@@ -179,8 +200,9 @@ impl CpuLayer {
         let (q_out, kv_out) = (nh * hd, nkv * hd);
         let width = q_out + 2 * kv_out;
 
-        let h = rms_norm(x, &self.attn_norm, c.rms_eps);
+        let h = rms_norm(x_in, &self.attn_norm, c.rms_eps);
         let mut qkv = project(&self.qkv, &h, n, threads);
+        drop(h);
         if let Some(b) = &self.qkv_bias {
             for row in qkv.chunks_exact_mut(width) {
                 row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
@@ -200,15 +222,17 @@ impl CpuLayer {
 
         // Queries [n, nh, hd], scaled.
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut q = Vec::with_capacity(n * q_out);
-        for row in qkv.chunks_exact(width) {
-            q.extend(row[..q_out].iter().map(|v| v * scale));
+        let mut q = zeroed(n * q_out);
+        for (row, out) in qkv.chunks_exact(width).zip(q.chunks_exact_mut(q_out)) {
+            for (o, &v) in out.iter_mut().zip(&row[..q_out]) {
+                *o = v * scale;
+            }
         }
         let m = cache.len();
         let probe_rows = probe.last_queries.min(n);
         let mut probs = (probe_rows > 0).then(|| vec![0f32; nh * probe_rows * m]);
         let mut sums = probe.column_sums.then(|| vec![0f32; nh * m]);
-        let mut attn = vec![0f32; n * q_out];
+        let mut attn = zeroed(n * q_out);
         let shape = Shape { heads: nh, kv_heads: nkv, head_dim: hd, capacity: keys.dim(1)? };
         with_slice(&keys, |k| {
             with_slice(&values, |v| {
@@ -217,19 +241,17 @@ impl CpuLayer {
             })
         })??;
 
-        let mut x = x.to_vec();
-        let o = project(&self.o, &attn, n, threads);
-        x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        drop(q);
+        let mut x = project(&self.o, &attn, n, threads);
+        drop(attn);
+        x.iter_mut().zip(x_in).for_each(|(a, b)| *a += b);
         let h = rms_norm(&x, &self.ffn_norm, c.rms_eps);
         let gu = project(&self.gate_up, &h, n, threads);
-        let f = c.ffn;
-        let mut act = Vec::with_capacity(n * f);
-        for row in gu.chunks_exact(2 * f) {
-            let (gate, up) = row.split_at(f);
-            act.extend(gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + exp1(-g)) * u));
-        }
+        drop(h);
+        let act = silu_mul(&gu, c.ffn);
+        drop(gu);
         let mlp = project(&self.down, &act, n, threads);
-        x.iter_mut().zip(&mlp).for_each(|(a, b)| *a += b);
-        Ok(Forward { hidden: x, attention: probs.map(|p| (p, probe_rows)), sums })
+        x.iter_mut().zip(mlp.iter()).for_each(|(a, b)| *a += b);
+        Ok(Forward { hidden: x.take(), attention: probs.map(|p| (p, probe_rows)), sums })
     }
 }

@@ -17,6 +17,7 @@ pub mod gemm;
 pub mod layer;
 pub mod matvec;
 pub mod pool;
+pub mod scratch;
 pub mod simd;
 pub mod weights;
 
@@ -106,7 +107,7 @@ impl CpuModel {
         let n = x.len() / self.config.hidden;
         let h = rms_norm(&x, &self.norm, self.config.rms_eps);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        to_tensor(project(head, &h, n, threads()), &[n, self.config.vocab])
+        to_tensor(project(head, &h, n, threads()).take(), &[n, self.config.vocab])
     }
 
     /// Bytes of weights held.
