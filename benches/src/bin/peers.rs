@@ -133,7 +133,8 @@ fn llama_perplexity(a: &Args, text: &Path) -> Result<f64> {
     if !out.status.success() {
         bail!("{} failed ({}): {log}", bin.display(), out.status);
     }
-    let line = log.lines().find(|l| l.contains("Final estimate: PPL")).context("no final estimate from llama-perplexity")?;
+    let line =
+        log.lines().find(|l| l.contains("Final estimate: PPL")).context("no final estimate from llama-perplexity")?;
     let value = line.split("PPL =").nth(1).and_then(|s| s.split_whitespace().next()).context("unreadable estimate")?;
     Ok(value.parse()?)
 }
@@ -175,8 +176,16 @@ fn run(a: &Args) -> Result<()> {
             for (b, (kind, rt)) in runtimes.iter().enumerate() {
                 ours[b][i].push(sieve(rt, &tokens, point, a.generate).with_context(|| format!("{kind}: {point:?}"))?);
             }
-            let mine: Vec<String> = runtimes.iter().enumerate().map(|(b, (k, _))| format!("{k} {:.1}", ours[b][i][round])).collect();
-            eprintln!("[peers] round {}/{}: {} | llama.cpp {:.1} | {}", round + 1, a.repeats, point.label(a.generate), llama[i][round], mine.join(" | "));
+            let mine: Vec<String> =
+                runtimes.iter().enumerate().map(|(b, (k, _))| format!("{k} {:.1}", ours[b][i][round])).collect();
+            eprintln!(
+                "[peers] round {}/{}: {} | llama.cpp {:.1} | {}",
+                round + 1,
+                a.repeats,
+                point.label(a.generate),
+                llama[i][round],
+                mine.join(" | ")
+            );
         }
     }
     let mut header = "| measure | llama.cpp F32 |".to_string();
@@ -203,7 +212,10 @@ fn run(a: &Args) -> Result<()> {
     if a.ppl_chunks > 0 {
         let theirs = llama_perplexity(a, &text)?;
         let all = prompt_tokens(&model.tokenizer, &text, a.ppl_ctx * a.ppl_chunks)?;
-        let mut line = format!("\nWikiText-2 perplexity, {} chunks of {} (second halves scored): llama.cpp {theirs:.4}", a.ppl_chunks, a.ppl_ctx);
+        let mut line = format!(
+            "\nWikiText-2 perplexity, {} chunks of {} (second halves scored): llama.cpp {theirs:.4}",
+            a.ppl_chunks, a.ppl_ctx
+        );
         let mut per = serde_json::Map::new();
         for (kind, rt) in &runtimes {
             let r = sieve_eval::perplexity::chunked_perplexity(rt, &all, a.ppl_ctx, a.ppl_chunks)?;
@@ -224,7 +236,8 @@ fn run(a: &Args) -> Result<()> {
             "rows": rows,
             "perplexity": ppl,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

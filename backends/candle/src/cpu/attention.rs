@@ -95,7 +95,7 @@ pub fn attention(
             let base = kv * s.capacity * hd;
             let k = View::transposed(&keys[base..base + visible.max(1) * hd], hd, visible);
             let mut scores = zeroed(g * rows * visible);
-            matmul(View::rows(&a, g * rows, hd), k, &mut scores, visible, false, 1);
+            matmul(View::rows(&a, g * rows, hd), k, &mut scores, visible, false);
             let probe_from = first_probe.max(start);
             let probe_here = (start + rows).saturating_sub(probe_from);
             let mut probs = vec![0f32; g * probe_here * m];
@@ -123,7 +123,7 @@ pub fn attention(
             }
             let mut o = zeroed(g * rows * hd);
             let v = View::rows(&values[base..base + visible.max(1) * hd], visible, hd);
-            matmul(View::rows(&scores, g * rows, visible), v, &mut o, hd, false, 1);
+            matmul(View::rows(&scores, g * rows, visible), v, &mut o, hd, false);
             Part { kv, start, rows, out: o, probs, probe_from, sums }
         };
         *slots[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(part);

@@ -36,34 +36,48 @@ impl<'a> View<'a> {
 }
 
 /// `dst = a · b` (or `dst += a · b` with `accumulate`), `dst` row-major `[a.rows, b.cols]`
-/// with rows `dst_stride` apart; runs on `threads` threads (1 inside a parallel task).
-pub fn matmul(a: View<'_>, b: View<'_>, dst: &mut [f32], dst_stride: usize, accumulate: bool, threads: usize) {
+/// with rows `dst_stride` apart, on the calling thread.
+pub fn matmul(a: View<'_>, b: View<'_>, dst: &mut [f32], dst_stride: usize, accumulate: bool) {
+    let (m, n) = (a.rows, b.cols);
+    assert!(m == 0 || n == 0 || (m - 1) * dst_stride + n <= dst.len(), "gemm: the destination is too small");
+    // SAFETY: the destination holds every element written (checked above) and is a unique
+    // borrow, so nothing else reads or writes it meanwhile.
+    unsafe { matmul_into(a, b, dst.as_mut_ptr(), dst_stride, accumulate) }
+}
+
+/// [`matmul`] into the matrix at `dst`.
+///
+/// # Safety
+/// `dst` points to `(a.rows - 1) * dst_stride + b.cols` writable values that nothing else
+/// reads or writes during the call (other calls may use the columns in between).
+pub unsafe fn matmul_into(a: View<'_>, b: View<'_>, dst: *mut f32, dst_stride: usize, accumulate: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert!(b.rows == k, "gemm: {m}x{k} by {}x{n}", b.rows);
     assert!(a.fits() && b.fits(), "gemm: an operand overruns its slice");
-    assert!(m == 0 || n == 0 || (m - 1) * dst_stride + n <= dst.len(), "gemm: the destination is too small");
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
             for i in 0..m {
-                dst[i * dst_stride..i * dst_stride + n].fill(0.0);
+                for j in 0..n {
+                    // SAFETY: inside the destination the caller vouches for.
+                    unsafe { *dst.add(i * dst_stride + j) = 0.0 };
+                }
             }
         }
         return;
     }
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: every element the product reads or writes lies inside its slice (checked
-    // above from the shapes and strides), the destination does not alias the operands (it
-    // is a unique borrow), and `read_dst` is set only with `accumulate`, when `dst` holds
-    // the values to add to.
+    // SAFETY: every element the product reads lies inside its slice (checked above from
+    // the shapes and strides), every element it writes lies inside the destination the
+    // caller vouches for, which does not alias the operands, and `read_dst` is set only
+    // with `accumulate`, when the destination holds the values to add to.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_stride as isize,
             accumulate,
@@ -78,7 +92,7 @@ pub fn matmul(a: View<'_>, b: View<'_>, dst: &mut [f32], dst_stride: usize, accu
             false,
             false,
             false,
-            parallelism,
+            gemm::Parallelism::None,
         );
     }
 }
@@ -92,7 +106,7 @@ mod tests {
         let a: Vec<f32> = (0..6).map(|i| i as f32).collect(); // 2x3
         let w: Vec<f32> = (0..12).map(|i| (i as f32) * 0.5).collect(); // 4x3, used as 3x4
         let mut dst = vec![1.0f32; 8];
-        matmul(View::rows(&a, 2, 3), View::transposed(&w, 3, 4), &mut dst, 4, false, 1);
+        matmul(View::rows(&a, 2, 3), View::transposed(&w, 3, 4), &mut dst, 4, false);
         for i in 0..2 {
             for j in 0..4 {
                 let want: f32 = (0..3).map(|c| a[i * 3 + c] * w[j * 3 + c]).sum();
@@ -100,7 +114,7 @@ mod tests {
             }
         }
         let before = dst.clone();
-        matmul(View::rows(&a, 2, 3), View::transposed(&w, 3, 4), &mut dst, 4, true, 2);
+        matmul(View::rows(&a, 2, 3), View::transposed(&w, 3, 4), &mut dst, 4, true);
         assert!(dst.iter().zip(&before).all(|(d, b)| (d - 2.0 * b).abs() < 1e-5));
     }
 }

@@ -6,8 +6,9 @@ use sieve_backend::{Block, HostWeight, LayerCache, ModelConfig, Probe};
 
 use super::attention::{ProbeOut, Shape, attention};
 use super::exp::exp_shifted_sum;
-use super::gemm::{View, matmul};
-use super::matvec::matmul_t;
+use super::gemm::{View, matmul_into};
+use super::matvec::{Out, matmul_t};
+use super::pool::Pool;
 use super::scratch::{Buf, zeroed};
 use super::weights::Matrix;
 use crate::error::Result;
@@ -61,16 +62,30 @@ impl CpuLayer {
     }
 }
 
-/// `y = x · Wᵀ` for `n` rows of `x`.
-pub fn project(w: &Matrix, x: &[f32], n: usize, threads: usize) -> Buf {
-    let mut y = zeroed(n * w.rows());
+/// Output columns per GEMM task: a multiple of the kernel's tile width, large enough that
+/// packing the input rows once per task stays small against the product.
+const GEMM_COLUMNS: usize = 192;
+
+/// `y = x · Wᵀ` for `n` rows of `x`. Large products are split by output columns (weight
+/// rows) across the CPU pool, so that every parallel step of a layer runs on one pool.
+pub fn project(w: &Matrix, x: &[f32], n: usize) -> Buf {
+    let (rows, cols) = (w.rows(), w.cols());
+    let mut y = zeroed(n * rows);
     if n <= SMALL_BATCH {
         matmul_t(w, x, &mut y);
-    } else {
-        let mut scratch = Vec::new();
-        let all = w.all_f32(&mut scratch);
-        matmul(View::rows(x, n, w.cols()), View::transposed(all, w.cols(), w.rows()), &mut y, w.rows(), false, threads);
+        return y;
     }
+    let mut scratch = Vec::new();
+    let all = w.all_f32(&mut scratch);
+    let tasks = rows.div_ceil(GEMM_COLUMNS);
+    let out = Out::new(&mut y);
+    Pool::global().run(tasks, &|t| {
+        let (c0, c1) = (t * GEMM_COLUMNS, ((t + 1) * GEMM_COLUMNS).min(rows));
+        let part = View::transposed(&all[c0 * cols..c1 * cols], cols, c1 - c0);
+        // SAFETY: task `t` writes only columns `c0..c1` of `y` (`n` rows of `rows`), which
+        // no other task writes; `y` outlives the pool's run.
+        unsafe { matmul_into(View::rows(x, n, cols), part, out.at(c0), rows, false) };
+    });
     y
 }
 
@@ -193,7 +208,6 @@ impl CpuLayer {
         cache: &mut LayerCache<CandleTensor>,
         probe: Probe,
         tables: (&[f32], &[f32]),
-        threads: usize,
     ) -> Result<Forward> {
         let n = positions.len();
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
@@ -201,7 +215,7 @@ impl CpuLayer {
         let width = q_out + 2 * kv_out;
 
         let h = rms_norm(x_in, &self.attn_norm, c.rms_eps);
-        let mut qkv = project(&self.qkv, &h, n, threads);
+        let mut qkv = project(&self.qkv, &h, n);
         drop(h);
         if let Some(b) = &self.qkv_bias {
             for row in qkv.chunks_exact_mut(width) {
@@ -242,15 +256,15 @@ impl CpuLayer {
         })??;
 
         drop(q);
-        let mut x = project(&self.o, &attn, n, threads);
+        let mut x = project(&self.o, &attn, n);
         drop(attn);
         x.iter_mut().zip(x_in).for_each(|(a, b)| *a += b);
         let h = rms_norm(&x, &self.ffn_norm, c.rms_eps);
-        let gu = project(&self.gate_up, &h, n, threads);
+        let gu = project(&self.gate_up, &h, n);
         drop(h);
         let act = silu_mul(&gu, c.ffn);
         drop(gu);
-        let mlp = project(&self.down, &act, n, threads);
+        let mlp = project(&self.down, &act, n);
         x.iter_mut().zip(mlp.iter()).for_each(|(a, b)| *a += b);
         Ok(Forward { hidden: x.take(), attention: probs.map(|p| (p, probe_rows)), sums })
     }

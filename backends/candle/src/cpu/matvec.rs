@@ -41,6 +41,12 @@ impl Out {
         Self(y.as_mut_ptr())
     }
 
+    /// The pointer to value `i` (which the caller keeps inside the slice `new` was given).
+    #[inline]
+    pub(crate) fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+
     /// Writes `v` at `i`.
     ///
     /// # Safety

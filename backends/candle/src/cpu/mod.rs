@@ -41,10 +41,6 @@ pub struct CpuModel {
     sin: Vec<f32>,
 }
 
-fn threads() -> usize {
-    rayon::current_num_threads().max(1)
-}
-
 fn to_tensor(data: Vec<f32>, shape: &[usize]) -> Result<CandleTensor> {
     Ok(CandleTensor(Tensor::from_vec(data, shape, &Device::Cpu)?))
 }
@@ -92,7 +88,7 @@ impl CpuModel {
         let x = with_slice(&hidden.0, <[f32]>::to_vec)
             .or_else(|_| -> Result<Vec<f32>> { Ok(hidden.0.flatten_all()?.to_vec1::<f32>()?) })?;
         let tables = (self.cos.as_slice(), self.sin.as_slice());
-        let out = layer.forward(&self.config, &x, positions, cache, probe, tables, threads())?;
+        let out = layer.forward(&self.config, &x, positions, cache, probe, tables)?;
         let (n, m, nh) = (positions.len(), cache.len(), self.config.n_heads);
         Ok(LayerOutput {
             hidden: to_tensor(out.hidden, &[n, self.config.hidden])?,
@@ -107,7 +103,7 @@ impl CpuModel {
         let n = x.len() / self.config.hidden;
         let h = rms_norm(&x, &self.norm, self.config.rms_eps);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        to_tensor(project(head, &h, n, threads()).take(), &[n, self.config.vocab])
+        to_tensor(project(head, &h, n).take(), &[n, self.config.vocab])
     }
 
     /// Bytes of weights held.
