@@ -93,7 +93,7 @@ impl CandleBackend {
         let device = device.open()?;
         let path = match (kernels, &device) {
             (Kernels::Auto, Device::Cpu) => Path::Cpu(CpuModel::new(config, weights)),
-            _ => Path::Ops(OpsModel::new(config, weights, device.clone())?),
+            _ => Path::Ops(OpsModel::new(config, weights.into_f32(), device.clone())?),
         };
         Ok(Self { config: config.clone(), device, path })
     }

@@ -38,6 +38,8 @@ fn graphs(config: &ModelConfig, weights: &Weights) -> impl Iterator<Item = (Stri
 /// Writes the model's ONNX graphs (weights included) to `dir` for inspection, e.g. with
 /// Netron or `onnx.checker`; returns the files written.
 pub fn export_onnx(config: &ModelConfig, weights: &Weights, dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut decoded = None;
+    let weights = weights.as_f32(&mut decoded);
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
     for (name, graph) in graphs(config, weights) {
@@ -64,6 +66,8 @@ impl OrtBackend {
     pub fn new(config: &ModelConfig, weights: &Weights, device: OrtDevice) -> Result<Self> {
         config.validate()?;
         weights.check(config)?;
+        let mut decoded = None;
+        let weights = weights.as_f32(&mut decoded);
         crate::runtime::environment()?;
         let mut sessions = Vec::with_capacity(weights.layers.len() + 2);
         for (name, graph) in graphs(config, weights) {

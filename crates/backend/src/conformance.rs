@@ -232,6 +232,27 @@ pub fn block_options<B: Backend>(make: Make<'_, B>) -> Result<()> {
     pair.logits("options", &out, &want)
 }
 
+/// Every packed format ([`crate::quant::GgmlType`]) in one model: the backend (kernels on
+/// the blocks, or the weights decoded at load) must compute what the reference computes on
+/// the decoded `f32` values.
+pub fn packed_weights<B: Backend>(make: Make<'_, B>) -> Result<()> {
+    let config = synthetic::packed_config();
+    let weights = synthetic::packed_weights(&config, 4);
+    let reference = HostBackend::new(&config, weights.clone())?;
+    let ours = make(&config, weights);
+    let n = config.n_layers;
+    let mut pair = Pair {
+        ours,
+        reference,
+        caches: (0..n).map(|_| LayerCache::default()).collect(),
+        reference_caches: (0..n).map(|_| LayerCache::default()).collect(),
+    };
+    // Five rows take the batched path, one row the matrix x vector path.
+    pair.forward("packed", &tokens(5, 64, 9), &[0, 1, 2, 3, 4], Probe::NONE)?;
+    let (out, want) = pair.forward("packed, then a step", &[17], &[5], Probe::NONE)?;
+    pair.logits("packed", &out, &want)
+}
+
 /// Instantiates the conformance suite for a backend: one `#[test]` per case of this
 /// module, and the core's tensor cases on the backend's device. `$make` builds the backend
 /// from `(&ModelConfig, Weights)` (and may panic: it runs in tests).
@@ -245,7 +266,8 @@ pub fn block_options<B: Backend>(make: Make<'_, B>) -> Result<()> {
 macro_rules! backend_conformance {
     ($backend:ty, $make:expr) => {
         $crate::backend_conformance!(@cases $backend, $make;
-            embed, prefill, gapped_positions, decode_steps, probes, compacted_caches, long_prefill, block_options);
+            embed, prefill, gapped_positions, decode_steps, probes, compacted_caches, long_prefill, block_options,
+            packed_weights);
 
         mod tensor {
             #[allow(unused_imports)]

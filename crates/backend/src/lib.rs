@@ -19,6 +19,7 @@ pub mod config;
 pub mod conformance;
 pub mod device;
 pub mod error;
+pub mod quant;
 pub mod reference;
 pub mod synthetic;
 pub mod weights;
@@ -28,6 +29,7 @@ pub use cache::LayerCache;
 pub use config::{Architecture, Llama3RopeScaling, ModelConfig};
 pub use device::DeviceSpec;
 pub use error::{BackendFailure, Error, Result};
+pub use quant::{GgmlType, Packed};
 pub use weights::{Block, HostWeight, LayerWeights, Weights};
 
 /// The pruning core, re-exported for the conformance macros.

@@ -29,6 +29,7 @@ impl HostBackend {
     pub fn new(config: &ModelConfig, weights: Weights) -> Result<Self> {
         config.validate()?;
         weights.check(config)?;
+        let weights = weights.into_f32();
         let (cos, sin) = config.rope_tables();
         Ok(Self { config: config.clone(), weights, cos, sin })
     }

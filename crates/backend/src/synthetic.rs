@@ -4,7 +4,8 @@
 use sieve_core::rng::SplitMix64;
 
 use crate::config::{Architecture, Llama3RopeScaling, ModelConfig};
-use crate::weights::{HostWeight, LayerWeights, Weights};
+use crate::quant::{GgmlType, f32_to_f16, quantize};
+use crate::weights::{Block, HostWeight, LayerWeights, Weights};
 
 /// A tiny Llama: 2 layers, hidden 32, 4 query heads over 2 KV heads of dim 8, MLP 48,
 /// vocabulary 64, context 256.
@@ -47,12 +48,12 @@ fn matrix(rng: &mut SplitMix64, rows: usize, cols: usize) -> HostWeight {
     // that activations keep their size through the layers.
     let scale = (3.0 / cols as f32).sqrt();
     let data = (0..rows * cols).map(|_| (rng.next_f32() * 2.0 - 1.0) * scale).collect();
-    HostWeight { data, shape: vec![rows, cols] }
+    HostWeight::f32(data, vec![rows, cols])
 }
 
 fn vector(rng: &mut SplitMix64, n: usize, around: f32, spread: f32) -> HostWeight {
     let data = (0..n).map(|_| around + (rng.next_f32() * 2.0 - 1.0) * spread).collect();
-    HostWeight { data, shape: vec![n] }
+    HostWeight::f32(data, vec![n])
 }
 
 /// Deterministic random weights for `config`; the same seed gives the same weights.
@@ -63,7 +64,7 @@ pub fn weights(config: &ModelConfig, seed: u64, untied: bool) -> Weights {
     let (q_out, kv_out) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
     let embed = {
         let data = (0..c.vocab * c.hidden).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
-        HostWeight { data, shape: vec![c.vocab, c.hidden] }
+        HostWeight::f32(data, vec![c.vocab, c.hidden])
     };
     let layers = (0..c.n_layers)
         .map(|_| LayerWeights {
@@ -90,9 +91,87 @@ pub fn weights(config: &ModelConfig, seed: u64, untied: bool) -> Weights {
     Weights { embed, layers, norm, lm_head }
 }
 
+/// A model wide enough for every packed format (rows of 256 values, the K formats' block):
+/// 2 layers, hidden 256, 4 query heads over 2 KV heads of dim 64, MLP 512, vocabulary 64.
+pub fn packed_config() -> ModelConfig {
+    ModelConfig { hidden: 256, head_dim: 64, ffn: 512, ..tiny_config() }
+}
+
+/// Blocks of `dtype` for `rows` rows of `cols` values: quantized from `values` where this
+/// crate can quantize the format, otherwise random blocks with small scales (every byte
+/// pattern of the other formats decodes to a finite value once the scales are set).
+fn blocks(dtype: GgmlType, values: &[f32], rows: usize, cols: usize, rng: &mut SplitMix64) -> Vec<u8> {
+    if let Some(bytes) = quantize(dtype, values) {
+        return bytes;
+    }
+    let (len, size) = (dtype.block_len(), dtype.block_bytes());
+    let mut bytes: Vec<u8> = (0..rows * cols / len * size).map(|_| rng.next_u64() as u8).collect();
+    let scale = |rng: &mut SplitMix64, max: f32| f32_to_f16((rng.next_f32() * 0.5 + 0.5) * max).to_le_bytes();
+    for block in bytes.chunks_exact_mut(size) {
+        match dtype {
+            // d (and dmin) first: 4-bit values up to 15 times 63-step group scales.
+            GgmlType::Q4K | GgmlType::Q5K => {
+                block[0..2].copy_from_slice(&scale(rng, 0.0005));
+                block[2..4].copy_from_slice(&scale(rng, 0.0005));
+            }
+            GgmlType::Q6K => block[208..210].copy_from_slice(&scale(rng, 0.0003)),
+            GgmlType::Q5_0 => block[0..2].copy_from_slice(&scale(rng, 0.01)),
+            GgmlType::Q5_1 => {
+                block[0..2].copy_from_slice(&scale(rng, 0.01));
+                block[2..4].copy_from_slice(&scale(rng, 0.1));
+            }
+            _ => {}
+        }
+    }
+    bytes
+}
+
+/// [`weights`] for `config` (rows of a multiple of 256 values, e.g. [`packed_config`])
+/// with every matrix packed, cycling through every [`GgmlType`] across the layers'
+/// matrices, the embedding and an untied LM head: a backend runs them all on one model.
+pub fn packed_weights(config: &ModelConfig, seed: u64) -> Weights {
+    let w = weights(config, seed, true);
+    let mut rng = SplitMix64::new(seed ^ 0x9e37_79b9);
+    let mut next = 0usize;
+    let mut pack = |m: HostWeight, rng: &mut SplitMix64| {
+        let dtype = GgmlType::ALL[next % GgmlType::ALL.len()];
+        next += 1;
+        let (rows, cols) = (m.shape[0], m.shape[1]);
+        HostWeight::packed(dtype, blocks(dtype, &m.data, rows, cols, rng), m.shape)
+    };
+    let layers = w
+        .layers
+        .into_iter()
+        .map(|l| Block {
+            q: pack(l.q, &mut rng),
+            k: pack(l.k, &mut rng),
+            v: pack(l.v, &mut rng),
+            o: pack(l.o, &mut rng),
+            gate: pack(l.gate, &mut rng),
+            up: pack(l.up, &mut rng),
+            down: pack(l.down, &mut rng),
+            ..l
+        })
+        .collect();
+    Weights { embed: pack(w.embed, &mut rng), layers, norm: w.norm, lm_head: w.lm_head.map(|h| pack(h, &mut rng)) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_models_are_valid_and_finite() {
+        let config = packed_config();
+        let w = packed_weights(&config, 3);
+        w.check(&config).unwrap();
+        assert!(w.is_packed());
+        assert_eq!(w.formats().len(), GgmlType::ALL.len() + 1, "{:?}", w.formats());
+        let f = w.into_f32();
+        assert!(
+            f.layers.iter().flat_map(|l| l.tensors()).all(|t| t.data.iter().all(|v| v.is_finite() && v.abs() < 10.0))
+        );
+    }
 
     #[test]
     fn synthetic_models_are_valid_and_deterministic() {

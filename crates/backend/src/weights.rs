@@ -1,25 +1,70 @@
-//! Model weights in host memory as `f32`, in the one layout every backend receives.
+//! Model weights in host memory, in the one layout every backend receives.
 //!
 //! Matrices are `[out, in]` row-major, and the q/k projections are in the half-split
 //! rotary layout of Hugging Face checkpoints (the engine un-permutes GGUF files of the
-//! llama family once, at load), so that backends implement one rotary embedding.
+//! llama family once, at load), so that backends implement one rotary embedding. A matrix
+//! is either `f32` values or [`Packed`] blocks as its file stored them (GGUF formats,
+//! f16, bf16); a backend without kernels for a format calls [`Weights::into_f32`].
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::quant::{GgmlType, Packed, dequantize};
 
-/// A dense `f32` tensor in host memory.
+/// A tensor in host memory: `f32` values, or packed blocks.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HostWeight {
-    /// Row-major values.
+    /// Row-major values; empty when the weight is [`HostWeight::packed`].
     pub data: Vec<f32>,
     /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// The matrix as stored (`[rows, cols]` as rows of blocks), instead of `data`.
+    pub packed: Option<Packed>,
 }
 
 impl HostWeight {
+    /// An `f32` tensor.
+    pub fn f32(data: Vec<f32>, shape: Vec<usize>) -> Self {
+        Self { data, shape, packed: None }
+    }
+
+    /// A packed matrix of `shape` `[rows, cols]`.
+    pub fn packed(dtype: GgmlType, bytes: Vec<u8>, shape: Vec<usize>) -> Self {
+        Self { data: Vec::new(), shape, packed: Some(Packed { dtype, bytes }) }
+    }
+
+    /// Values per row (the last dimension).
+    pub fn cols(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.data.len() * std::mem::size_of::<f32>()
+        self.packed.as_ref().map_or(self.data.len() * std::mem::size_of::<f32>(), |p| p.bytes.len())
+    }
+
+    /// The storage format's name (`F32` or a GGUF format).
+    pub fn dtype_name(&self) -> &'static str {
+        self.packed.as_ref().map_or("F32", |p| p.dtype.name())
+    }
+
+    /// The values as `f32` (decoded when packed).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match &self.packed {
+            None => self.data.clone(),
+            Some(p) => {
+                let mut out = vec![0f32; self.shape.iter().product()];
+                dequantize(p.dtype, &p.bytes, &mut out);
+                out
+            }
+        }
+    }
+
+    /// The same tensor as `f32` values (decoded when packed).
+    pub fn into_f32(self) -> Self {
+        match self.packed {
+            None => self,
+            Some(_) => Self::f32(self.to_f32(), self.shape),
+        }
     }
 }
 
@@ -119,6 +164,52 @@ impl Weights {
             + self.layers.iter().map(layer).sum::<usize>()
     }
 
+    /// Every tensor as `f32` values: what a backend without kernels for packed formats
+    /// runs on.
+    pub fn into_f32(self) -> Self {
+        Weights {
+            embed: self.embed.into_f32(),
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| l.try_map(|w| Ok::<_, std::convert::Infallible>(w.into_f32())).unwrap_or_else(|e| match e {}))
+                .collect(),
+            norm: self.norm.into_f32(),
+            lm_head: self.lm_head.map(HostWeight::into_f32),
+        }
+    }
+
+    /// Whether any tensor is packed.
+    pub fn is_packed(&self) -> bool {
+        [&self.embed, &self.norm]
+            .into_iter()
+            .chain(self.lm_head.iter())
+            .chain(self.layers.iter().flat_map(|l| l.tensors()))
+            .any(|w| w.packed.is_some())
+    }
+
+    /// `self` as `f32` values, borrowed when nothing is packed, decoded into `slot`
+    /// otherwise (for a backend that reads the weights once while building itself).
+    pub fn as_f32<'a>(&'a self, slot: &'a mut Option<Weights>) -> &'a Weights {
+        if self.is_packed() { slot.insert(self.clone().into_f32()) } else { self }
+    }
+
+    /// The storage formats of the weights, each with its tensor count (e.g. `Q4_1 x210`).
+    pub fn formats(&self) -> Vec<(&'static str, usize)> {
+        let mut counts: Vec<(&'static str, usize)> = Vec::new();
+        let all = [&self.embed, &self.norm]
+            .into_iter()
+            .chain(self.lm_head.iter())
+            .chain(self.layers.iter().flat_map(|l| l.tensors()));
+        for w in all {
+            match counts.iter_mut().find(|(n, _)| *n == w.dtype_name()) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((w.dtype_name(), 1)),
+            }
+        }
+        counts
+    }
+
     /// The LM head matrix (the embedding when tied).
     pub fn lm_head(&self) -> &HostWeight {
         self.lm_head.as_ref().unwrap_or(&self.embed)
@@ -132,7 +223,17 @@ impl Weights {
         let (q_out, kv_out) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let check = |name: &str, w: &HostWeight, shape: &[usize]| -> Result<()> {
             let n: usize = shape.iter().product();
-            if w.shape != shape || w.data.len() != n {
+            let stored = match &w.packed {
+                None => w.data.len() == n,
+                Some(p) => {
+                    let cols = w.cols();
+                    shape.len() == 2
+                        && w.data.is_empty()
+                        && cols.is_multiple_of(p.dtype.block_len())
+                        && p.bytes.len() == shape[0] * p.dtype.row_bytes(cols)
+                }
+            };
+            if w.shape != shape || !stored {
                 return Err(Error::WeightShape {
                     name: name.into(),
                     expected: shape.to_vec(),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use sieve_backend::DeviceSpec;
+use sieve_engine::Dtype;
 use sieve_runtime::BackendKind;
 
 #[derive(Parser)]
@@ -57,9 +58,13 @@ fn backend_parser() -> impl TypedValueParser<Value = BackendKind> {
 #[derive(Args, Clone)]
 pub struct ModelArgs {
     /// A GGUF file, or a directory with config.json, safetensors and tokenizer.json.
-    /// Default: SmolLM2-135M-Instruct from the cache (`sieve fetch`).
+    /// Default: SmolLM2-135M-Instruct from the cache (fetched on first use).
     #[arg(short, long)]
     pub model: Option<PathBuf>,
+    /// How weight matrices are held: `native` (as the file stores them, e.g. Q4_1 blocks,
+    /// computed in f32 on the CPU), `f32`, `f16` or `bf16`.
+    #[arg(long, default_value = "native", value_parser = |s: &str| s.parse::<Dtype>().map_err(|e| e.to_string()))]
+    pub dtype: Dtype,
 }
 
 #[derive(Args, Clone)]

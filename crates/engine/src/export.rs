@@ -12,7 +12,7 @@ use crate::model::Model;
 use crate::weights::{HF_NAMES, HostWeight};
 
 fn bytes_of(w: &HostWeight) -> Vec<u8> {
-    w.data.iter().flat_map(|x| x.to_le_bytes()).collect()
+    w.to_f32().iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// Writes `model` into `dir` (created if needed) in the Hugging Face layout.

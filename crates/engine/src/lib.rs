@@ -34,3 +34,4 @@ pub use sampling::SamplingParams;
 pub use session::{Logits, PrefillOutput, Session};
 pub use sieve_backend::{Backend, BackendDevice, BackendTensor, LayerCache, LayerOutput, ModelConfig, Probe};
 pub use sieve_core::Policy;
+pub use weights::Dtype;

@@ -6,13 +6,15 @@ use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{Content, Value};
+use sieve_backend::quant::GgmlType;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::template::ChatTemplate;
 use crate::tokenizer::Tokenizer;
-use crate::weights::{self, HostWeight, TensorSource, Weights};
+use crate::weights::{self, Dtype, HostWeight, TensorSource, Weights};
 
 /// A loaded model: configuration, `f32` weights, tokenizer and chat template.
 #[derive(Debug)]
@@ -34,12 +36,18 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a GGUF file or a directory with `config.json`, safetensors and `tokenizer.json`.
+    /// Loads a GGUF file or a directory with `config.json`, safetensors and `tokenizer.json`,
+    /// weights as [`Dtype::default`] holds them.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with(path, Dtype::default())
+    }
+
+    /// [`Model::load`] with weights held as `dtype`.
+    pub fn load_with(path: &Path, dtype: Dtype) -> Result<Self> {
         if path.is_dir() {
-            load_hf_dir(path)
+            load_hf_dir(path, dtype)
         } else if path.is_file() {
-            load_gguf(path)
+            load_gguf(path, dtype)
         } else {
             Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such model file or directory")))
         }
@@ -64,7 +72,24 @@ impl Model {
 /// source `<memory>`. Malformed input of any kind is an error, never a panic (the `gguf`
 /// fuzz target drives this).
 pub fn load_gguf_bytes(bytes: &[u8]) -> Result<Model> {
-    load_gguf_from(Cursor::new(bytes), bytes.len() as u64, Path::new("<memory>"))
+    load_gguf_from(Cursor::new(bytes), bytes.len() as u64, Path::new("<memory>"), Dtype::default())
+}
+
+/// The packed format of a GGUF tensor type, when sieve keeps that type as blocks.
+fn packed_type(t: GgmlDType) -> Option<GgmlType> {
+    Some(match t {
+        GgmlDType::F16 => GgmlType::F16,
+        GgmlDType::BF16 => GgmlType::BF16,
+        GgmlDType::Q4_0 => GgmlType::Q4_0,
+        GgmlDType::Q4_1 => GgmlType::Q4_1,
+        GgmlDType::Q5_0 => GgmlType::Q5_0,
+        GgmlDType::Q5_1 => GgmlType::Q5_1,
+        GgmlDType::Q8_0 => GgmlType::Q8_0,
+        GgmlDType::Q4K => GgmlType::Q4K,
+        GgmlDType::Q5K => GgmlType::Q5K,
+        GgmlDType::Q6K => GgmlType::Q6K,
+        _ => return None,
+    })
 }
 
 struct GgufSource<R> {
@@ -86,20 +111,24 @@ impl<R: Read + Seek> TensorSource for GgufSource<R> {
         let shape = info.shape.dims().to_vec();
         let gguf = |source| Error::gguf(&self.path, source);
         let q = self.content.tensor(&mut self.reader, name, &Device::Cpu).map_err(gguf)?;
+        if let (Some(dtype), 2) = (packed_type(q.dtype()), shape.len()) {
+            let bytes = q.data().map_err(gguf)?.into_owned();
+            return Ok(Some(HostWeight::packed(dtype, bytes, shape)));
+        }
         let t = q.dequantize(&Device::Cpu).map_err(gguf)?;
         let data = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(gguf)?;
-        Ok(Some(HostWeight { data, shape }))
+        Ok(Some(HostWeight::f32(data, shape)))
     }
 }
 
-fn load_gguf(path: &Path) -> Result<Model> {
+fn load_gguf(path: &Path, dtype: Dtype) -> Result<Model> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = weights::file_len(path)?;
-    load_gguf_from(BufReader::new(file), len, path)
+    load_gguf_from(BufReader::new(file), len, path, dtype)
 }
 
 /// Loads a GGUF model from `reader` (a file of `len` bytes), named `path` in messages.
-fn load_gguf_from<R: Read + Seek>(mut reader: R, len: u64, path: &Path) -> Result<Model> {
+fn load_gguf_from<R: Read + Seek>(mut reader: R, len: u64, path: &Path, dtype: Dtype) -> Result<Model> {
     crate::gguf::check_header(&mut reader, len, path)?;
     reader.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
     let content = Content::read(&mut reader).map_err(|source| Error::gguf(path, source))?;
@@ -129,8 +158,8 @@ fn load_gguf_from<R: Read + Seek>(mut reader: R, len: u64, path: &Path) -> Resul
         .collect();
     tensor_summary.sort();
     let mut src = GgufSource { path: path.to_path_buf(), reader, content };
-    let weights =
-        weights::read_weights(&mut src, &weights::GGUF_NAMES, &config, weights::gguf_interleaved(config.arch))?;
+    let interleaved = weights::gguf_interleaved(config.arch);
+    let weights = weights::read_weights(&mut src, &weights::GGUF_NAMES, &config, interleaved, dtype)?;
     let parts = Parts { config, weights, tokenizer, template_source, tensor_summary };
     parts.into_model(path)
 }
@@ -255,6 +284,15 @@ impl TensorSource for SafetensorsSource {
             .map_err(|source| Error::Safetensors { path: file.clone(), source })?;
         let view = st.tensor(name).map_err(|source| Error::Safetensors { path: file.clone(), source })?;
         let raw = view.data();
+        let shape = view.shape().to_vec();
+        let half_type = match view.dtype() {
+            safetensors::Dtype::F16 => Some(GgmlType::F16),
+            safetensors::Dtype::BF16 => Some(GgmlType::BF16),
+            _ => None,
+        };
+        if let (Some(dtype), 2) = (half_type, shape.len()) {
+            return Ok(Some(HostWeight::packed(dtype, raw.to_vec(), shape)));
+        }
         let data: Vec<f32> = match view.dtype() {
             safetensors::Dtype::F32 => {
                 raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
@@ -273,7 +311,7 @@ impl TensorSource for SafetensorsSource {
                 });
             }
         };
-        Ok(Some(HostWeight { data, shape: view.shape().to_vec() }))
+        Ok(Some(HostWeight::f32(data, shape)))
     }
 }
 
@@ -285,7 +323,7 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
     serde_json::from_str(&text).map(Some).map_err(|e| Error::config(path.display().to_string(), e.to_string()))
 }
 
-fn load_hf_dir(dir: &Path) -> Result<Model> {
+fn load_hf_dir(dir: &Path, dtype: Dtype) -> Result<Model> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
     let config = crate::config::from_hf_json(&text, &config_path.display().to_string())?;
@@ -298,7 +336,7 @@ fn load_hf_dir(dir: &Path) -> Result<Model> {
     let mut tensor_summary: Vec<_> =
         src.index.keys().map(|n| (n.clone(), "safetensors".to_string(), Vec::new())).collect();
     tensor_summary.sort();
-    let weights = weights::read_weights(&mut src, &weights::HF_NAMES, &config, false)?;
+    let weights = weights::read_weights(&mut src, &weights::HF_NAMES, &config, false, dtype)?;
     let parts = Parts { config, weights, tokenizer, template_source, tensor_summary };
     parts.into_model(dir)
 }

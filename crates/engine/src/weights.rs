@@ -6,17 +6,88 @@
 //! un-permuted here, once, so that backends implement one rotary embedding.
 
 use std::path::Path;
+use std::str::FromStr;
 
+use sieve_backend::quant::{GgmlType, quantize};
 pub use sieve_backend::weights::{HostWeight, LayerWeights, Weights};
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
 
+/// How weight matrices are held once loaded. Norms and biases are always `f32`; scores,
+/// softmax and selection are computed in `f32` whatever the weights are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dtype {
+    /// As the file stores them (GGUF blocks such as Q4_1 and Q8_0, f16, bf16; `f32` for
+    /// formats sieve has no blocks for). The CPU kernels compute on the blocks, in `f32`,
+    /// so the model's numbers are those of its `f32` decoding; other backends decode them
+    /// at load.
+    #[default]
+    Native,
+    /// Decoded to `f32`.
+    F32,
+    /// Converted to IEEE half precision.
+    F16,
+    /// Converted to bfloat16.
+    BF16,
+}
+
+impl Dtype {
+    /// The name used on command lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::Native => "native",
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::BF16 => "bf16",
+        }
+    }
+}
+
+impl FromStr for Dtype {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        [Dtype::Native, Dtype::F32, Dtype::F16, Dtype::BF16]
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| Error::Invalid(format!("dtype `{s}` is not native, f32, f16 or bf16")))
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A matrix in the form `dtype` asks for: packed blocks kept (`native`), decoded
+/// (`f32`), or converted (`f16`, `bf16`). Vectors are always `f32`.
+fn convert(w: HostWeight, dtype: Dtype) -> HostWeight {
+    if w.shape.len() != 2 {
+        return w.into_f32();
+    }
+    let to = match dtype {
+        Dtype::Native => return w,
+        Dtype::F32 => return w.into_f32(),
+        Dtype::F16 => GgmlType::F16,
+        Dtype::BF16 => GgmlType::BF16,
+    };
+    if w.packed.as_ref().is_some_and(|p| p.dtype == to) {
+        return w;
+    }
+    match quantize(to, &w.to_f32()) {
+        Some(bytes) => HostWeight::packed(to, bytes, w.shape),
+        None => w.into_f32(),
+    }
+}
+
 /// Names a weight source uses for each tensor.
 pub(crate) trait TensorSource {
     /// Name of the file, for messages.
     fn source_name(&self) -> String;
-    /// Reads a tensor as `f32`, or `None` when it is absent.
+    /// Reads a tensor as stored (packed when its format has blocks in
+    /// [`sieve_backend::quant`], `f32` otherwise), or `None` when it is absent.
     fn read(&mut self, name: &str) -> Result<Option<HostWeight>>;
 }
 
@@ -72,13 +143,14 @@ pub(crate) const HF_NAMES: Naming = Naming {
     ],
 };
 
-/// Reads every weight of `config` from `src`, checking shapes. `unpermute_qk` undoes the
-/// interleaved rotary layout of llama-family GGUF files.
+/// Reads every weight of `config` from `src` in the form `dtype` asks for, checking
+/// shapes. `unpermute_qk` undoes the interleaved rotary layout of llama-family GGUF files.
 pub(crate) fn read_weights(
     src: &mut dyn TensorSource,
     names: &Naming,
     config: &ModelConfig,
     unpermute_qk: bool,
+    dtype: Dtype,
 ) -> Result<Weights> {
     let c = config;
     let (q_out, kv_out) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
@@ -87,7 +159,7 @@ pub(crate) fn read_weights(
             .read(name)?
             .ok_or_else(|| Error::MissingTensor { source_name: src.source_name(), name: name.into() })?;
         check_shape(&src.source_name(), name, &w, shape)?;
-        Ok(w)
+        Ok(convert(w, dtype))
     };
     let embed = get(names.embed, &[c.vocab, c.hidden])?;
     let norm = get(names.norm, &[c.hidden])?;
@@ -127,7 +199,7 @@ pub(crate) fn read_weights(
     let lm_head = match src.read(names.lm_head)? {
         Some(w) => {
             check_shape(&src.source_name(), names.lm_head, &w, &[c.vocab, c.hidden])?;
-            Some(w)
+            Some(convert(w, dtype))
         }
         None => None,
     };
@@ -135,7 +207,7 @@ pub(crate) fn read_weights(
 }
 
 fn empty() -> HostWeight {
-    HostWeight { data: Vec::new(), shape: vec![0] }
+    HostWeight::f32(Vec::new(), vec![0])
 }
 
 fn check_shape(source: &str, name: &str, w: &HostWeight, expected: &[usize]) -> Result<()> {
@@ -151,21 +223,31 @@ fn check_shape(source: &str, name: &str, w: &HostWeight, expected: &[usize]) -> 
 }
 
 /// Rows of a q/k projection (or bias) from the interleaved rotary layout (pairs `2i, 2i+1`)
-/// to the half-split one (pairs `i, i + head_dim/2`), head by head.
+/// to the half-split one (pairs `i, i + head_dim/2`), head by head; packed rows move as
+/// whole rows of blocks.
 pub fn unpermute_rows(w: HostWeight, heads: usize, head_dim: usize) -> HostWeight {
-    let cols = if w.shape.len() == 2 { w.shape[1] } else { 1 };
-    let half = head_dim / 2;
-    let mut data = vec![0.0f32; w.data.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = (h * head_dim + 2 * i + j) * cols;
-                let dst = (h * head_dim + j * half + i) * cols;
-                data[dst..dst + cols].copy_from_slice(&w.data[src..src + cols]);
+    fn permute<T: Copy + Default>(v: &[T], row: usize, heads: usize, head_dim: usize) -> Vec<T> {
+        let half = head_dim / 2;
+        let mut out = vec![T::default(); v.len()];
+        for h in 0..heads {
+            for i in 0..half {
+                for j in 0..2 {
+                    let src = (h * head_dim + 2 * i + j) * row;
+                    let dst = (h * head_dim + j * half + i) * row;
+                    out[dst..dst + row].copy_from_slice(&v[src..src + row]);
+                }
             }
         }
+        out
     }
-    HostWeight { data, shape: w.shape }
+    let cols = if w.shape.len() == 2 { w.shape[1] } else { 1 };
+    match &w.packed {
+        Some(p) => {
+            let bytes = permute(&p.bytes, p.dtype.row_bytes(cols), heads, head_dim);
+            HostWeight::packed(p.dtype, bytes, w.shape)
+        }
+        None => HostWeight::f32(permute(&w.data, cols, heads, head_dim), w.shape),
+    }
 }
 
 /// Whether a checkpoint of this architecture in GGUF stores q/k interleaved.
@@ -185,7 +267,7 @@ mod tests {
     #[test]
     fn unpermute_moves_pairs_to_halves() {
         // one head of dim 4, one column: interleaved rows [a0, b0, a1, b1] -> [a0, a1, b0, b1]
-        let w = HostWeight { data: vec![0., 1., 2., 3.], shape: vec![4, 1] };
+        let w = HostWeight::f32(vec![0., 1., 2., 3.], vec![4, 1]);
         assert_eq!(unpermute_rows(w, 1, 4).data, vec![0., 2., 1., 3.]);
     }
 }

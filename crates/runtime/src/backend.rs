@@ -57,7 +57,8 @@ impl Runtime {
 
     #[cfg(feature = "tch")]
     fn tch(device: DeviceSpec, config: &ModelConfig, weights: Weights) -> Result<Self> {
-        Ok(Runtime::Tch(sieve_tch::TchBackend::new(config, &weights, sieve_tch::device(device))?))
+        // libtorch computes in f32: packed weights are decoded once, here.
+        Ok(Runtime::Tch(sieve_tch::TchBackend::new(config, &weights.into_f32(), sieve_tch::device(device))?))
     }
 
     #[cfg(not(feature = "tch"))]
@@ -68,7 +69,8 @@ impl Runtime {
     #[cfg(feature = "ort")]
     fn ort(device: DeviceSpec, config: &ModelConfig, weights: Weights) -> Result<Self> {
         sieve_ort::load(&sieve_fetch::onnxruntime::library_path())?;
-        Ok(Runtime::Ort(sieve_ort::OrtBackend::new(config, &weights, device.into())?))
+        // The layer graphs hold f32 initializers: packed weights are decoded once, here.
+        Ok(Runtime::Ort(sieve_ort::OrtBackend::new(config, &weights.into_f32(), device.into())?))
     }
 
     #[cfg(not(feature = "ort"))]

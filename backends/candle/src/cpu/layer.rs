@@ -7,10 +7,10 @@ use sieve_backend::{Block, HostWeight, LayerCache, ModelConfig, Probe};
 use super::attention::{ProbeOut, Shape, attention};
 use super::exp::exp_shifted_sum;
 use super::gemm::{View, matmul_into};
-use super::matvec::{Out, matmul_t};
+use super::matvec::{Out, matmul_t_at};
 use super::pool::Pool;
 use super::scratch::{Buf, zeroed};
-use super::weights::Matrix;
+use super::weights::{Fused, Matrix};
 use crate::error::Result;
 use crate::tensor::CandleTensor;
 
@@ -26,31 +26,30 @@ pub const CACHE_HEADROOM: usize = 256;
 pub struct CpuLayer {
     attn_norm: Vec<f32>,
     ffn_norm: Vec<f32>,
-    /// q, k and v stacked: `[q_out + 2 kv_out, hidden]`.
-    qkv: Matrix,
+    /// q, k and v side by side: `[q_out + 2 kv_out, hidden]`.
+    qkv: Fused,
     qkv_bias: Option<Vec<f32>>,
     o: Matrix,
-    /// gate and up stacked: `[2 ffn, hidden]`.
-    gate_up: Matrix,
+    /// gate and up side by side: `[2 ffn, hidden]`.
+    gate_up: Fused,
     down: Matrix,
 }
 
 fn matrix(w: HostWeight) -> Matrix {
-    let (rows, cols) = (w.shape[0], w.shape.get(1).copied().unwrap_or(1));
-    Matrix::f32(w.data, rows, cols)
+    Matrix::from_weight(w)
 }
 
 impl CpuLayer {
     /// Fuses one layer's host weights.
     pub fn new(w: Block<HostWeight>) -> Self {
-        let qkv_bias = w.qkv_bias.map(|[bq, bk, bv]| [bq.data, bk.data, bv.data].concat());
+        let qkv_bias = w.qkv_bias.map(|[bq, bk, bv]| [bq.to_f32(), bk.to_f32(), bv.to_f32()].concat());
         Self {
-            attn_norm: w.attn_norm.data,
-            ffn_norm: w.ffn_norm.data,
-            qkv: Matrix::stack(&[matrix(w.q), matrix(w.k), matrix(w.v)]),
+            attn_norm: w.attn_norm.to_f32(),
+            ffn_norm: w.ffn_norm.to_f32(),
+            qkv: Fused::new(vec![matrix(w.q), matrix(w.k), matrix(w.v)]),
             qkv_bias,
             o: matrix(w.o),
-            gate_up: Matrix::stack(&[matrix(w.gate), matrix(w.up)]),
+            gate_up: Fused::new(vec![matrix(w.gate), matrix(w.up)]),
             down: matrix(w.down),
         }
     }
@@ -58,7 +57,10 @@ impl CpuLayer {
     /// Bytes of weights held.
     pub fn bytes(&self) -> usize {
         4 * (self.attn_norm.len() + self.ffn_norm.len() + self.qkv_bias.as_ref().map_or(0, Vec::len))
-            + [&self.qkv, &self.o, &self.gate_up, &self.down].iter().map(|m| m.bytes()).sum::<usize>()
+            + self.qkv.bytes()
+            + self.o.bytes()
+            + self.gate_up.bytes()
+            + self.down.bytes()
     }
 }
 
@@ -66,25 +68,40 @@ impl CpuLayer {
 /// packing the input rows once per task stays small against the product.
 const GEMM_COLUMNS: usize = 192;
 
-/// `y = x · Wᵀ` for `n` rows of `x`. Large products are split by output columns (weight
-/// rows) across the CPU pool, so that every parallel step of a layer runs on one pool.
-pub fn project(w: &Matrix, x: &[f32], n: usize) -> Buf {
-    let (rows, cols) = (w.rows(), w.cols());
-    let mut y = zeroed(n * rows);
+/// `y = x · [W₁; W₂; ...]ᵀ` for `n` rows of `x`: the outputs of `parts` side by side.
+/// Large products are split by output columns (weight rows) across the CPU pool, each task
+/// decoding its own rows of a packed matrix, so that every parallel step of a layer runs on
+/// one pool and a packed matrix is never held decoded whole.
+pub fn project(parts: &[Matrix], x: &[f32], n: usize) -> Buf {
+    let total: usize = parts.iter().map(Matrix::rows).sum();
+    let cols = parts[0].cols();
+    let mut y = zeroed(n * total);
+    let out = Out::new(&mut y);
     if n <= SMALL_BATCH {
-        matmul_t(w, x, &mut y);
+        let mut offset = 0;
+        for m in parts {
+            matmul_t_at(m, x, out, total, offset);
+            offset += m.rows();
+        }
         return y;
     }
-    let mut scratch = Vec::new();
-    let all = w.all_f32(&mut scratch);
-    let tasks = rows.div_ceil(GEMM_COLUMNS);
-    let out = Out::new(&mut y);
-    Pool::global().run(tasks, &|t| {
-        let (c0, c1) = (t * GEMM_COLUMNS, ((t + 1) * GEMM_COLUMNS).min(rows));
-        let part = View::transposed(&all[c0 * cols..c1 * cols], cols, c1 - c0);
-        // SAFETY: task `t` writes only columns `c0..c1` of `y` (`n` rows of `rows`), which
-        // no other task writes; `y` outlives the pool's run.
-        unsafe { matmul_into(View::rows(x, n, cols), part, out.at(c0), rows, false) };
+    // (part, first row, end row, column of the output)
+    let mut tasks = Vec::new();
+    let mut offset = 0;
+    for (p, m) in parts.iter().enumerate() {
+        for c0 in (0..m.rows()).step_by(GEMM_COLUMNS) {
+            tasks.push((p, c0, (c0 + GEMM_COLUMNS).min(m.rows()), offset + c0));
+        }
+        offset += m.rows();
+    }
+    Pool::global().run(tasks.len(), &|t| {
+        let (p, c0, c1, at) = tasks[t];
+        let mut scratch = Vec::new();
+        let w = parts[p].rows_f32(c0, c1 - c0, &mut scratch);
+        let wt = View::transposed(w, cols, c1 - c0);
+        // SAFETY: task `t` writes only columns `at..at + c1 - c0` of `y` (`n` rows of
+        // `total`), which no other task writes; `y` outlives the pool's run.
+        unsafe { matmul_into(View::rows(x, n, cols), wt, out.at(at), total, false) };
     });
     y
 }
@@ -215,7 +232,7 @@ impl CpuLayer {
         let width = q_out + 2 * kv_out;
 
         let h = rms_norm(x_in, &self.attn_norm, c.rms_eps);
-        let mut qkv = project(&self.qkv, &h, n);
+        let mut qkv = project(self.qkv.parts(), &h, n);
         drop(h);
         if let Some(b) = &self.qkv_bias {
             for row in qkv.chunks_exact_mut(width) {
@@ -256,15 +273,15 @@ impl CpuLayer {
         })??;
 
         drop(q);
-        let mut x = project(&self.o, &attn, n);
+        let mut x = project(std::slice::from_ref(&self.o), &attn, n);
         drop(attn);
         x.iter_mut().zip(x_in).for_each(|(a, b)| *a += b);
         let h = rms_norm(&x, &self.ffn_norm, c.rms_eps);
-        let gu = project(&self.gate_up, &h, n);
+        let gu = project(self.gate_up.parts(), &h, n);
         drop(h);
         let act = silu_mul(&gu, c.ffn);
         drop(gu);
-        let mlp = project(&self.down, &act, n);
+        let mlp = project(std::slice::from_ref(&self.down), &act, n);
         x.iter_mut().zip(mlp.iter()).for_each(|(a, b)| *a += b);
         Ok(Forward { hidden: x.take(), attention: probs.map(|p| (p, probe_rows)), sums })
     }

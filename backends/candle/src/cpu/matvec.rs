@@ -4,6 +4,7 @@
 //! the weights, and this reads them at the memory's pace.
 
 use super::pool::Pool;
+use super::qdot;
 use super::simd::dot4;
 use super::weights::Matrix;
 
@@ -60,23 +61,46 @@ impl Out {
 
 /// `y[t, r] = x[t, :] · w[r, :]` for `n = x.len() / cols` rows of `x`; `y` is `[n, rows]`.
 pub fn matmul_t(w: &Matrix, x: &[f32], y: &mut [f32]) {
+    let n = x.len() / w.cols();
+    assert!(y.len() == n * w.rows(), "matmul_t: {n} rows into {}", y.len());
+    matmul_t_at(w, x, Out::new(y), w.rows(), 0);
+}
+
+/// [`matmul_t`] into columns `offset..offset + w.rows()` of an output whose rows are
+/// `stride` wide (one part of a [`super::weights::Fused`] projection).
+pub(crate) fn matmul_t_at(w: &Matrix, x: &[f32], out: Out, stride: usize, offset: usize) {
     let (rows, cols) = (w.rows(), w.cols());
     let n = x.len() / cols;
-    assert!(x.len() == n * cols && y.len() == n * rows, "matmul_t: {n} x {cols} by {rows} x {cols} into {}", y.len());
-    let out = Out::new(y);
+    assert!(x.len() == n * cols, "matmul_t: {} values are not rows of {cols}", x.len());
+    let packed = w.dtype().filter(|&d| qdot::supported(d));
+    let sums: Vec<Vec<f32>> = match packed {
+        Some(_) => (0..n).map(|t| qdot::block_sums(&x[t * cols..(t + 1) * cols])).collect(),
+        None => Vec::new(),
+    };
     par_rows(rows, |start, end| {
         let mut scratch = Vec::new();
         let mut r = start;
         while r < end {
             let take = (end - r).min(4);
-            let block = w.rows_f32(r, take, &mut scratch);
-            let row = |i: usize| &block[i.min(take - 1) * cols..(i.min(take - 1) + 1) * cols];
+            let clamp = |i: usize| i.min(take - 1);
+            let kernel = packed.zip(w.packed_rows(r, take)).map(|(d, (p, bytes))| (d, p.dtype.row_bytes(cols), bytes));
+            let block = if kernel.is_none() { w.rows_f32(r, take, &mut scratch) } else { &[][..] };
             for t in 0..n {
-                let d = dot4([row(0), row(1), row(2), row(3)], &x[t * cols..(t + 1) * cols]);
+                let xt = &x[t * cols..(t + 1) * cols];
+                let d = match kernel {
+                    Some((dtype, rb, bytes)) => {
+                        let row = |i: usize| &bytes[clamp(i) * rb..(clamp(i) + 1) * rb];
+                        qdot::dot4(dtype, [row(0), row(1), row(2), row(3)], xt, &sums[t])
+                    }
+                    None => {
+                        let row = |i: usize| &block[clamp(i) * cols..(clamp(i) + 1) * cols];
+                        dot4([row(0), row(1), row(2), row(3)], xt)
+                    }
+                };
                 for (i, &v) in d.iter().enumerate().take(take) {
-                    // SAFETY: `t < n` and `r + i < end <= rows`, inside `y`; this task alone
-                    // owns rows `start..end`.
-                    unsafe { out.set(t * rows + r + i, v) };
+                    // SAFETY: `t < n` and `offset + r + i < offset + rows <= stride`, inside
+                    // the output the caller gave; this task alone owns rows `start..end`.
+                    unsafe { out.set(t * stride + offset + r + i, v) };
                 }
             }
             r += take;

@@ -17,6 +17,7 @@ pub mod gemm;
 pub mod layer;
 pub mod matvec;
 pub mod pool;
+pub mod qdot;
 pub mod scratch;
 pub mod simd;
 pub mod weights;
@@ -49,15 +50,11 @@ impl CpuModel {
     /// Takes the (checked) weights over.
     pub fn new(config: &ModelConfig, weights: Weights) -> Self {
         let (cos, sin) = config.rope_tables();
-        let matrix = |w: sieve_backend::HostWeight| {
-            let (rows, cols) = (w.shape[0], w.shape[1]);
-            Matrix::f32(w.data, rows, cols)
-        };
         Self {
             config: config.clone(),
-            embed: matrix(weights.embed),
-            lm_head: weights.lm_head.map(matrix),
-            norm: weights.norm.data,
+            embed: Matrix::from_weight(weights.embed),
+            lm_head: weights.lm_head.map(Matrix::from_weight),
+            norm: weights.norm.to_f32(),
             layers: weights.layers.into_iter().map(CpuLayer::new).collect(),
             cos,
             sin,
@@ -103,7 +100,7 @@ impl CpuModel {
         let n = x.len() / self.config.hidden;
         let h = rms_norm(&x, &self.norm, self.config.rms_eps);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        to_tensor(project(head, &h, n).take(), &[n, self.config.vocab])
+        to_tensor(project(std::slice::from_ref(head), &h, n).take(), &[n, self.config.vocab])
     }
 
     /// Bytes of weights held.

@@ -35,7 +35,7 @@ pub fn load_model(args: &ModelArgs) -> Result<Model> {
             }
         },
     };
-    Model::load(&path).with_context(|| format!("loading model {}", path.display()))
+    Model::load_with(&path, args.dtype).with_context(|| format!("loading model {}", path.display()))
 }
 
 /// The backend `--backend` and `--device` ask for, on `model`'s weights (moved into the
