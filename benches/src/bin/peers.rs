@@ -1,12 +1,14 @@
-//! sieve against llama.cpp on the same weights, the same machine and threads, in one run:
-//! prompt processing of 512 and 2,048 tokens, decoding 64 tokens after an empty cache and
-//! after 2,048 tokens, on every sieve backend, each point measured alternately (llama.cpp,
-//! then each sieve backend) so that a change in the machine's load hits both sides; then
-//! WikiText-2 perplexity by `llama-perplexity`'s protocol on both. Prints sieve/llama.cpp
-//! ratios (above 1: sieve is faster).
+//! sieve against llama.cpp on the same model, machine and threads, in one run: prompt
+//! processing of 512 and 2,048 tokens, decoding 64 tokens after an empty cache and after
+//! 2,048 tokens. llama.cpp runs the exact F32 copy of the default model and the file as
+//! shipped (Q4_1); sieve runs each backend with f32 weights, candle with the weights as
+//! stored (`native`), and candle native with a pruning policy. Every point is measured
+//! alternately (each llama.cpp model, then each sieve configuration), so that a change in
+//! the machine's load hits every side. Then WikiText-2 perplexity by `llama-perplexity`'s
+//! protocol on both, and the compressed-context perplexity the policy costs. Prints
+//! tokens per second and ratios (above 1: sieve is faster).
 //!
-//! `cargo xtask peers` builds llama.cpp and the F32 copy of the model first
-//! (`cargo xtask setup-llamacpp`) and runs this with every backend.
+//! `cargo xtask peers` builds llama.cpp and the F32 copy first and runs this.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -16,18 +18,22 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::json;
 use sieve_backend::DeviceSpec;
-use sieve_benches::{default_model, median, prompt_tokens, wikitext_path};
+use sieve_benches::{default_model, median, prompt_tokens, wikitext_path, workspace_dir};
 use sieve_engine::sampling::argmax;
-use sieve_engine::{Logits, Model, Policy, Session};
+use sieve_engine::{Dtype, Logits, Model, Policy, Session};
 use sieve_runtime::{BackendKind, Runtime};
 
 /// sieve against llama.cpp (prefill, decode, perplexity), ratios from one run.
 #[derive(Debug, Parser)]
 #[command(name = "peers")]
 struct Args {
-    /// sieve backends to measure.
+    /// sieve backends measured with f32 weights.
     #[arg(long, value_delimiter = ',', default_value = "candle,ort,tch")]
     backends: Vec<BackendKind>,
+    /// The policy of the pruned configuration (candle, native weights): a preset name in
+    /// configs/, a path, `NAME@K`.
+    #[arg(long, default_value = "lazy-prefill@0.5")]
+    policy: String,
     /// Rounds; every point is measured once per round on each side, medians reported.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -40,16 +46,17 @@ struct Args {
     /// Tokens generated per decode point.
     #[arg(long, default_value_t = 64)]
     generate: usize,
-    /// Threads on both sides (sieve reads `SIEVE_THREADS`, set it to the same number).
+    /// Threads on both sides (sieve reads `SIEVE_THREADS`, which must say the same).
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// The folder with `llama-bench` and `llama-perplexity`.
     #[arg(long)]
     llama_bin: PathBuf,
-    /// The GGUF llama.cpp runs (the exact F32 copy of the default model).
+    /// The exact F32 copy of the model, for llama.cpp.
     #[arg(long)]
     llama_model: PathBuf,
-    /// The model sieve runs. Default: the default model, dequantized to f32 at load.
+    /// The model sieve runs, which llama.cpp also runs as shipped. Default: the default
+    /// model.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Chunks of the perplexity comparison (0 skips it).
@@ -58,6 +65,9 @@ struct Args {
     /// Context of each perplexity chunk.
     #[arg(long, default_value_t = 512)]
     ppl_ctx: usize,
+    /// Windows (2,048 context + 128 scored) of the policy's compressed-context perplexity.
+    #[arg(long, default_value_t = 2)]
+    policy_windows: usize,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -72,33 +82,64 @@ enum Point {
 impl Point {
     fn label(self, generate: usize) -> String {
         match self {
-            Point::Prefill(n) => format!("prefill {n} tokens, tok/s"),
-            Point::Decode(0) => format!("decode {generate} tokens, empty cache, tok/s"),
-            Point::Decode(d) => format!("decode {generate} tokens after {d}, tok/s"),
+            Point::Prefill(n) => format!("prefill {n} tokens"),
+            Point::Decode(0) => format!("decode {generate} tokens, empty cache"),
+            Point::Decode(d) => format!("decode {generate} tokens after {d}"),
         }
     }
 }
 
-/// One `llama-bench` run of `point`, tokens per second.
-fn llama_bench(a: &Args, point: Point) -> Result<f64> {
+/// A llama.cpp model: its label and file.
+struct Peer {
+    label: String,
+    model: PathBuf,
+}
+
+/// A sieve configuration: a backend on weights of one dtype, with a policy.
+struct Contestant {
+    label: String,
+    runtime: Runtime,
+    policy: Policy,
+}
+
+/// One `llama-bench` run of `point`, tokens per second, and whether llama.cpp repacked the
+/// weights. Repacking (llama.cpp's re-layout of quantized weights at load, on by default)
+/// is tried first; b11434 crashes with it on this Q4_1 file at prompt processing, and then
+/// the point runs without it.
+fn llama_bench(a: &Args, model: &Path, point: Point) -> Result<(f64, bool)> {
+    match llama_bench_with(a, model, point, true) {
+        Ok(v) => Ok((v, true)),
+        Err(_) => Ok((llama_bench_with(a, model, point, false)?, false)),
+    }
+}
+
+fn llama_bench_with(a: &Args, model: &Path, point: Point, repack: bool) -> Result<f64> {
     let bin = a.llama_bin.join("llama-bench");
     let mut cmd = Command::new(&bin);
-    cmd.arg("-m").arg(&a.llama_model).args(["-t", &a.threads.to_string(), "-r", "1", "-o", "json"]);
+    let repack = if repack { "1" } else { "0" };
+    cmd.arg("-m").arg(model).args(["-t", &a.threads.to_string(), "-r", "1", "-o", "json", "--repack", repack]);
     match point {
         Point::Prefill(n) => cmd.args(["-p", &n.to_string(), "-n", "0"]),
         Point::Decode(d) => cmd.args(["-p", "0", "-n", &a.generate.to_string(), "-d", &d.to_string()]),
     };
     let out = cmd.output().with_context(|| format!("running {}", bin.display()))?;
     if !out.status.success() {
-        bail!("{} failed ({}): {}", bin.display(), out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{} on {} failed ({}): {}",
+            bin.display(),
+            model.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("reading llama-bench's JSON")?;
     v.get(0).and_then(|r| r["avg_ts"].as_f64()).context("llama-bench printed no result")
 }
 
-/// One sieve measurement of `point` on `rt`, tokens per second.
-fn sieve(rt: &Runtime, tokens: &[u32], point: Point, generate: usize) -> Result<f64> {
-    let mut session = Session::new(rt, Policy::none())?;
+/// One sieve measurement of `point`, tokens per second: the prefill (with the policy's
+/// pruning) until the logits of the last token, or `generate` decode steps after a prefill.
+fn sieve(c: &Contestant, tokens: &[u32], point: Point, generate: usize) -> Result<f64> {
+    let mut session = Session::new(&c.runtime, c.policy.clone())?;
     match point {
         Point::Prefill(n) => {
             let start = Instant::now();
@@ -139,6 +180,32 @@ fn llama_perplexity(a: &Args, text: &Path) -> Result<f64> {
     Ok(value.parse()?)
 }
 
+fn contestants(a: &Args, path: &Path, tokens: &[u32]) -> Result<Vec<Contestant>> {
+    let mut out = Vec::new();
+    let f32_model = Model::load_with(path, Dtype::F32)?;
+    for &kind in &a.backends {
+        if !kind.compiled() {
+            eprintln!("[peers] skipped {kind}: not compiled in (cargo xtask peers builds every backend)");
+            continue;
+        }
+        let runtime = Runtime::load(kind, DeviceSpec::Cpu, &f32_model.config, f32_model.weights.clone())
+            .with_context(|| format!("loading backend {kind}"))?;
+        out.push(Contestant { label: format!("sieve {kind} f32"), runtime, policy: Policy::none() });
+    }
+    drop(f32_model);
+    let policy = sieve_core::preset::resolve(&a.policy, &workspace_dir().join("configs"))?;
+    for policy in [Policy::none(), policy] {
+        let native = Model::load_with(path, Dtype::Native)?;
+        let runtime = Runtime::load(BackendKind::Candle, DeviceSpec::Cpu, &native.config, native.weights)?;
+        let suffix = if policy.is_none() { String::new() } else { format!(" + {}", policy.name) };
+        out.push(Contestant { label: format!("sieve candle native{suffix}"), runtime, policy });
+    }
+    for c in &out {
+        sieve(c, tokens, Point::Prefill(64), 1)?; // warm-up
+    }
+    Ok(out)
+}
+
 fn ratio(ours: f64, theirs: f64) -> String {
     if theirs > 0.0 { format!("{:.2}x", ours / theirs) } else { "-".into() }
 }
@@ -154,88 +221,128 @@ fn run(a: &Args) -> Result<()> {
     let model = Model::load(&model_path).with_context(|| format!("loading {}", model_path.display()))?;
     let longest = a.prompts.iter().chain(&a.depths).copied().max().unwrap_or(1).max(1);
     let text = wikitext_path();
-    let tokens = prompt_tokens(&model.tokenizer, &text, longest)?;
-    let mut runtimes = Vec::new();
-    for &kind in &a.backends {
-        if !kind.compiled() {
-            eprintln!("[peers] skipped {kind}: not compiled in (cargo xtask peers builds every backend)");
-            continue;
-        }
-        let rt = Runtime::load(kind, DeviceSpec::Cpu, &model.config, model.weights.clone())
-            .with_context(|| format!("loading backend {kind}"))?;
-        sieve(&rt, &tokens, Point::Prefill(64), 1)?; // warm-up
-        runtimes.push((kind, rt));
-    }
+    let tokens = prompt_tokens(&model.tokenizer, &text, longest.max(2048 + 128))?;
+    let peers = [
+        Peer { label: "llama.cpp F32".into(), model: a.llama_model.clone() },
+        Peer { label: "llama.cpp as shipped".into(), model: model_path.clone() },
+    ];
+    let sides = contestants(a, &model_path, &tokens)?;
     let points: Vec<Point> =
         a.prompts.iter().map(|&n| Point::Prefill(n)).chain(a.depths.iter().map(|&d| Point::Decode(d))).collect();
-    let mut llama: Vec<Vec<f64>> = vec![Vec::new(); points.len()];
-    let mut ours: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); points.len()]; runtimes.len()];
+    let mut theirs: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); points.len()]; peers.len()];
+    let mut unpacked: Vec<String> = Vec::new();
+    let mut ours: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); points.len()]; sides.len()];
     for round in 0..a.repeats {
         for (i, &point) in points.iter().enumerate() {
-            llama[i].push(llama_bench(a, point)?);
-            for (b, (kind, rt)) in runtimes.iter().enumerate() {
-                ours[b][i].push(sieve(rt, &tokens, point, a.generate).with_context(|| format!("{kind}: {point:?}"))?);
+            let mut line = Vec::new();
+            for (p, peer) in peers.iter().enumerate() {
+                let (v, repacked) = llama_bench(a, &peer.model, point).with_context(|| peer.label.clone())?;
+                if !repacked {
+                    let note = format!("{}, {}", peer.label, point.label(a.generate));
+                    if !unpacked.contains(&note) {
+                        unpacked.push(note);
+                    }
+                }
+                theirs[p][i].push(v);
+                line.push(format!("{} {v:.1}", peer.label));
             }
-            let mine: Vec<String> =
-                runtimes.iter().enumerate().map(|(b, (k, _))| format!("{k} {:.1}", ours[b][i][round])).collect();
-            eprintln!(
-                "[peers] round {}/{}: {} | llama.cpp {:.1} | {}",
-                round + 1,
-                a.repeats,
-                point.label(a.generate),
-                llama[i][round],
-                mine.join(" | ")
-            );
+            for (s, side) in sides.iter().enumerate() {
+                ours[s][i].push(
+                    sieve(side, &tokens, point, a.generate).with_context(|| format!("{}: {point:?}", side.label))?,
+                );
+                line.push(format!("{} {:.1}", side.label, ours[s][i][round]));
+            }
+            eprintln!("[peers] round {}/{}: {} | {}", round + 1, a.repeats, point.label(a.generate), line.join(" | "));
         }
     }
-    let mut header = "| measure | llama.cpp F32 |".to_string();
-    let mut rule = "|---|---:|".to_string();
-    for (kind, _) in &runtimes {
-        header.push_str(&format!(" sieve {kind} | {kind} / llama.cpp |"));
+    println!(
+        "\nTokens per second, median of {} alternating rounds, {} threads; sieve's ratio to llama.cpp F32 and to llama.cpp on the file as shipped:\n",
+        a.repeats, a.threads
+    );
+    let mut header = "| measure |".to_string();
+    let mut rule = "|---|".to_string();
+    for peer in &peers {
+        header.push_str(&format!(" {} |", peer.label));
+        rule.push_str("---:|");
+    }
+    for side in &sides {
+        header.push_str(&format!(" {} | vs F32 / as shipped |", side.label));
         rule.push_str("---:|---:|");
     }
-    println!("\n{header}\n{rule}");
+    println!("{header}\n{rule}");
     let mut rows = Vec::new();
     for (i, &point) in points.iter().enumerate() {
-        let theirs = median(&llama[i]);
-        let mut line = format!("| {} | {theirs:.1} |", point.label(a.generate));
-        let mut backends = serde_json::Map::new();
-        for (b, (kind, _)) in runtimes.iter().enumerate() {
-            let m = median(&ours[b][i]);
-            line.push_str(&format!(" {m:.1} | {} |", ratio(m, theirs)));
-            backends.insert(kind.to_string(), json!({ "tok_s": m, "runs": ours[b][i], "ratio": m / theirs }));
+        let refs: Vec<f64> = theirs.iter().map(|t| median(&t[i])).collect();
+        let mut line = format!("| {} |", point.label(a.generate));
+        refs.iter().for_each(|r| line.push_str(&format!(" {r:.1} |")));
+        let mut per = serde_json::Map::new();
+        for (s, side) in sides.iter().enumerate() {
+            let m = median(&ours[s][i]);
+            line.push_str(&format!(" {m:.1} | {} / {} |", ratio(m, refs[0]), ratio(m, refs[1])));
+            per.insert(side.label.clone(), json!({ "tok_s": m, "runs": ours[s][i] }));
         }
         println!("{line}");
-        rows.push(json!({ "measure": point.label(a.generate), "llama_cpp": theirs, "llama_cpp_runs": llama[i], "sieve": backends }));
+        rows.push(json!({ "measure": point.label(a.generate), "llama_cpp_f32": refs[0], "llama_cpp_as_shipped": refs[1], "sieve": per }));
     }
-    let mut ppl = serde_json::Value::Null;
+    if !unpacked.is_empty() {
+        println!("\nllama.cpp crashed with its weight repacking on, and ran without it, for: {}", unpacked.join("; "));
+    }
+    let mut doc = json!({
+        "llama_cpp_without_repacking": unpacked,
+        "command": sieve_benches::command_line(),
+        "threads": a.threads,
+        "repeats": a.repeats,
+        "llama_model": a.llama_model.display().to_string(),
+        "model": model_path.display().to_string(),
+        "rows": rows,
+    });
+    // What the policy costs: compressed-context perplexity, 2,048 tokens of context.
+    if a.policy_windows > 0 {
+        let all = prompt_tokens(&model.tokenizer, &text, a.policy_windows * (2048 + 128))?;
+        let mut ppl = Vec::new();
+        for side in sides.iter().filter(|s| s.label.starts_with("sieve candle native")) {
+            let r = sieve_eval::perplexity::compressed_perplexity(
+                &side.runtime,
+                &side.policy,
+                &all,
+                2048,
+                128,
+                a.policy_windows,
+            )?;
+            ppl.push((side.policy.name.clone(), r.perplexity));
+        }
+        if let [(_, base), (name, pruned)] = ppl.as_slice() {
+            println!(
+                "\nCompressed-context perplexity ({} windows of 2,048 + 128 tokens): none {base:.3}, {name} {pruned:.3} ({:+.2}%)",
+                a.policy_windows,
+                100.0 * (pruned / base - 1.0)
+            );
+            doc["policy_perplexity"] = json!({ "none": base, "policy": name, "pruned": pruned });
+        }
+    }
     if a.ppl_chunks > 0 {
-        let theirs = llama_perplexity(a, &text)?;
+        let reference = llama_perplexity(a, &text)?;
         let all = prompt_tokens(&model.tokenizer, &text, a.ppl_ctx * a.ppl_chunks)?;
         let mut line = format!(
-            "\nWikiText-2 perplexity, {} chunks of {} (second halves scored): llama.cpp {theirs:.4}",
+            "\nWikiText-2 perplexity, {} chunks of {} tokens, second halves scored (llama-perplexity's protocol): llama.cpp F32 {reference:.4}",
             a.ppl_chunks, a.ppl_ctx
         );
         let mut per = serde_json::Map::new();
-        for (kind, rt) in &runtimes {
-            let r = sieve_eval::perplexity::chunked_perplexity(rt, &all, a.ppl_ctx, a.ppl_chunks)?;
-            let rel = r.perplexity / theirs - 1.0;
-            line.push_str(&format!(" | sieve {kind} {:.4} ({:+.3}%)", r.perplexity, 100.0 * rel));
-            per.insert(kind.to_string(), json!({ "perplexity": r.perplexity, "relative_difference": rel }));
+        for side in sides.iter().filter(|s| s.policy.is_none()) {
+            let r = sieve_eval::perplexity::chunked_perplexity(&side.runtime, &all, a.ppl_ctx, a.ppl_chunks)?;
+            line.push_str(&format!(
+                " | {} {:.4} ({:+.3}%)",
+                side.label,
+                r.perplexity,
+                100.0 * (r.perplexity / reference - 1.0)
+            ));
+            per.insert(side.label.clone(), json!(r.perplexity));
         }
         println!("{line}");
-        ppl = json!({ "llama_cpp": theirs, "sieve": per, "chunks": a.ppl_chunks, "n_ctx": a.ppl_ctx });
+        doc["perplexity"] =
+            json!({ "llama_cpp_f32": reference, "sieve": per, "chunks": a.ppl_chunks, "n_ctx": a.ppl_ctx });
     }
     if let Some(path) = &a.json {
-        let doc = json!({
-            "command": sieve_benches::command_line(),
-            "threads": a.threads,
-            "repeats": a.repeats,
-            "llama_model": a.llama_model.display().to_string(),
-            "model": model_path.display().to_string(),
-            "rows": rows,
-            "perplexity": ppl,
-        });
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
