@@ -85,7 +85,7 @@ pub fn run() -> Result<()> {
 pub fn build() -> Result<()> {
     setup()?;
     super::cargo(&["build", "--release", "--locked", "-p", "sieve-cli", "--features", "tch"])?;
-    let release = super::workspace_root().join("target").join("release");
+    let release = super::target_dir().join("release");
     let (built, tch) = (release.join("sieve"), release.join("sieve-tch"));
     // Copy through a temporary name so that a running sieve-tch is never half-written.
     let partial = release.join("sieve-tch.partial");

@@ -37,6 +37,14 @@ pub fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR`, else `target/` in the workspace.
+pub fn target_dir() -> std::path::PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> std::path::PathBuf {
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
