@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
-use sieve_backend::{Backend, BackendTensor as BTensor, DeviceSpec, LayerCache, Probe};
+use sieve_backend::{Backend, BackendTensor as BTensor, DeviceSpec, LayerCache, LayerCall, Probe};
 use sieve_benches::{default_model, median, prompt_tokens, wikitext_path};
 use sieve_core::{Aggregation, Budget, HostTensor, Observation, Pool, ScorerSpec, Selector, Tensor};
 use sieve_engine::Model;
@@ -95,11 +95,11 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &B, tokens: &[u32], wit
     let mut hidden = backend.embed(tokens).expect("embed");
     for l in 0..LAYER {
         let mut cache = LayerCache::default();
-        hidden = backend.layer(l, &hidden, &positions, &mut cache, Probe::NONE).expect("layer").hidden;
+        hidden = backend.layer(LayerCall::new(l, &hidden, &positions, Probe::NONE), &mut cache).expect("layer").hidden;
     }
     let mut cache = LayerCache::default();
     let probe = Probe { last_queries: 32, column_sums: true };
-    let out = backend.layer(LAYER, &hidden, &positions, &mut cache, probe).expect("probe layer");
+    let out = backend.layer(LayerCall::new(LAYER, &hidden, &positions, probe), &mut cache).expect("probe layer");
     let (attention, sums) = (out.attention.expect("attention rows"), out.attention_sums.expect("attention sums"));
     let kv_heads = backend.config().n_kv_heads;
     let keys: BTensor<B> = cache.keys().expect("keys").expect("keys");
@@ -113,7 +113,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &B, tokens: &[u32], wit
     let h_sum_obs = observe(&h_sums, &h_keys, &h_values, &positions, kv_heads);
     let forward = || {
         let mut cache = LayerCache::default();
-        black_box(backend.layer(LAYER, &hidden, &positions, &mut cache, Probe::NONE).expect("layer"));
+        black_box(backend.layer(LayerCall::new(LAYER, &hidden, &positions, Probe::NONE), &mut cache).expect("layer"));
     };
 
     let mut group = c.benchmark_group(format!("{TOKENS} tokens, {name}"));

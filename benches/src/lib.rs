@@ -1,13 +1,9 @@
-//! Helpers of sieve's end-to-end benchmarks: the WikiText-2 prompt, the default model,
-//! the candle-transformers reference model.
+//! Helpers of sieve's benchmarks: the WikiText-2 prompt, the default model, small
+//! statistics.
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use candle_core::Device;
-use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
-use candle_transformers::models::quantized_llama::ModelWeights;
 use sieve_engine::tokenizer::Tokenizer;
 
 /// Peak f32 GEMM throughput of the benchmark machine, GFLOP/s. Measured for ONNX Runtime's
@@ -31,28 +27,6 @@ pub fn prompt_tokens(tokenizer: &Tokenizer, path: &Path, n: usize) -> Result<Vec
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading {} (set SIEVE_DATA or pass --text FILE)", path.display()))?;
     sieve_eval::data::first_tokens(tokenizer, &text, n).with_context(|| format!("the prompt from {}", path.display()))
-}
-
-/// candle-transformers' `quantized_llama` on the GGUF file at `path` with every tensor
-/// dequantized to f32 (as in sieve-candle's reference test), so that both sides compute
-/// in f32 from the same values.
-pub fn reference_f32(path: &Path) -> Result<ModelWeights> {
-    let ctx = || format!("building the f32 reference from {}", path.display());
-    let mut file = std::fs::File::open(path).with_context(ctx)?;
-    let content = gguf_file::Content::read(&mut file).with_context(ctx)?;
-    let mut tensors = Vec::new();
-    for name in content.tensor_infos.keys() {
-        let q = content.tensor(&mut file, name, &Device::Cpu).with_context(|| format!("reading tensor {name}"))?;
-        let f = q.dequantize(&Device::Cpu).with_context(|| format!("dequantizing tensor {name}"))?;
-        tensors.push((name.clone(), QTensor::quantize(&f, GgmlDType::F32).with_context(ctx)?));
-    }
-    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut buf = Cursor::new(Vec::new());
-    gguf_file::write(&mut buf, &metadata, &tensor_refs).with_context(ctx)?;
-    buf.set_position(0);
-    let content = gguf_file::Content::read(&mut buf).with_context(ctx)?;
-    ModelWeights::from_gguf(content, &mut buf, &Device::Cpu).with_context(ctx)
 }
 
 /// The workspace root (the folder above this crate), where `configs/` lives.

@@ -2,7 +2,7 @@
 //! ([`crate::cpu`]), candle ops elsewhere ([`crate::ops`]).
 
 use candle_core::Device;
-use sieve_backend::{Backend, DeviceSpec, LayerCache, LayerOutput, ModelConfig, Probe, Weights};
+use sieve_backend::{Backend, DeviceSpec, ModelConfig, Weights};
 
 use crate::cpu::CpuModel;
 use crate::error::{Error, Result};
@@ -130,17 +130,10 @@ impl Backend for CandleBackend {
         }
     }
 
-    fn layer(
-        &self,
-        index: usize,
-        hidden: &CandleTensor,
-        positions: &[usize],
-        cache: &mut LayerCache<CandleTensor>,
-        probe: Probe,
-    ) -> Result<LayerOutput<CandleTensor>> {
+    fn layer(&self, call: crate::Call<'_>, cache: &mut crate::Cache) -> crate::Output {
         match &self.path {
-            Path::Cpu(m) => m.layer(index, hidden, positions, cache, probe),
-            Path::Ops(m) => m.layer(index, hidden, positions, cache, probe),
+            Path::Cpu(m) => m.layer(call, cache),
+            Path::Ops(m) => m.layer(call, cache),
         }
     }
 

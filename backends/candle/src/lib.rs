@@ -14,3 +14,10 @@ mod tensor;
 pub use backend::{CandleBackend, CandleDevice, Kernels};
 pub use error::{Error, Result};
 pub use tensor::CandleTensor;
+
+/// One layer call on candle's tensors.
+pub(crate) type Call<'a> = sieve_backend::LayerCall<'a, CandleTensor>;
+/// A layer's KV cache of candle's tensors.
+pub(crate) type Cache = sieve_backend::LayerCache<CandleTensor>;
+/// What a layer returns.
+pub(crate) type Output = Result<sieve_backend::LayerOutput<CandleTensor>>;

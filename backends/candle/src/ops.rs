@@ -3,10 +3,9 @@
 //! backend uses its own kernels instead ([`crate::cpu`]); this path stays selectable there
 //! for comparison and is checked by the same conformance suite.
 
-use std::sync::Mutex;
-
 use candle_core::{DType, Device, Tensor};
-use sieve_backend::{Block, HostWeight, LayerCache, LayerOutput, ModelConfig, Probe, Weights};
+use sieve_backend::mask::MaskCache;
+use sieve_backend::{Block, HostWeight, LayerCall, LayerOutput, ModelConfig, Probe, Weights};
 
 use crate::error::{Error, Result};
 use crate::tensor::CandleTensor;
@@ -22,8 +21,6 @@ fn upload(w: HostWeight, device: &Device) -> Result<Tensor> {
 
 type Layer = Block<Tensor>;
 
-type MaskKey = (Vec<usize>, Vec<usize>);
-
 /// A Llama-family decoder as candle ops (`f32`), for any candle device.
 pub struct OpsModel {
     config: ModelConfig,
@@ -34,7 +31,7 @@ pub struct OpsModel {
     lm_head: Tensor,
     cos: Tensor,
     sin: Tensor,
-    mask: Mutex<Option<(MaskKey, Tensor)>>,
+    mask: MaskCache<Tensor>,
 }
 
 impl OpsModel {
@@ -53,7 +50,7 @@ impl OpsModel {
         let cos = Tensor::from_vec(cos, (config.context, half), &device).map_err(err)?;
         let sin = Tensor::from_vec(sin, (config.context, half), &device).map_err(err)?;
         let norm = up(weights.norm)?;
-        Ok(Self { config: config.clone(), device, embed, layers, norm, lm_head, cos, sin, mask: Mutex::new(None) })
+        Ok(Self { config: config.clone(), device, embed, layers, norm, lm_head, cos, sin, mask: MaskCache::default() })
     }
 
     fn positions_tensor(&self, positions: &[usize]) -> Result<Tensor> {
@@ -64,22 +61,8 @@ impl OpsModel {
     /// Additive causal mask `[n, m]` by original positions; cached across layers that see
     /// the same positions.
     fn mask(&self, queries: &[usize], keys: &[usize]) -> Result<Tensor> {
-        // A poisoned lock only means another thread panicked while caching: the cache is
-        // rebuilt below whatever it holds.
-        let mut cached = self.mask.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(((q, k), t)) = cached.as_ref()
-            && q == queries
-            && k == keys
-        {
-            return Ok(t.clone());
-        }
-        let mut data = Vec::with_capacity(queries.len() * keys.len());
-        for &q in queries {
-            data.extend(keys.iter().map(|&k| if k <= q { 0.0 } else { f32::NEG_INFINITY }));
-        }
-        let t = Tensor::from_vec(data, (queries.len(), keys.len()), &self.device).map_err(err)?;
-        *cached = Some(((queries.to_vec(), keys.to_vec()), t.clone()));
-        Ok(t)
+        self.mask
+            .get(queries, keys, |data| Tensor::from_vec(data, (queries.len(), keys.len()), &self.device).map_err(err))
     }
 }
 
@@ -179,14 +162,8 @@ impl OpsModel {
         self.embed.index_select(&ids, 0).map(CandleTensor).map_err(err)
     }
 
-    pub fn layer(
-        &self,
-        index: usize,
-        hidden: &CandleTensor,
-        positions: &[usize],
-        cache: &mut LayerCache<CandleTensor>,
-        probe: Probe,
-    ) -> Result<LayerOutput<CandleTensor>> {
+    pub fn layer(&self, call: crate::Call<'_>, cache: &mut crate::Cache) -> crate::Output {
+        let LayerCall { index, hidden, positions, probe } = call;
         let c = &self.config;
         let w = self.layers.get(index).ok_or_else(|| sieve_backend::Error::Input(format!("no layer {index}")))?;
         let x = &hidden.0;

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::DynValue;
-use sieve_backend::{Backend, LayerCache, LayerOutput, ModelConfig, Probe, Weights};
+use sieve_backend::{Backend, LayerCache, LayerCall, LayerOutput, ModelConfig, Weights};
 
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -126,12 +126,10 @@ impl Backend for OrtBackend {
 
     fn layer(
         &self,
-        index: usize,
-        hidden: &OrtTensor,
-        positions: &[usize],
+        call: LayerCall<'_, OrtTensor>,
         cache: &mut LayerCache<OrtTensor>,
-        probe: Probe,
     ) -> Result<LayerOutput<OrtTensor>> {
+        let LayerCall { index, hidden, positions, probe } = call;
         let c = &self.config;
         let session = self.layers.get(index).ok_or_else(|| sieve_backend::Error::Input(format!("no layer {index}")))?;
         let n = positions.len();

@@ -1,8 +1,9 @@
-//! [`TchBackend`]: the engine's Backend trait with libtorch ops.
+//! [`TchBackend`]: the backend contract with libtorch ops.
 
-use std::sync::Mutex;
-
-use sieve_backend::{Backend, Block, DeviceSpec, HostWeight, LayerCache, LayerOutput, ModelConfig, Probe, Weights};
+use sieve_backend::mask::MaskCache;
+use sieve_backend::{
+    Backend, Block, DeviceSpec, HostWeight, LayerCache, LayerCall, LayerOutput, ModelConfig, Probe, Weights,
+};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -27,8 +28,6 @@ pub fn cuda_available() -> bool {
 
 type Layer = Block<Tensor>;
 
-type MaskKey = (Vec<usize>, Vec<usize>);
-
 /// Query rows per attention block (as in sieve-candle): a block reads only the keys its
 /// last query may see.
 const QUERY_BLOCK: usize = 256;
@@ -43,11 +42,11 @@ pub struct TchBackend {
     lm_head: Tensor,
     cos: Tensor,
     sin: Tensor,
-    mask: Mutex<Option<(MaskKey, Tensor)>>,
+    mask: MaskCache<TchTensor>,
 }
 
 // SAFETY: libtorch tensors may be used from any thread; the backend never mutates its
-// weights after construction, and the mask cache is behind a Mutex.
+// weights after construction, and the mask cache is behind a mutex.
 unsafe impl Sync for TchBackend {}
 
 fn upload(w: &HostWeight, device: Device) -> Result<Tensor> {
@@ -60,6 +59,9 @@ impl TchBackend {
     pub fn new(config: &ModelConfig, weights: &Weights, device: Device) -> Result<Self> {
         config.validate()?;
         weights.check(config)?;
+        // libtorch computes in f32 here: packed weights are decoded first.
+        let mut decoded = None;
+        let weights = weights.as_f32(&mut decoded);
         if let Device::Cuda(n) = device
             && (!cuda_available() || n >= tch::Cuda::device_count() as usize)
         {
@@ -88,7 +90,7 @@ impl TchBackend {
             lm_head,
             cos: table(cos).map_err(err)?,
             sin: table(sin).map_err(err)?,
-            mask: Mutex::new(None),
+            mask: MaskCache::default(),
         })
     }
 
@@ -98,25 +100,14 @@ impl TchBackend {
     }
 
     fn mask(&self, queries: &[usize], keys: &[usize]) -> Result<Tensor> {
-        // A poisoned lock only means another thread panicked while caching: the cache is
-        // rebuilt below whatever it holds.
-        let mut cached = self.mask.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(((q, k), t)) = cached.as_ref()
-            && q == queries
-            && k == keys
-        {
-            return Ok(t.shallow_clone());
-        }
-        let mut data = Vec::with_capacity(queries.len() * keys.len());
-        for &q in queries {
-            data.extend(keys.iter().map(|&k| if k <= q { 0.0f32 } else { f32::NEG_INFINITY }));
-        }
-        let t = Tensor::f_from_slice(&data)
-            .and_then(|t| t.f_reshape([queries.len() as i64, keys.len() as i64]))
-            .and_then(|t| t.f_to(self.device))
-            .map_err(err)?;
-        *cached = Some(((queries.to_vec(), keys.to_vec()), t.shallow_clone()));
-        Ok(t)
+        let (n, m) = (queries.len() as i64, keys.len() as i64);
+        let t = self.mask.get(queries, keys, |data| {
+            Tensor::f_from_slice(&data)
+                .and_then(|t| t.f_reshape([n, m]))
+                .and_then(|t| t.f_to(self.device))
+                .map(TchTensor)
+        });
+        Ok(t.map_err(err)?.0)
     }
 
     /// Half-split rotary embedding of `x` `[heads, n, hd]` with tables `[n, hd/2]`.
@@ -221,12 +212,10 @@ impl Backend for TchBackend {
 
     fn layer(
         &self,
-        index: usize,
-        hidden: &TchTensor,
-        positions: &[usize],
+        call: LayerCall<'_, TchTensor>,
         cache: &mut LayerCache<TchTensor>,
-        probe: Probe,
     ) -> Result<LayerOutput<TchTensor>> {
+        let LayerCall { index, hidden, positions, probe } = call;
         let c = &self.config;
         let w = self.layers.get(index).ok_or_else(|| sieve_backend::Error::Input(format!("no layer {index}")))?;
         let x = &hidden.0;

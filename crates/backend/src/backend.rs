@@ -29,6 +29,34 @@ impl Probe {
     }
 }
 
+/// One call of a decoder layer: which layer, on which rows, and what to report.
+#[derive(Debug)]
+pub struct LayerCall<'a, T> {
+    /// The layer.
+    pub index: usize,
+    /// Hidden states `[n, hidden]`.
+    pub hidden: &'a T,
+    /// The original position of each row.
+    pub positions: &'a [usize],
+    /// What to report besides the hidden states.
+    pub probe: Probe,
+}
+
+impl<T> Clone for LayerCall<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for LayerCall<'_, T> {}
+
+impl<'a, T> LayerCall<'a, T> {
+    /// Layer `index` on `hidden` at `positions`, reporting `probe`.
+    pub fn new(index: usize, hidden: &'a T, positions: &'a [usize], probe: Probe) -> Self {
+        Self { index, hidden, positions, probe }
+    }
+}
+
 /// What [`Backend::layer`] returns.
 #[derive(Debug, Clone)]
 pub struct LayerOutput<T> {
@@ -86,15 +114,13 @@ pub trait Backend {
     /// Embeddings of `tokens`: `[tokens.len(), hidden]`.
     fn embed(&self, tokens: &[u32]) -> Result<Self::Tensor, Self::Error>;
 
-    /// Runs decoder layer `index` on `hidden` (`[n, hidden]`, tokens at `positions`),
-    /// appending their keys and values to `cache`, and reports what `probe` asks for.
+    /// Runs decoder layer `call.index` on `call.hidden` (`[n, hidden]`, tokens at
+    /// `call.positions`), appending their keys and values to `cache`, and reports what
+    /// `call.probe` asks for.
     fn layer(
         &self,
-        index: usize,
-        hidden: &Self::Tensor,
-        positions: &[usize],
+        call: LayerCall<'_, Self::Tensor>,
         cache: &mut LayerCache<Self::Tensor>,
-        probe: Probe,
     ) -> Result<LayerOutput<Self::Tensor>, Self::Error>;
 
     /// Final norm and LM head: logits `[n, vocab]` for hidden states `[n, hidden]`.

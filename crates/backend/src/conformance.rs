@@ -14,7 +14,7 @@
 
 use sieve_core::{HostTensor, Tensor};
 
-use crate::backend::{Backend, LayerOutput, Probe};
+use crate::backend::{Backend, LayerCall, LayerOutput, Probe};
 use crate::cache::LayerCache;
 use crate::config::ModelConfig;
 use crate::error::{BackendFailure, Error, Result};
@@ -87,8 +87,8 @@ impl<B: Backend> Pair<B> {
         let layers = self.reference.config().n_layers;
         for l in 0..layers {
             let p = if l + 1 == layers { probe } else { Probe::NONE };
-            let out = self.ours.layer(l, &h, positions, &mut self.caches[l], p).map_err(&err)?;
-            let want = self.reference.layer(l, &r, positions, &mut self.reference_caches[l], p)?;
+            let out = self.ours.layer(LayerCall::new(l, &h, positions, p), &mut self.caches[l]).map_err(&err)?;
+            let want = self.reference.layer(LayerCall::new(l, &r, positions, p), &mut self.reference_caches[l])?;
             compare(&format!("{case}: layer {l} hidden"), &out.hidden, &want.hidden)?;
             self.compare_cache(case, l)?;
             if l + 1 == layers {

@@ -19,12 +19,13 @@ pub mod config;
 pub mod conformance;
 pub mod device;
 pub mod error;
+pub mod mask;
 pub mod quant;
 pub mod reference;
 pub mod synthetic;
 pub mod weights;
 
-pub use backend::{Backend, BackendDevice, BackendTensor, LayerOutput, Probe};
+pub use backend::{Backend, BackendDevice, BackendTensor, LayerCall, LayerOutput, Probe};
 pub use cache::LayerCache;
 pub use config::{Architecture, Llama3RopeScaling, ModelConfig};
 pub use device::DeviceSpec;

@@ -8,7 +8,7 @@
 use sieve_core::host::Host;
 use sieve_core::{HostTensor, Tensor};
 
-use crate::backend::{Backend, LayerOutput, Probe};
+use crate::backend::{Backend, LayerCall, LayerOutput};
 use crate::cache::LayerCache;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -151,12 +151,10 @@ impl Backend for HostBackend {
 
     fn layer(
         &self,
-        index: usize,
-        hidden: &HostTensor,
-        positions: &[usize],
+        call: LayerCall<'_, HostTensor>,
         cache: &mut LayerCache<HostTensor>,
-        probe: Probe,
     ) -> Result<LayerOutput<HostTensor>> {
+        let LayerCall { index, hidden, positions, probe } = call;
         self.check_inputs(index, hidden, positions, cache.positions().last().copied())?;
         let c = &self.config;
         let w = &self.weights.layers[index];

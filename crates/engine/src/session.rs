@@ -13,7 +13,7 @@ use std::time::Instant;
 use sieve_core::policy::DecodePolicy;
 use sieve_core::{Observation, Policy, Scorer, Tensor};
 
-use sieve_backend::{Backend, BackendTensor as BTensor, LayerCache, LayerOutput, Probe};
+use sieve_backend::{Backend, BackendTensor as BTensor, LayerCache, LayerCall, LayerOutput, Probe};
 
 use crate::error::{Error, Result};
 use crate::stats::{RunStats, causal_pairs, layer_flops};
@@ -209,7 +209,8 @@ impl<'b, B: Backend> Session<'b, B> {
         for l in 0..n_layers {
             let prune_next = self.policy.prefill.as_ref().is_some_and(|p| p.layers.get(stage) == Some(&(l + 1)));
             let probe = self.probe_for(l, prune_next, positions.len());
-            let out = self.backend.layer(l, &hidden, &positions, &mut self.caches[l], probe).map_err(&err)?;
+            let call = LayerCall::new(l, &hidden, &positions, probe);
+            let out = self.backend.layer(call, &mut self.caches[l]).map_err(&err)?;
             let rows = positions.len();
             stats.tokens_per_layer[l] = rows;
             stats.prefill_flops += layer_flops(&config, rows, causal_pairs(&positions, self.caches[l].positions()));
@@ -333,7 +334,8 @@ impl<'b, B: Backend> Session<'b, B> {
                 Some(d) if d.scorers[l].needs().attention_queries > 0 => Probe { last_queries: 1, column_sums: false },
                 _ => Probe::NONE,
             };
-            let out = self.backend.layer(l, &hidden, &positions, &mut self.caches[l], probe).map_err(&err)?;
+            let call = LayerCall::new(l, &hidden, &positions, probe);
+            let out = self.backend.layer(call, &mut self.caches[l]).map_err(&err)?;
             hidden = out.hidden;
             if let Some(d) = &mut self.decode {
                 let cache = &self.caches[l];

@@ -1,7 +1,7 @@
 //! A test-only switch: a backend wrapper that adds a small bias to one decoder layer's
 //! output, so that a test can check that parity notices a backend that is slightly wrong.
 
-use sieve_backend::{Backend, BackendDevice, LayerCache, LayerOutput, ModelConfig, Probe};
+use sieve_backend::{Backend, BackendDevice, LayerCache, LayerCall, LayerOutput, ModelConfig};
 use sieve_core::Tensor as _;
 
 /// The layer whose output is biased.
@@ -35,14 +35,11 @@ impl<B: Backend> Backend for Perturbed<'_, B> {
 
     fn layer(
         &self,
-        index: usize,
-        hidden: &Self::Tensor,
-        positions: &[usize],
+        call: LayerCall<'_, Self::Tensor>,
         cache: &mut LayerCache<Self::Tensor>,
-        probe: Probe,
     ) -> Result<LayerOutput<Self::Tensor>, B::Error> {
-        let mut out = self.0.layer(index, hidden, positions, cache, probe)?;
-        if index == LAYER {
+        let mut out = self.0.layer(call, cache)?;
+        if call.index == LAYER {
             out.hidden = out.hidden.affine(1.0, BIAS)?;
         }
         Ok(out)

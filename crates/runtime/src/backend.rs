@@ -1,6 +1,6 @@
 //! [`Runtime`]: one loaded backend, used through the backend contract.
 
-use sieve_backend::{Backend, DeviceSpec, LayerCache, LayerOutput, ModelConfig, Probe, Weights};
+use sieve_backend::{Backend, DeviceSpec, LayerCache, LayerCall, LayerOutput, ModelConfig, Probe, Weights};
 
 use crate::error::{Error, Result};
 use crate::kind::BackendKind;
@@ -108,7 +108,7 @@ where
 {
     let hidden = B::Tensor::borrow(hidden)?;
     let mut inner = std::mem::take(cache).map(B::Tensor::unwrap)?;
-    let out = b.layer(index, hidden, positions, &mut inner, probe);
+    let out = b.layer(LayerCall::new(index, hidden, positions, probe), &mut inner);
     *cache = inner.map(|t| Ok::<_, std::convert::Infallible>(t.wrap())).unwrap_or_else(|e| match e {});
     let out = out?;
     Ok(LayerOutput {
@@ -147,12 +147,10 @@ impl Backend for Runtime {
 
     fn layer(
         &self,
-        index: usize,
-        hidden: &RuntimeTensor,
-        positions: &[usize],
+        call: LayerCall<'_, RuntimeTensor>,
         cache: &mut LayerCache<RuntimeTensor>,
-        probe: Probe,
     ) -> Result<LayerOutput<RuntimeTensor>> {
+        let LayerCall { index, hidden, positions, probe } = call;
         dispatch!(self, b => layer_on(b, index, hidden, positions, cache, probe))
     }
 

@@ -23,7 +23,7 @@ pub mod simd;
 pub mod weights;
 
 use candle_core::{Device, Tensor};
-use sieve_backend::{LayerCache, LayerOutput, ModelConfig, Probe, Weights};
+use sieve_backend::{LayerCall, LayerOutput, ModelConfig, Weights};
 
 use crate::error::Result;
 use crate::tensor::CandleTensor;
@@ -73,14 +73,8 @@ impl CpuModel {
     }
 
     /// Decoder layer `index`.
-    pub fn layer(
-        &self,
-        index: usize,
-        hidden: &CandleTensor,
-        positions: &[usize],
-        cache: &mut LayerCache<CandleTensor>,
-        probe: Probe,
-    ) -> Result<LayerOutput<CandleTensor>> {
+    pub fn layer(&self, call: crate::Call<'_>, cache: &mut crate::Cache) -> crate::Output {
+        let LayerCall { index, hidden, positions, probe } = call;
         let layer = self.layers.get(index).ok_or_else(|| sieve_backend::Error::Input(format!("no layer {index}")))?;
         let x = with_slice(&hidden.0, <[f32]>::to_vec)
             .or_else(|_| -> Result<Vec<f32>> { Ok(hidden.0.flatten_all()?.to_vec1::<f32>()?) })?;

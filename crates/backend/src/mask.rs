@@ -1,0 +1,77 @@
+//! The causal mask by original positions, for backends that add it to attention scores.
+
+use std::sync::Mutex;
+
+/// `[queries, keys]` row-major: 0 where key position <= query position, -inf elsewhere.
+pub fn causal_mask(queries: &[usize], keys: &[usize]) -> Vec<f32> {
+    let mut data = Vec::with_capacity(queries.len() * keys.len());
+    for &q in queries {
+        data.extend(keys.iter().map(|&k| if k <= q { 0.0 } else { f32::NEG_INFINITY }));
+    }
+    data
+}
+
+/// The last mask a backend built, kept for the next layers, which see the same positions
+/// unless pruning changed them.
+pub struct MaskCache<T> {
+    last: Mutex<Option<Entry<T>>>,
+}
+
+/// Query positions, key positions, the mask.
+type Entry<T> = (Vec<usize>, Vec<usize>, T);
+
+impl<T: Clone> Default for MaskCache<T> {
+    fn default() -> Self {
+        Self { last: Mutex::new(None) }
+    }
+}
+
+impl<T: Clone> MaskCache<T> {
+    /// The mask of `queries` over `keys` as the backend's tensor, made by `make` from
+    /// [`causal_mask`]'s values (rows, columns) when the positions differ from the last call's.
+    pub fn get<E>(
+        &self,
+        queries: &[usize],
+        keys: &[usize],
+        make: impl FnOnce(Vec<f32>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        // A poisoned lock only means another thread panicked while caching: the entry is
+        // replaced below whatever it holds.
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((q, k, t)) = last.as_ref()
+            && q == queries
+            && k == keys
+        {
+            return Ok(t.clone());
+        }
+        let t = make(causal_mask(queries, keys))?;
+        *last = Some((queries.to_vec(), keys.to_vec(), t.clone()));
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_by_position_and_caches_the_last() {
+        let m = causal_mask(&[2, 5], &[0, 3, 5]);
+        assert_eq!(m[..3], [0.0, f32::NEG_INFINITY, f32::NEG_INFINITY]);
+        assert_eq!(m[3..], [0.0, 0.0, 0.0]);
+        let cache = MaskCache::<usize>::default();
+        let made = std::cell::Cell::new(0);
+        let get = |q: &[usize]| {
+            cache
+                .get(q, &[0, 1], |v| {
+                    Ok::<_, ()>({
+                        made.set(made.get() + 1);
+                        v.len()
+                    })
+                })
+                .unwrap()
+        };
+        assert_eq!((get(&[1]), get(&[1]), get(&[0, 1])), (2, 2, 4));
+        assert_eq!(made.get(), 2);
+    }
+}
