@@ -49,22 +49,7 @@ pub fn from_gguf(meta: &HashMap<String, Value>, vocab: usize, source: &str) -> R
 pub fn from_hf_json(text: &str, source: &str) -> Result<ModelConfig> {
     let raw: HfConfig = serde_json::from_str(text).map_err(|e| Error::config(source, e.to_string()))?;
     let arch = parse_architecture(&raw.model_type)?;
-    let rope_scaling = match raw.rope_scaling {
-        None => None,
-        Some(v) if v.get("rope_type").or(v.get("type")).and_then(|t| t.as_str()) == Some("llama3") => {
-            let s: HfLlama3Scaling =
-                serde_json::from_value(v).map_err(|e| Error::config(source, format!("rope_scaling: {e}")))?;
-            Some(Llama3RopeScaling {
-                factor: s.factor,
-                low_freq_factor: s.low_freq_factor,
-                high_freq_factor: s.high_freq_factor,
-                original_max_position_embeddings: s.original_max_position_embeddings,
-            })
-        }
-        Some(v) => {
-            return Err(Error::config(source, format!("unsupported rope_scaling {v}")));
-        }
-    };
+    let (rope_theta, rope_scaling) = rope(&raw, source)?;
     let config = ModelConfig {
         arch,
         n_layers: raw.num_hidden_layers,
@@ -74,7 +59,7 @@ pub fn from_hf_json(text: &str, source: &str) -> Result<ModelConfig> {
         ffn: raw.intermediate_size,
         head_dim: raw.head_dim.unwrap_or(raw.hidden_size / raw.num_attention_heads.max(1)),
         vocab: raw.vocab_size,
-        rope_theta: raw.rope_theta.unwrap_or(10_000.0),
+        rope_theta,
         rope_scaling,
         rms_eps: raw.rms_norm_eps.unwrap_or(1e-5),
         context: raw.max_position_embeddings.unwrap_or(4096),
@@ -82,6 +67,48 @@ pub fn from_hf_json(text: &str, source: &str) -> Result<ModelConfig> {
     };
     config.validate().map_err(|e| Error::config(source, e.to_string()))?;
     Ok(config)
+}
+
+/// The rotary base and scaling of a `config.json`: transformers 5 writes them in
+/// `rope_parameters` (`rope_theta`, `rope_type`, the scaling's factors), older versions as
+/// top-level `rope_theta` and `rope_scaling`. A `rope_type` sieve does not implement is an
+/// error naming the key, never a silent fallback; without any, the base is 10,000 (the
+/// Llama family's default).
+fn rope(raw: &HfConfig, source: &str) -> Result<(f64, Option<Llama3RopeScaling>)> {
+    let (params, where_) = match (&raw.rope_parameters, &raw.rope_scaling) {
+        (Some(p), _) => (Some(p), "rope_parameters"),
+        (None, Some(s)) => (Some(s), "rope_scaling"),
+        (None, None) => (None, ""),
+    };
+    let theta_in_params = params.and_then(|p| p.get("rope_theta")).and_then(|t| t.as_f64());
+    if let (Some(a), Some(b)) = (theta_in_params, raw.rope_theta)
+        && a != b
+    {
+        return Err(Error::config(source, format!("rope_parameters.rope_theta = {a} disagrees with rope_theta = {b}")));
+    }
+    let theta = theta_in_params.or(raw.rope_theta).unwrap_or(10_000.0);
+    let Some(p) = params.filter(|p| !p.is_null()) else {
+        return Ok((theta, None));
+    };
+    let kind = p.get("rope_type").or(p.get("type")).and_then(|t| t.as_str()).unwrap_or("default");
+    match kind {
+        "default" => Ok((theta, None)),
+        "llama3" => {
+            let s: HfLlama3Scaling =
+                serde_json::from_value(p.clone()).map_err(|e| Error::config(source, format!("{where_}: {e}")))?;
+            let scaling = Llama3RopeScaling {
+                factor: s.factor,
+                low_freq_factor: s.low_freq_factor,
+                high_freq_factor: s.high_freq_factor,
+                original_max_position_embeddings: s.original_max_position_embeddings,
+            };
+            Ok((theta, Some(scaling)))
+        }
+        other => Err(Error::config(
+            source,
+            format!("{where_}.rope_type = \"{other}\" is not supported (sieve implements \"default\" and \"llama3\")"),
+        )),
+    }
 }
 
 /// Llama-3 rotary scaling as `config.json` writes it.
@@ -105,6 +132,7 @@ struct HfConfig {
     vocab_size: usize,
     rope_theta: Option<f64>,
     rope_scaling: Option<serde_json::Value>,
+    rope_parameters: Option<serde_json::Value>,
     rms_norm_eps: Option<f64>,
     max_position_embeddings: Option<usize>,
     attention_bias: Option<bool>,

@@ -164,9 +164,33 @@ fn load_gguf_from<R: Read + Seek>(mut reader: R, len: u64, path: &Path, dtype: D
     parts.into_model(path)
 }
 
-/// Every id the tokenizer can produce must index the embedding.
+/// The end-of-sequence (one id or a list) and beginning-of-sequence ids of a
+/// `generation_config.json`, when there is one: they override the tokenizer's.
+fn generation_config(path: &Path, tokenizer: &mut Tokenizer) -> Result<()> {
+    let Some(json) = read_json(path)? else { return Ok(()) };
+    let bad = |key: &str, v: &serde_json::Value| {
+        Error::config(path.display().to_string(), format!("{key} = {v} is not a token id or a list of them"))
+    };
+    let id =
+        |key: &str, v: &serde_json::Value| v.as_u64().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| bad(key, v));
+    match json.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => {}
+        Some(serde_json::Value::Array(list)) => {
+            tokenizer.eos = list.iter().map(|v| id("eos_token_id", v)).collect::<Result<_>>()?;
+        }
+        Some(v) => tokenizer.eos = vec![id("eos_token_id", v)?],
+    }
+    if let Some(v) = json.get("bos_token_id").filter(|v| !v.is_null()) {
+        tokenizer.bos = Some(id("bos_token_id", v)?);
+    }
+    Ok(())
+}
+
+/// Every id the tokenizer's vocabulary can produce must index the embedding. Added tokens
+/// past the vocabulary (transformers adds some when it converts a GGUF file) are accepted:
+/// only a prompt that encodes to one is refused, by the session.
 fn check_vocab(tokenizer: &Tokenizer, config: &ModelConfig, source: &str) -> Result<()> {
-    if let Some(max) = tokenizer.max_id().filter(|&id| id as usize >= config.vocab) {
+    if let Some(max) = tokenizer.max_base_id().filter(|&id| id as usize >= config.vocab) {
         return Err(Error::config(
             source,
             format!(
@@ -328,10 +352,17 @@ fn load_hf_dir(dir: &Path, dtype: Dtype) -> Result<Model> {
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
     let config = crate::config::from_hf_json(&text, &config_path.display().to_string())?;
     let tok_config = read_json(&dir.join("tokenizer_config.json"))?;
-    let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"), tok_config.as_ref())?;
+    let mut tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"), tok_config.as_ref())?;
+    generation_config(&dir.join("generation_config.json"), &mut tokenizer)?;
     check_vocab(&tokenizer, &config, &dir.display().to_string())?;
-    let template_source =
-        tok_config.as_ref().and_then(|c| c.get("chat_template")).and_then(|t| t.as_str()).map(String::from);
+    // transformers 5 writes the template to its own file; older versions into
+    // tokenizer_config.json.
+    let jinja = dir.join("chat_template.jinja");
+    let template_source = if jinja.is_file() {
+        Some(std::fs::read_to_string(&jinja).map_err(|e| Error::io(&jinja, e))?)
+    } else {
+        tok_config.as_ref().and_then(|c| c.get("chat_template")).and_then(|t| t.as_str()).map(String::from)
+    };
     let mut src = SafetensorsSource::open(dir)?;
     let mut tensor_summary: Vec<_> =
         src.index.keys().map(|n| (n.clone(), "safetensors".to_string(), Vec::new())).collect();

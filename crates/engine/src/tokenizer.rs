@@ -206,6 +206,11 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// The largest id of the model's own vocabulary, added tokens excluded.
+    pub fn max_base_id(&self) -> Option<u32> {
+        self.inner.get_vocab(false).into_values().max()
+    }
+
     /// The largest token id, added tokens included (`None` for an empty vocabulary).
     pub fn max_id(&self) -> Option<u32> {
         self.inner.get_vocab(true).into_values().max()

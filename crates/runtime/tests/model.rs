@@ -162,3 +162,87 @@ fn long_context_question_survives_moderate_policies() {
         }
     }
 }
+
+/// The default model written as transformers 5 writes a checkpoint: the rotary settings in
+/// `rope_parameters` (no top-level `rope_theta`), the chat template in
+/// `chat_template.jinja`, the end-of-sequence ids in `generation_config.json`, and added
+/// tokens past the vocabulary in `tokenizer.json`.
+fn transformers5_dir(dir: &Path) {
+    let m =
+        Model::load_with(&sieve_fetch::model::cached().expect("the default model"), sieve_engine::Dtype::F32).unwrap();
+    sieve_engine::export::write_hf_dir(&m, dir).unwrap();
+    let edit = |name: &str, f: &dyn Fn(&mut serde_json::Value)| {
+        let path = dir.join(name);
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        f(&mut v);
+        std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    };
+    edit("config.json", &|c| {
+        let theta = c.as_object_mut().unwrap().remove("rope_theta").unwrap();
+        c["rope_parameters"] = serde_json::json!({ "rope_theta": theta, "rope_type": "default" });
+    });
+    let template = m.chat_template_source.clone().unwrap();
+    edit("tokenizer_config.json", &|t| {
+        t.as_object_mut().unwrap().remove("chat_template");
+        t.as_object_mut().unwrap().remove("eos_token");
+    });
+    std::fs::write(dir.join("chat_template.jinja"), template).unwrap();
+    std::fs::write(dir.join("generation_config.json"), r#"{"bos_token_id": 1, "eos_token_id": [2]}"#).unwrap();
+    edit("tokenizer.json", &|t| {
+        let added = t["added_tokens"].as_array_mut().unwrap();
+        for (i, name) in ["<fim_prefix>", "<fim_middle>"].iter().enumerate() {
+            added.push(serde_json::json!({
+                "id": 49152 + i, "content": name, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true
+            }));
+        }
+    });
+}
+
+#[test]
+fn a_transformers5_checkpoint_runs_like_the_gguf_file() {
+    let dir = std::env::temp_dir().join(format!("sieve-hf5-{}", std::process::id()));
+    transformers5_dir(&dir);
+    let (candle, gguf) = loaded(BackendKind::Candle);
+    let mut hf = Model::load(&dir).unwrap();
+    assert_eq!(hf.config, gguf.config, "rope_parameters must give the GGUF file's rotary base");
+    assert_eq!(hf.tokenizer.eos, vec![2]);
+    // Perplexity through the checkpoint equals the GGUF path's (compressed protocol,
+    // unpruned).
+    let tokens = sieve_eval::data::first_tokens(&gguf.tokenizer, &wikitext(), 640).unwrap();
+    let weights = hf.take_weights();
+    let hf_rt = Runtime::load(BackendKind::Candle, DeviceSpec::Cpu, &hf.config, weights).unwrap();
+    let ours = sieve_eval::perplexity::compressed_perplexity(&hf_rt, &Policy::none(), &tokens, 512, 128, 1).unwrap();
+    let base = sieve_eval::perplexity::compressed_perplexity(candle, &Policy::none(), &tokens, 512, 128, 1).unwrap();
+    let rel = (ours.perplexity / base.perplexity - 1.0).abs();
+    assert!(rel <= 1e-4, "perplexity {} vs GGUF {} (relative {rel:.2e})", ours.perplexity, base.perplexity);
+    // The chat template comes from chat_template.jinja: the answer is the GGUF path's.
+    let prompt = hf.render_chat(&[Message::new("user", "What is the capital of France?")]).unwrap();
+    let ids = hf.tokenizer.encode(&prompt).unwrap();
+    let mut session = Session::new(&hf_rt, Policy::none()).unwrap();
+    let options = GenerateOptions { max_tokens: 24, ..GenerateOptions::default() };
+    let g = sieve_engine::generate(&mut session, &hf.tokenizer, &ids, &options, &mut |_| {}).unwrap();
+    assert!(g.text.contains("Paris"), "{:?}", g.text);
+    // Added tokens past the vocabulary load, and only a prompt that uses one is refused.
+    let ids = hf.tokenizer.encode("<fim_prefix>").unwrap();
+    assert_eq!(ids, vec![49152]);
+    let err = Session::new(&hf_rt, Policy::none()).unwrap().prefill(&ids, Logits::Last).unwrap_err();
+    assert!(err.to_string().contains("token id 49152 is outside the vocabulary of 49152"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn an_unsupported_rope_type_is_an_error_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("sieve-hf5-yarn-{}", std::process::id()));
+    transformers5_dir(&dir);
+    let path = dir.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    c["rope_parameters"]["rope_type"] = "yarn".into();
+    std::fs::write(&path, c.to_string()).unwrap();
+    let err = Model::load(&dir).unwrap_err().to_string();
+    assert!(
+        err.contains("config.json") && err.contains("rope_parameters.rope_type = \"yarn\" is not supported"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
