@@ -27,6 +27,25 @@ pub const ATOL: f32 = 1e-4;
 /// Relative tolerance of the comparisons.
 pub const RTOL: f32 = 1e-4;
 
+/// How far a decode step on packed weights may be from the reference: the norm of the
+/// difference of each compared tensor, relative to the reference's norm. A backend may
+/// multiply Q4_0, Q4_1 and Q8_0 blocks by its input quantized to 16 bits per block of 32
+/// (the candle CPU kernels do): each input value then moves by up to `amax / 65534` of its
+/// block, which on the packed model's random weights moves a layer's output by about
+/// 4e-5 of its norm, and single values that are small sums of large terms by more than
+/// the element-wise tolerance. A misread block (a wrong nibble order, scale, minimum or
+/// offset) moves the whole tensor by over 10 %.
+pub const PACKED_STEP_RELATIVE: f32 = 1e-3;
+
+/// When a backend's tensor counts as equal to the reference's.
+#[derive(Debug, Clone, Copy)]
+enum Tolerance {
+    /// Every element within `atol + rtol * |reference|`.
+    Elementwise(f32, f32),
+    /// `‖ours − reference‖ ≤ bound · ‖reference‖`.
+    Norm(f32),
+}
+
 /// Builds the backend under test from a configuration and weights.
 pub type Make<'a, B> = &'a dyn Fn(&ModelConfig, Weights) -> B;
 
@@ -51,6 +70,7 @@ struct Pair<B: Backend> {
     reference: HostBackend,
     caches: Vec<LayerCache<B::Tensor>>,
     reference_caches: Vec<LayerCache<HostTensor>>,
+    tolerance: Tolerance,
 }
 
 impl<B: Backend> Pair<B> {
@@ -64,6 +84,7 @@ impl<B: Backend> Pair<B> {
             reference,
             caches: (0..n).map(|_| LayerCache::default()).collect(),
             reference_caches: (0..n).map(|_| LayerCache::default()).collect(),
+            tolerance: Tolerance::Elementwise(ATOL, RTOL),
         })
     }
 
@@ -83,13 +104,13 @@ impl<B: Backend> Pair<B> {
         let err = backend_err(&self.ours);
         let mut h = self.ours.embed(tokens).map_err(&err)?;
         let mut r = self.reference.embed(tokens)?;
-        compare(&format!("{case}: embed"), &h, &r)?;
+        self.compare(&format!("{case}: embed"), &h, &r)?;
         let layers = self.reference.config().n_layers;
         for l in 0..layers {
             let p = if l + 1 == layers { probe } else { Probe::NONE };
             let out = self.ours.layer(LayerCall::new(l, &h, positions, p), &mut self.caches[l]).map_err(&err)?;
             let want = self.reference.layer(LayerCall::new(l, &r, positions, p), &mut self.reference_caches[l])?;
-            compare(&format!("{case}: layer {l} hidden"), &out.hidden, &want.hidden)?;
+            self.compare(&format!("{case}: layer {l} hidden"), &out.hidden, &want.hidden)?;
             self.compare_cache(case, l)?;
             if l + 1 == layers {
                 return Ok((out, want));
@@ -97,6 +118,28 @@ impl<B: Backend> Pair<B> {
             (h, r) = (out.hidden, want.hidden);
         }
         Err(mismatch(case, "the model has no layers".into()))
+    }
+
+    fn compare<T: Tensor>(&self, case: &str, got: &T, want: &HostTensor) -> Result<()> {
+        match self.tolerance {
+            Tolerance::Elementwise(atol, rtol) => {
+                Ok(sieve_core::conformance::compare_within(case, got, want, atol, rtol)?)
+            }
+            Tolerance::Norm(bound) => {
+                if got.shape() != want.shape() {
+                    return Err(mismatch(case, format!("shape {:?}, reference {:?}", got.shape(), want.shape())));
+                }
+                let got = got.to_host()?;
+                let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+                let diff = norm(&mut got.iter().zip(want.data()).map(|(a, b)| a - b));
+                let base = norm(&mut want.data().iter().copied()).max(1e-12);
+                if diff.is_finite() && diff <= f64::from(bound) * base {
+                    Ok(())
+                } else {
+                    Err(mismatch(case, format!("relative difference {:.3e} (tolerance {bound:.0e})", diff / base)))
+                }
+            }
+        }
     }
 
     fn compare_cache(&self, case: &str, l: usize) -> Result<()> {
@@ -110,7 +153,7 @@ impl<B: Backend> Pair<B> {
         for (what, got, want) in [("keys", ours.keys()?, theirs.keys()?), ("values", ours.values()?, theirs.values()?)]
         {
             match (got, want) {
-                (Some(g), Some(w)) => compare(&format!("{case}: layer {l} cached {what}"), &g, &w)?,
+                (Some(g), Some(w)) => self.compare(&format!("{case}: layer {l} cached {what}"), &g, &w)?,
                 (None, None) => {}
                 (g, _) => {
                     return Err(mismatch(case, format!("layer {l} cached {what} present: {}", g.is_some())));
@@ -122,7 +165,7 @@ impl<B: Backend> Pair<B> {
 
     fn logits(&self, case: &str, out: &LayerOutput<B::Tensor>, want: &LayerOutput<HostTensor>) -> Result<()> {
         let got = self.ours.logits(&out.hidden).map_err(backend_err(&self.ours))?;
-        compare(&format!("{case}: logits"), &got, &self.reference.logits(&want.hidden)?)
+        self.compare(&format!("{case}: logits"), &got, &self.reference.logits(&want.hidden)?)
     }
 }
 
@@ -246,11 +289,15 @@ pub fn packed_weights<B: Backend>(make: Make<'_, B>) -> Result<()> {
         reference,
         caches: (0..n).map(|_| LayerCache::default()).collect(),
         reference_caches: (0..n).map(|_| LayerCache::default()).collect(),
+        tolerance: Tolerance::Elementwise(ATOL, RTOL),
     };
-    // Five rows take the batched path, one row the matrix x vector path.
-    pair.forward("packed", &tokens(5, 64, 9), &[0, 1, 2, 3, 4], Probe::NONE)?;
+    // Five rows take the batched path (checked at the usual tolerance), one row the matrix
+    // x vector path.
+    let (out, want) = pair.forward("packed", &tokens(5, 64, 9), &[0, 1, 2, 3, 4], Probe::NONE)?;
+    pair.logits("packed", &out, &want)?;
+    pair.tolerance = Tolerance::Norm(PACKED_STEP_RELATIVE);
     let (out, want) = pair.forward("packed, then a step", &[17], &[5], Probe::NONE)?;
-    pair.logits("packed", &out, &want)
+    pair.logits("packed, then a step", &out, &want)
 }
 
 /// Instantiates the conformance suite for a backend: one `#[test]` per case of this

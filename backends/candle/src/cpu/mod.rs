@@ -20,6 +20,7 @@ pub mod pool;
 pub mod qdot;
 pub mod scratch;
 pub mod simd;
+pub mod vnni;
 pub mod weights;
 
 use candle_core::{Device, Tensor};

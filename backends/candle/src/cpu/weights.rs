@@ -1,16 +1,21 @@
-//! [`Matrix`]: a weight matrix `[rows, cols]` as the CPU kernels read it: `f32` values, or
-//! packed blocks ([`sieve_backend::quant`]) decoded on the fly.
+//! [`Matrix`]: a weight matrix `[rows, cols]` as the CPU kernels read it: `f32` values,
+//! packed blocks ([`sieve_backend::quant`]) decoded on the fly, or blocks in the integer
+//! kernels' layout ([`super::vnni`]).
 
 use sieve_backend::HostWeight;
 use sieve_backend::quant::{GgmlType, Packed, dequantize};
+
+use super::vnni;
 
 /// How a [`Matrix`] stores its values.
 #[derive(Debug, Clone)]
 pub enum Storage {
     /// Row-major `f32` values.
     F32(Vec<f32>),
-    /// Rows of blocks.
+    /// Rows of blocks, as the file stores them.
     Packed(Packed),
+    /// Rows of blocks in the layout of [`vnni::split`] (same bytes per row).
+    Split(Packed),
 }
 
 /// A weight matrix in host memory, rows of `cols` values, read row by row.
@@ -29,10 +34,14 @@ impl Matrix {
     }
 
     /// A matrix of a loaded weight `[rows, cols]`, packed or not (checked by the contract's
-    /// `Weights::check`).
+    /// `Weights::check`). Formats with an integer kernel on this CPU are rearranged for it.
     pub fn from_weight(w: HostWeight) -> Self {
         let (rows, cols) = (w.shape[0], w.shape.get(1).copied().unwrap_or(1));
         match w.packed {
+            Some(p) if vnni::supported(p.dtype, cols) => {
+                let bytes = vnni::split(p.dtype, cols, &p.bytes);
+                Self { rows, cols, storage: Storage::Split(Packed { dtype: p.dtype, bytes }) }
+            }
             Some(p) => Self { rows, cols, storage: Storage::Packed(p) },
             None => Self::f32(w.data, rows, cols),
         }
@@ -50,9 +59,13 @@ impl Matrix {
 
     /// The packed format, if packed.
     pub fn dtype(&self) -> Option<GgmlType> {
+        self.packed().map(|p| p.dtype)
+    }
+
+    fn packed(&self) -> Option<&Packed> {
         match &self.storage {
             Storage::F32(_) => None,
-            Storage::Packed(p) => Some(p.dtype),
+            Storage::Packed(p) | Storage::Split(p) => Some(p),
         }
     }
 
@@ -65,19 +78,39 @@ impl Matrix {
     pub fn bytes(&self) -> usize {
         match &self.storage {
             Storage::F32(d) => d.len() * std::mem::size_of::<f32>(),
-            Storage::Packed(p) => p.bytes.len(),
+            Storage::Packed(p) | Storage::Split(p) => p.bytes.len(),
         }
     }
 
-    /// The packed bytes of rows `start..start + n`.
+    /// The packed bytes of rows `start..start + n` (in either layout: see [`Self::storage`]).
     pub fn packed_rows(&self, start: usize, n: usize) -> Option<(&Packed, &[u8])> {
-        match &self.storage {
-            Storage::F32(_) => None,
-            Storage::Packed(p) => {
+        let p = self.packed()?;
+        let rb = p.dtype.row_bytes(self.cols);
+        Some((p, &p.bytes[start * rb..(start + n) * rb]))
+    }
+
+    /// Asks the CPU to bring packed rows `start..start + n` into cache (a hint: it reads
+    /// nothing).
+    #[inline]
+    pub fn prefetch_rows(&self, start: usize, n: usize) {
+        let (ptr, len) = match &self.storage {
+            // Long f32 rows stream well enough: fetching them ahead measured slower.
+            Storage::F32(_) => return,
+            Storage::Packed(p) | Storage::Split(p) => {
                 let rb = p.dtype.row_bytes(self.cols);
-                Some((p, &p.bytes[start * rb..(start + n) * rb]))
+                (p.bytes[start * rb..(start + n) * rb].as_ptr(), n * rb)
+            }
+        };
+        #[cfg(target_arch = "x86_64")]
+        for i in (0..len).step_by(64) {
+            // SAFETY: a prefetch has no observable effect, and `ptr + i` lies inside the
+            // rows sliced above.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T2 }>(ptr.add(i).cast());
             }
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (ptr, len);
     }
 
     /// Rows `start..start + n` as `f32`, row-major: a view of the values, or (for packed
@@ -86,10 +119,15 @@ impl Matrix {
     pub fn rows_f32<'a>(&'a self, start: usize, n: usize, scratch: &'a mut Vec<f32>) -> &'a [f32] {
         match &self.storage {
             Storage::F32(d) => &d[start * self.cols..(start + n) * self.cols],
-            Storage::Packed(p) => {
+            Storage::Packed(p) | Storage::Split(p) => {
                 let rb = p.dtype.row_bytes(self.cols);
+                let bytes = &p.bytes[start * rb..(start + n) * rb];
                 scratch.resize(n * self.cols, 0.0);
-                dequantize(p.dtype, &p.bytes[start * rb..(start + n) * rb], &mut scratch[..n * self.cols]);
+                if matches!(self.storage, Storage::Split(_)) {
+                    vnni::dequantize(p.dtype, self.cols, bytes, &mut scratch[..n * self.cols]);
+                } else {
+                    dequantize(p.dtype, bytes, &mut scratch[..n * self.cols]);
+                }
                 &scratch[..n * self.cols]
             }
         }
@@ -104,7 +142,8 @@ impl Matrix {
     /// k and v; gate and up); `None` when they differ in format.
     pub fn stack(parts: &[Matrix]) -> Option<Self> {
         let cols = parts[0].cols;
-        if parts.iter().any(|p| p.cols != cols || p.dtype() != parts[0].dtype()) {
+        let kind = |m: &Matrix| (m.dtype(), matches!(m.storage, Storage::Split(_)));
+        if parts.iter().any(|p| p.cols != cols || kind(p) != kind(&parts[0])) {
             return None;
         }
         let rows = parts.iter().map(|p| p.rows).sum();
@@ -116,14 +155,11 @@ impl Matrix {
                     .copied()
                     .collect(),
             ),
-            Some(dtype) => Storage::Packed(Packed {
-                dtype,
-                bytes: parts
-                    .iter()
-                    .flat_map(|p| if let Storage::Packed(q) = &p.storage { q.bytes.as_slice() } else { &[] })
-                    .copied()
-                    .collect(),
-            }),
+            Some(dtype) => {
+                let bytes = parts.iter().flat_map(|p| p.packed().map_or(&[][..], |q| &q.bytes)).copied().collect();
+                let packed = Packed { dtype, bytes };
+                if kind(&parts[0]).1 { Storage::Split(packed) } else { Storage::Packed(packed) }
+            }
         };
         Some(Self { rows, cols, storage })
     }
