@@ -118,8 +118,10 @@ fn at_least(v: f64, min: f64) -> bool {
     v >= min
 }
 
-/// The measures of `c` past their tolerances.
-pub fn violations(c: &Comparison) -> Vec<Violation> {
+/// The measures of `c` past their tolerances; `packed` when the weights were packed
+/// blocks (see [`tol::LOGITS_MAX_ABS_PACKED`]).
+pub fn violations(c: &Comparison, packed: bool) -> Vec<Violation> {
+    let logits_max_abs = if packed { tol::LOGITS_MAX_ABS_PACKED } else { tol::LOGITS_MAX_ABS };
     let mut out = Vec::new();
     let mut check = |failed: bool, measure: &'static str, value: f64, tolerance: String| {
         if failed {
@@ -135,10 +137,10 @@ pub fn violations(c: &Comparison) -> Vec<Violation> {
     };
     // NaN fails every check.
     check(
-        !at_most(c.logits_max_abs, tol::LOGITS_MAX_ABS),
+        !at_most(c.logits_max_abs, logits_max_abs),
         "logits max abs difference",
         c.logits_max_abs,
-        format!("<= {:e}", tol::LOGITS_MAX_ABS),
+        format!("<= {logits_max_abs:e}"),
     );
     check(
         !at_least(c.logits_cosine, tol::LOGITS_COSINE_MIN),
@@ -210,12 +212,12 @@ mod tests {
     fn each_measure_past_its_tolerance_is_named() {
         let a = run(vec![1.0, 2.0], vec![vec![0, 1, 2]; 2], (0..32).collect());
         let same = compare(["a", "b"], std::slice::from_ref(&a), std::slice::from_ref(&a));
-        assert!(violations(&same[0]).is_empty());
+        assert!(violations(&same[0], false).is_empty());
         let mut b = run(vec![1.0, 2.01], vec![vec![0, 1, 3], vec![0, 1, 2]], (0..32).map(|t| t.min(20)).collect());
         b.perplexity = Some(20.1);
         b.kv_bytes_end = 8;
         let c = compare(["a", "b"], &[a], &[b]);
-        let found: Vec<&str> = violations(&c[0]).iter().map(|v| v.measure).collect();
+        let found: Vec<&str> = violations(&c[0], false).iter().map(|v| v.measure).collect();
         assert_eq!(
             found,
             [
@@ -228,7 +230,7 @@ mod tests {
                 "KV bytes after generation"
             ]
         );
-        let line = violations(&c[0])[0].to_string();
+        let line = violations(&c[0], false)[0].to_string();
         assert!(line.starts_with("a vs b: logits max abs difference is 0.0"), "{line}");
     }
 }

@@ -46,6 +46,8 @@ pub struct Report {
     pub perturbed: Option<String>,
     /// Per backend, every case it ran.
     pub runs: Vec<(String, Vec<CaseRun>)>,
+    /// Whether the weights were packed blocks (their own logits tolerance).
+    pub packed: bool,
     pub comparisons: Vec<Comparison>,
     pub violations: Vec<Violation>,
 }
@@ -82,6 +84,7 @@ pub fn run(o: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
     if prompts.is_empty() || policies.is_empty() {
         bail!("the prompt and policy filters leave nothing to run");
     }
+    let packed = model.weights.is_packed();
     drop(model);
     let mut runs = Vec::new();
     for &name in &o.backends {
@@ -102,12 +105,13 @@ pub fn run(o: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
             comparisons.extend(compare::compare([&runs[i].0, &runs[j].0], &runs[i].1, &runs[j].1));
         }
     }
-    let violations = comparisons.iter().flat_map(compare::violations).collect();
+    let violations = comparisons.iter().flat_map(|c| compare::violations(c, packed)).collect();
     Ok(Report {
         model: o.model.display().to_string(),
         backends: o.backends.iter().map(ToString::to_string).collect(),
         perturbed: o.perturb.map(|k| k.to_string()),
         runs,
+        packed,
         comparisons,
         violations,
     })
