@@ -47,9 +47,27 @@ pub fn from_gguf(meta: &HashMap<String, Value>, vocab: usize, source: &str) -> R
 
 /// Reads a Hugging Face `config.json`.
 pub fn from_hf_json(text: &str, source: &str) -> Result<ModelConfig> {
-    let raw: HfConfig = serde_json::from_str(text).map_err(|e| Error::config(source, e.to_string()))?;
+    // The error names the key (`num_hidden_layers: invalid type ...`).
+    let raw: HfConfig = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+        .map_err(|e| Error::config(source, e.to_string()))?;
     let arch = parse_architecture(&raw.model_type)?;
     let (rope_theta, rope_scaling) = rope(&raw, source)?;
+    let unsupported = |key: &str, value: String, why: &str| {
+        Err(Error::config(source, format!("{key} = {value} is not supported ({why})")))
+    };
+    if let Some(act) = raw.hidden_act.as_deref().filter(|a| *a != "silu") {
+        return unsupported("hidden_act", format!("\"{act}\""), "sieve's Llama-family MLP is SiLU-gated");
+    }
+    if raw.mlp_bias == Some(true) {
+        return unsupported("mlp_bias", "true".into(), "sieve's MLP has no biases");
+    }
+    // A sliding window makes attention local past its length; below it, attention is
+    // the same as full attention, so the window bounds the context sieve accepts.
+    let window = match arch {
+        Architecture::Qwen2 if raw.use_sliding_window != Some(true) => None,
+        _ => raw.sliding_window,
+    };
+    let context = raw.max_position_embeddings.unwrap_or(4096);
     let config = ModelConfig {
         arch,
         n_layers: raw.num_hidden_layers,
@@ -62,7 +80,7 @@ pub fn from_hf_json(text: &str, source: &str) -> Result<ModelConfig> {
         rope_theta,
         rope_scaling,
         rms_eps: raw.rms_norm_eps.unwrap_or(1e-5),
-        context: raw.max_position_embeddings.unwrap_or(4096),
+        context: window.map_or(context, |w| w.min(context)),
         qkv_bias: raw.attention_bias.unwrap_or(arch == Architecture::Qwen2),
     };
     config.validate().map_err(|e| Error::config(source, e.to_string()))?;
@@ -136,6 +154,10 @@ struct HfConfig {
     rms_norm_eps: Option<f64>,
     max_position_embeddings: Option<usize>,
     attention_bias: Option<bool>,
+    hidden_act: Option<String>,
+    mlp_bias: Option<bool>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
 }
 
 /// The name in `general.architecture` and the family it denotes.
