@@ -62,7 +62,7 @@ pub struct ModelArgs {
     #[arg(short, long)]
     pub model: Option<PathBuf>,
     /// How weight matrices are held: `native` (as the file stores them, e.g. Q4_1 blocks,
-    /// computed in f32 on the CPU), `f32`, `f16` or `bf16`.
+    /// which the CPU kernels compute on), `f32`, `f16` or `bf16`.
     #[arg(long, default_value = "native", value_parser = |s: &str| s.parse::<Dtype>().map_err(|e| e.to_string()))]
     pub dtype: Dtype,
 }

@@ -2,7 +2,8 @@
 //! ([`Policy`]) that the engine runs.
 //!
 //! A policy has up to three independent sections:
-//! - `[prefill]`: prompt tokens dropped between layers during prefill (LazyLLM);
+//! - `[prefill]`: prompt tokens dropped between layers during prefill (LazyLLM), or chosen
+//!   at an early layer for a second pass of the whole model (GemFilter);
 //! - `[kv]`: each layer's KV cache cut to its budget after prefill (SnapKV, PyramidKV, ...);
 //! - `[decode]`: a cache budget held while generating (H2O, StreamingLLM, TOVA).
 //!
@@ -38,10 +39,27 @@ pub enum ScheduleKind {
     Pyramid,
 }
 
+/// `kind` in `[prefill]`: what happens to the tokens a pruning layer does not keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefillKind {
+    /// LazyLLM (Fu et al., 2024): they stop being computed from that layer on; the layers
+    /// before keep the whole prompt's entries.
+    #[default]
+    Lazy,
+    /// GemFilter (Shi et al., 2024): the layers before the one pruning layer run on the whole
+    /// prompt only to choose; then every layer runs again on the kept tokens alone (at
+    /// their original positions), so no layer holds entries of the others.
+    Gemfilter,
+}
+
 /// `[prefill]` as written in a file.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrefillFile {
+    /// `lazy` (the default) or `gemfilter`.
+    #[serde(default)]
+    pub kind: PrefillKind,
     /// The scorer; default: last-query attention.
     pub scorer: Option<ScorerSpec>,
     /// Layers before which tokens are pruned (each >= 1), scored by the layer before.
@@ -149,6 +167,8 @@ pub enum PrefillKeep {
 /// Validated prefill pruning.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrefillPolicy {
+    /// Lazy pruning between layers, or a filter pass and a second pass.
+    pub kind: PrefillKind,
     /// The scorer.
     pub scorer: ScorerSpec,
     /// Layers before which tokens are pruned, strictly increasing, each >= 1.
@@ -255,6 +275,12 @@ impl PrefillFile {
         if self.layers[0] == 0 {
             return Err(Error::out_of_range("prefill.layers", 0, "at least 1 (tokens are scored by the layer before)"));
         }
+        if self.kind == PrefillKind::Gemfilter && self.layers.len() != 1 {
+            return Err(Error::InvalidPolicy(format!(
+                "prefill: kind = \"gemfilter\" selects once, so `layers` names one layer, not {:?}",
+                self.layers
+            )));
+        }
         let keep = match (&self.keep, self.mass) {
             (Some(KeepList::One(f)), None) => PrefillKeep::Fractions(vec![*f; self.layers.len()]),
             (Some(KeepList::Many(f)), None) => PrefillKeep::Fractions(f.clone()),
@@ -275,7 +301,7 @@ impl PrefillFile {
             .protect(self.sinks, self.recent.max(1))
             .clamp(self.min_keep, self.max_keep);
         selector.validate("prefill")?;
-        Ok(PrefillPolicy { scorer, layers: self.layers.clone(), keep, selector })
+        Ok(PrefillPolicy { kind: self.kind, scorer, layers: self.layers.clone(), keep, selector })
     }
 }
 
@@ -445,6 +471,7 @@ impl Policy {
                     PrefillKeep::Mass(m) => (None, Some(*m)),
                 };
                 PrefillFile {
+                    kind: p.kind,
                     scorer: Some(p.scorer.clone()),
                     layers: p.layers.clone(),
                     keep,

@@ -7,11 +7,15 @@
 //! later layers compute nothing for the others. After each layer, `[kv]` cuts that
 //! layer's cache to its budget. During decoding, `[decode]` holds each layer's cache under
 //! its budget, evicting the lowest-scoring entries (never sinks or recent ones).
+//!
+//! A `gemfilter` prefill first runs the layers before its pruning layer on the whole prompt
+//! only to score it, forgets what they cached, and then runs every layer on the kept tokens
+//! alone (at their original positions).
 
 use std::time::Instant;
 
-use sieve_core::policy::DecodePolicy;
-use sieve_core::{Observation, Policy, Scorer, Tensor};
+use sieve_core::policy::{DecodePolicy, PrefillPolicy};
+use sieve_core::{Observation, Policy, PrefillKind, Scorer, Tensor};
 
 use sieve_backend::{Backend, BackendTensor as BTensor, LayerCache, LayerCall, LayerOutput, Probe};
 
@@ -206,13 +210,21 @@ impl<'b, B: Backend> Session<'b, B> {
             ..RunStats::default()
         };
         let device = self.backend.device();
+        let lazy = self.policy.prefill.as_ref().filter(|p| p.kind == PrefillKind::Lazy).cloned();
+        if let Some(p) = self.policy.prefill.clone().filter(|p| p.kind == PrefillKind::Gemfilter) {
+            let kept = self.filter_pass(&hidden, &positions, &p, &mut stats)?;
+            if kept.len() < n {
+                hidden = hidden.index_select(0, &kept)?;
+                positions = kept.iter().map(|&i| positions[i]).collect();
+            }
+        }
         for l in 0..n_layers {
-            let prune_next = self.policy.prefill.as_ref().is_some_and(|p| p.layers.get(stage) == Some(&(l + 1)));
+            let prune_next = lazy.as_ref().is_some_and(|p| p.layers.get(stage) == Some(&(l + 1)));
             let probe = self.probe_for(l, prune_next, positions.len());
             let call = LayerCall::new(l, &hidden, &positions, probe);
             let out = self.backend.layer(call, &mut self.caches[l]).map_err(&err)?;
             let rows = positions.len();
-            stats.tokens_per_layer[l] = rows;
+            stats.tokens_per_layer[l] += rows;
             stats.prefill_flops += layer_flops(&config, rows, causal_pairs(&positions, self.caches[l].positions()));
             let unpruned_pairs = n * self.next_pos + n * (n + 1) / 2;
             stats.prefill_flops_unpruned += layer_flops(&config, n, unpruned_pairs);
@@ -220,26 +232,8 @@ impl<'b, B: Backend> Session<'b, B> {
             let started = Instant::now();
 
             // Prefill pruning: choose which current rows go on to layer l + 1.
-            if prune_next {
-                let p = self.policy.prefill.as_ref().ok_or_else(|| Error::Invalid("prefill policy vanished".into()))?;
-                let cache = &self.caches[l];
-                let (m, total) = (rows, cache.len());
-                let mut scorer = p.scorer.build::<BTensor<B>>();
-                let queries = scorer.needs().attention_queries;
-                let attention = attention_for(&out, queries).map(|a| a.narrow(2, total - m, m)).transpose()?;
-                let keys = cache.keys()?.map(|k| k.narrow(1, total - m, m)).transpose()?;
-                let values = cache.values()?.map(|v| v.narrow(1, total - m, m)).transpose()?;
-                let obs = Observation {
-                    layer: l,
-                    step: 0,
-                    kv_heads: config.n_kv_heads,
-                    positions: &positions,
-                    attention: attention.as_ref(),
-                    keys: keys.as_ref(),
-                    values: values.as_ref(),
-                    device: device.clone(),
-                };
-                let scores = scorer.score_tokens(&obs)?.to_host()?;
+            if let (true, Some(p)) = (prune_next, &lazy) {
+                let scores = self.prompt_scores(l, &out, &positions, p)?;
                 let kept = p.selector.select_with(&scores, p.budget(stage, n))?;
                 if kept.len() < rows {
                     hidden = hidden.index_select(0, &kept)?;
@@ -307,6 +301,74 @@ impl<'b, B: Backend> Session<'b, B> {
         self.stats = stats;
         self.update_kv_stats();
         Ok(PrefillOutput { logits, positions: out_positions, vocab })
+    }
+
+    /// Scores of this call's `positions` (the rows of `out`, the output of layer `l`) by the
+    /// prefill scorer of `p`.
+    fn prompt_scores(
+        &self,
+        l: usize,
+        out: &LayerOutput<BTensor<B>>,
+        positions: &[usize],
+        p: &PrefillPolicy,
+    ) -> Result<Vec<f32>> {
+        let cache = &self.caches[l];
+        let (m, total) = (positions.len(), cache.len());
+        let mut scorer = p.scorer.build::<BTensor<B>>();
+        let queries = scorer.needs().attention_queries;
+        let attention = attention_for(out, queries).map(|a| a.narrow(2, total - m, m)).transpose()?;
+        let keys = cache.keys()?.map(|k| k.narrow(1, total - m, m)).transpose()?;
+        let values = cache.values()?.map(|v| v.narrow(1, total - m, m)).transpose()?;
+        let obs = Observation {
+            layer: l,
+            step: 0,
+            kv_heads: self.backend.config().n_kv_heads,
+            positions,
+            attention: attention.as_ref(),
+            keys: keys.as_ref(),
+            values: values.as_ref(),
+            device: self.backend.device(),
+        };
+        Ok(scorer.score_tokens(&obs)?.to_host()?)
+    }
+
+    /// The first pass of a `gemfilter` prefill: the layers before `p`'s pruning layer on
+    /// every row of `hidden` (the prompt's embeddings), the last of them scored, the rows
+    /// kept; then those layers' caches lose this call's entries again. Their work is added
+    /// to `stats`.
+    fn filter_pass(
+        &mut self,
+        hidden: &BTensor<B>,
+        positions: &[usize],
+        p: &PrefillPolicy,
+        stats: &mut RunStats,
+    ) -> Result<Vec<usize>> {
+        let config = self.backend.config().clone();
+        let err = backend_error(self.backend);
+        let last = p.layers[0] - 1;
+        let mut h = hidden.clone();
+        let mut kept = Vec::new();
+        for l in 0..=last {
+            let mut probe = Probe::NONE;
+            if l == last {
+                add_needs(&mut probe, p.scorer.build::<BTensor<B>>().needs().attention_queries, positions.len());
+            }
+            let out = self.backend.layer(LayerCall::new(l, &h, positions, probe), &mut self.caches[l]).map_err(&err)?;
+            stats.tokens_per_layer[l] += positions.len();
+            stats.prefill_flops +=
+                layer_flops(&config, positions.len(), causal_pairs(positions, self.caches[l].positions()));
+            if l == last {
+                let started = Instant::now();
+                let scores = self.prompt_scores(l, &out, positions, p)?;
+                kept = p.selector.select_with(&scores, p.budget(0, positions.len()))?;
+                stats.prune_ms += started.elapsed().as_secs_f64() * 1e3;
+            }
+            h = out.hidden;
+        }
+        for cache in &mut self.caches[..=last] {
+            cache.truncate(self.next_pos);
+        }
+        Ok(kept)
     }
 
     /// Feeds one token and returns the logits of the next.

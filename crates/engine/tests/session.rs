@@ -148,6 +148,48 @@ fn prefill_pruning_keeps_original_positions() {
     assert!(session.caches().iter().all(|c| *c.positions().last().unwrap() == 400));
 }
 
+/// GemFilter: layers 0..L-1 choose on the whole prompt, then every layer holds exactly the
+/// kept tokens at their original positions, and the logits are those of the model run on
+/// those tokens alone.
+#[test]
+fn gemfilter_reruns_the_model_on_the_kept_tokens() {
+    use sieve_backend::{Backend, LayerCache, LayerCall, Probe};
+    use sieve_core::Tensor as _;
+    let p = policy("[prefill]\nkind = \"gemfilter\"\nlayers = [6]\nkeep = 0.25\nsinks = 4\nrecent = 8\n");
+    let tokens = tokens(400);
+    let mut session = Session::new(backend(), p).unwrap();
+    let got = session.prefill(&tokens, Logits::Last).unwrap();
+    let kept = session.caches()[0].positions().to_vec();
+    assert_eq!(kept.len(), 100);
+    assert!((0..4).chain(392..400).all(|p| kept.contains(&p)), "sinks and recent tokens are kept");
+    assert!(kept.windows(2).all(|w| w[0] < w[1]));
+    for (l, cache) in session.caches().iter().enumerate() {
+        assert_eq!(cache.positions(), kept.as_slice(), "layer {l} holds the kept tokens only");
+        let expected = if l < 6 { 400 + 100 } else { 100 };
+        assert_eq!(session.stats.tokens_per_layer[l], expected, "layer {l}: rows computed in both passes");
+    }
+    assert!(session.stats.flops_saved > 0.5, "{}", session.stats.flops_saved);
+    // The second pass is the model on the kept tokens alone.
+    let b = backend();
+    let ids: Vec<u32> = kept.iter().map(|&p| tokens[p]).collect();
+    let mut h = b.embed(&ids).unwrap();
+    for l in 0..LAYERS {
+        h = b.layer(LayerCall::new(l, &h, &kept, Probe::NONE), &mut LayerCache::default()).unwrap().hidden;
+    }
+    let last = h.narrow(0, kept.len() - 1, 1).unwrap();
+    let want = b.logits(&last).unwrap().to_host().unwrap();
+    assert_eq!(got.last(), want.as_slice());
+    assert_eq!(session.next_position(), 400);
+    session.step(42).unwrap();
+    assert!(session.caches().iter().all(|c| c.len() == 101 && *c.positions().last().unwrap() == 400));
+}
+
+#[test]
+fn gemfilter_selects_once() {
+    let err = Policy::from_toml("[prefill]\nkind = \"gemfilter\"\nlayers = [4, 8]\nkeep = 0.5\n").unwrap_err();
+    assert!(err.to_string().contains("kind = \"gemfilter\" selects once"), "{err}");
+}
+
 #[test]
 fn adaptive_budgets_follow_the_attention() {
     let (_, session) = run(policy("[kv]\nmass = 0.9\nsinks = 4\nrecent = 16\n"), &tokens(400), 0);

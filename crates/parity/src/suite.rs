@@ -60,7 +60,7 @@ fn preset(configs: &std::path::Path, name: &str) -> Result<PolicyFile> {
 
 /// The suite's policies, from the presets in `configs`: none, lazy-prefill at 0.5, snapkv
 /// at 0.25, h2o with a decode budget small enough to evict during the 32 generated tokens
-/// of the chat prompt's cache, and adaptive.
+/// of the chat prompt's cache, adaptive, and gemfilter (its preset, keep 0.5).
 pub fn policies(configs: &std::path::Path) -> Result<Vec<Policy>> {
     let mut out = vec![Policy::none()];
     let mut lazy = preset(configs, "lazy-prefill")?;
@@ -76,7 +76,8 @@ pub fn policies(configs: &std::path::Path) -> Result<Vec<Policy>> {
     }
     h2o.name = Some("h2o-decode@40".into());
     let adaptive = preset(configs, "adaptive")?;
-    for file in [lazy, snapkv, h2o, adaptive] {
+    let gemfilter = preset(configs, "gemfilter")?;
+    for file in [lazy, snapkv, h2o, adaptive, gemfilter] {
         out.push(file.validate()?);
     }
     Ok(out)
