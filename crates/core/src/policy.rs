@@ -53,6 +53,19 @@ pub enum PrefillKind {
     Gemfilter,
 }
 
+/// `relative_to` in `[kv]`: what a `keep` fraction is a fraction of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeepBasis {
+    /// The layer's own cache (after any prefill pruning, a layer past a pruning layer holds
+    /// fewer entries, and keeps the same fraction of them).
+    #[default]
+    Layer,
+    /// Every token of the context so far, the same number of entries in every layer
+    /// (FastKV: the budget is set apart from how many tokens prefill propagates).
+    Context,
+}
+
 /// `[prefill]` as written in a file.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +111,9 @@ pub struct KvFile {
     pub schedule: ScheduleKind,
     /// Pyramid steepness (mean over the last layer's budget).
     pub beta: Option<f64>,
+    /// `layer` (the default) or `context`: what `keep` is a fraction of.
+    #[serde(default)]
+    pub relative_to: KeepBasis,
     /// First tokens never evicted.
     #[serde(default)]
     pub sinks: usize,
@@ -204,11 +220,31 @@ pub struct KvPolicy {
     pub schedule: ScheduleKind,
     /// Pyramid steepness.
     pub beta: f64,
+    /// What a fraction is a fraction of.
+    pub relative_to: KeepBasis,
     /// Protection and clamps.
     pub selector: Selector,
 }
 
 impl KvPolicy {
+    /// The budget of layer `l` of `n_layers`, whose cache holds `layer_len` entries, in a
+    /// context of `context_len` tokens.
+    pub fn budget_of(&self, l: usize, n_layers: usize, layer_len: usize, context_len: usize) -> Result<Budget> {
+        let basis = match self.relative_to {
+            KeepBasis::Layer => layer_len,
+            KeepBasis::Context => context_len,
+        };
+        let budget = self.layer_budgets(basis, n_layers)?[l];
+        // Never below the protected tokens, so short prompts are pruned less, not refused.
+        let protected = self.selector.sinks + self.selector.recent;
+        Ok(match (self.relative_to, budget) {
+            (KeepBasis::Context, Budget::Ratio(r)) => {
+                Budget::Tokens((((r * basis as f64) - 1e-9).ceil() as usize).max(1).max(protected))
+            }
+            (_, b) => b,
+        })
+    }
+
     /// The budget of each of `n_layers` layers for a cache of `n_tokens` entries. Pyramid
     /// budgets are never below `sinks + recent`.
     pub fn layer_budgets(&self, n_tokens: usize, n_layers: usize) -> Result<Vec<Budget>> {
@@ -324,9 +360,14 @@ impl KvFile {
         } else if self.beta.is_some() {
             return Err(Error::InvalidPolicy("kv: `beta` only applies to schedule = \"pyramid\"".into()));
         }
+        if self.relative_to == KeepBasis::Context && !matches!(budget, Budget::Ratio(_)) {
+            return Err(Error::InvalidPolicy(
+                "kv: relative_to = \"context\" applies to `keep`, not `tokens` or `mass`".into(),
+            ));
+        }
         let selector = Selector::new(budget).protect(self.sinks, self.recent).clamp(self.min_keep, self.max_keep);
         selector.validate("kv")?;
-        Ok(KvPolicy { scorer, budget, schedule: self.schedule, beta, selector })
+        Ok(KvPolicy { scorer, budget, schedule: self.schedule, beta, relative_to: self.relative_to, selector })
     }
 }
 
@@ -491,6 +532,7 @@ impl Policy {
                     mass,
                     schedule: k.schedule,
                     beta: (k.schedule == ScheduleKind::Pyramid).then_some(k.beta),
+                    relative_to: k.relative_to,
                     sinks: k.selector.sinks,
                     recent: k.selector.recent,
                     min_keep: k.selector.min_keep,

@@ -267,7 +267,7 @@ impl<'b, B: Backend> Session<'b, B> {
                     let mut scorer = kv.scorer.build::<BTensor<B>>();
                     let obs = observe(scorer.needs().attention_queries);
                     let scores = scorer.score_tokens(&obs)?.to_host()?;
-                    let budget = kv.layer_budgets(cache.len(), n_layers)?[l];
+                    let budget = kv.budget_of(l, n_layers, cache.len(), self.next_pos + n)?;
                     kept_kv = Some(kv.selector.select_with(&scores, budget)?);
                 }
                 if let Some(kept) = &kept_kv {

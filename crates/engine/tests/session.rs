@@ -184,6 +184,32 @@ fn gemfilter_reruns_the_model_on_the_kept_tokens() {
     assert!(session.caches().iter().all(|c| c.len() == 101 && *c.positions().last().unwrap() == 400));
 }
 
+/// `relative_to = "context"`: every layer keeps the same number of entries, a fraction of
+/// the context, whatever prefill propagated to it (FastKV); by default, a fraction of the
+/// layer's own entries.
+#[test]
+fn kv_budgets_relative_to_the_context_or_the_layer() {
+    let text = |basis: &str| {
+        format!(
+            "[prefill]\nlayers = [3]\nkeep = 0.5\nsinks = 4\nrecent = 8\n[kv]\nkeep = 0.2\nsinks = 4\nrecent = 8\nrelative_to = \"{basis}\"\n"
+        )
+    };
+    let (_, session) = run(policy(&text("context")), &tokens(400), 0);
+    assert!(
+        session.caches().iter().all(|c| c.len() == 80),
+        "{:?}",
+        session.caches().iter().map(|c| c.len()).collect::<Vec<_>>()
+    );
+    let (_, session) = run(policy(&text("layer")), &tokens(400), 0);
+    let lens: Vec<usize> = session.caches().iter().map(|c| c.len()).collect();
+    assert!(lens[..3].iter().all(|&n| n == 80) && lens[3..].iter().all(|&n| n == 40), "{lens:?}");
+    // A prompt shorter than the protected tokens over the fraction keeps them all.
+    let (_, session) = run(policy(&text("context")), &tokens(30), 0);
+    assert!(session.caches().iter().all(|c| c.len() == 12), "{:?}", session.caches()[0].len());
+    let err = Policy::from_toml("[kv]\ntokens = 64\nrelative_to = \"context\"\n").unwrap_err();
+    assert!(err.to_string().contains("relative_to = \"context\" applies to `keep`"), "{err}");
+}
+
 #[test]
 fn gemfilter_selects_once() {
     let err = Policy::from_toml("[prefill]\nkind = \"gemfilter\"\nlayers = [4, 8]\nkeep = 0.5\n").unwrap_err();
