@@ -81,6 +81,11 @@ pub struct PrefillFile {
     pub keep: Option<KeepList>,
     /// Adaptive alternative to `keep`: keep the smallest set holding this score mass.
     pub mass: Option<f64>,
+    /// Adaptive alternative to `keep`: `[lo, hi]`, the last stage keeps
+    /// `lo + (hi - lo) * novelty` of the prompt, where novelty is the share of distinct
+    /// 4-grams of token ids (0 for a text that repeats itself, near 1 for one that never
+    /// does); earlier stages step down to it evenly.
+    pub novelty: Option<[f64; 2]>,
     /// First tokens never pruned.
     #[serde(default)]
     pub sinks: usize,
@@ -92,6 +97,16 @@ pub struct PrefillFile {
     pub min_keep: usize,
     /// Never more tokens than this.
     pub max_keep: Option<usize>,
+}
+
+/// The share of distinct `n`-grams among the `n`-grams of `tokens` (1 when there are none):
+/// how little a text repeats itself.
+pub fn novelty(tokens: &[u32], n: usize) -> f64 {
+    if tokens.len() < n + 1 || n == 0 {
+        return 1.0;
+    }
+    let grams: std::collections::HashSet<&[u32]> = tokens.windows(n).collect();
+    grams.len() as f64 / (tokens.len() - n + 1) as f64
 }
 
 /// `[kv]` as written in a file.
@@ -178,6 +193,14 @@ pub enum PrefillKeep {
     Fractions(Vec<f64>),
     /// Smallest set of the current tokens holding this score mass.
     Mass(f64),
+    /// The last stage keeps `lo + (hi - lo) * novelty` of the prompt (see
+    /// [`PrefillFile::novelty`]); [`PrefillPolicy::for_prompt`] turns it into fractions.
+    Novelty {
+        /// Kept by a text that only repeats itself.
+        lo: f64,
+        /// Kept by a text without repeated 4-grams.
+        hi: f64,
+    },
 }
 
 /// Validated prefill pruning.
@@ -197,15 +220,26 @@ pub struct PrefillPolicy {
 
 impl PrefillPolicy {
     /// The budget at pruning stage `stage` for a prompt of `n_prompt` tokens; never below
-    /// the protected tokens, so short prompts are pruned less rather than refused.
+    /// the protected tokens, so short prompts are pruned less rather than refused. (A
+    /// novelty rule not yet resolved by [`Self::for_prompt`] keeps its upper fraction.)
     pub fn budget(&self, stage: usize, n_prompt: usize) -> Budget {
         let protected = self.selector.sinks + self.selector.recent;
+        let tokens = |f: f64| Budget::Tokens((((f * n_prompt as f64) - 1e-9).ceil() as usize).max(1).max(protected));
         match &self.keep {
-            PrefillKeep::Fractions(f) => {
-                Budget::Tokens((((f[stage] * n_prompt as f64) - 1e-9).ceil() as usize).max(1).max(protected))
-            }
+            PrefillKeep::Fractions(f) => tokens(f[stage]),
             PrefillKeep::Mass(p) => Budget::Mass(*p),
+            PrefillKeep::Novelty { hi, .. } => tokens(*hi),
         }
+    }
+
+    /// This policy for the prompt `tokens`: a novelty rule becomes the fractions its
+    /// novelty gives, stepping down evenly over the stages; other rules are unchanged.
+    pub fn for_prompt(&self, tokens: &[u32]) -> PrefillPolicy {
+        let PrefillKeep::Novelty { lo, hi } = self.keep else { return self.clone() };
+        let last = lo + (hi - lo) * novelty(tokens, 4);
+        let stages = self.layers.len();
+        let fractions = (1..=stages).map(|k| 1.0 - (1.0 - last) * k as f64 / stages as f64).collect();
+        PrefillPolicy { keep: PrefillKeep::Fractions(fractions), ..self.clone() }
     }
 }
 
@@ -317,20 +351,28 @@ impl PrefillFile {
                 self.layers
             )));
         }
-        let keep = match (&self.keep, self.mass) {
-            (Some(KeepList::One(f)), None) => PrefillKeep::Fractions(vec![*f; self.layers.len()]),
-            (Some(KeepList::Many(f)), None) => PrefillKeep::Fractions(f.clone()),
-            (None, Some(p)) => {
+        let keep = match (&self.keep, self.mass, self.novelty) {
+            (Some(KeepList::One(f)), None, None) => PrefillKeep::Fractions(vec![*f; self.layers.len()]),
+            (Some(KeepList::Many(f)), None, None) => PrefillKeep::Fractions(f.clone()),
+            (None, Some(p), None) => {
                 Budget::Mass(p).validate("prefill")?;
                 PrefillKeep::Mass(p)
             }
+            (None, None, Some([lo, hi])) => {
+                if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+                    return Err(Error::InvalidPolicy(format!(
+                        "prefill.novelty = [{lo}, {hi}] is out of range (0 < lo <= hi <= 1)"
+                    )));
+                }
+                PrefillKeep::Novelty { lo, hi }
+            }
             _ => {
-                return Err(Error::InvalidPolicy("prefill: give exactly one of `keep` or `mass`".into()));
+                return Err(Error::InvalidPolicy("prefill: give exactly one of `keep`, `mass` or `novelty`".into()));
             }
         };
         let fractions = match &keep {
             PrefillKeep::Fractions(f) => f.clone(),
-            PrefillKeep::Mass(_) => vec![1.0; self.layers.len()],
+            PrefillKeep::Mass(_) | PrefillKeep::Novelty { .. } => vec![1.0; self.layers.len()],
         };
         Schedule::Progressive { layers: self.layers.clone(), keep: fractions }.validate("prefill", None)?;
         let selector = Selector::new(Budget::Ratio(1.0))
@@ -419,6 +461,7 @@ impl PolicyFile {
                 _ => KeepList::One(keep),
             });
             p.mass = None;
+            p.novelty = None;
         }
     }
 
@@ -507,9 +550,10 @@ impl Policy {
             name: Some(self.name.clone()),
             description: (!self.description.is_empty()).then(|| self.description.clone()),
             prefill: self.prefill.as_ref().map(|p| {
-                let (keep, mass) = match &p.keep {
-                    PrefillKeep::Fractions(f) => (Some(KeepList::Many(f.clone())), None),
-                    PrefillKeep::Mass(m) => (None, Some(*m)),
+                let (keep, mass, novelty) = match &p.keep {
+                    PrefillKeep::Fractions(f) => (Some(KeepList::Many(f.clone())), None, None),
+                    PrefillKeep::Mass(m) => (None, Some(*m), None),
+                    PrefillKeep::Novelty { lo, hi } => (None, None, Some([*lo, *hi])),
                 };
                 PrefillFile {
                     kind: p.kind,
@@ -517,6 +561,7 @@ impl Policy {
                     layers: p.layers.clone(),
                     keep,
                     mass,
+                    novelty,
                     sinks: p.selector.sinks,
                     recent: p.selector.recent,
                     min_keep: p.selector.min_keep,

@@ -193,3 +193,33 @@ fn syntax_errors_are_one_line_with_line_column_and_text() {
     let err = sieve_core::policy::PolicyFile::default().override_scorer("magic").unwrap_err().to_string();
     assert!(err.contains("scorer `magic`: unknown variant `magic`") && !err.contains('\n'), "{err}");
 }
+
+#[test]
+fn novelty_budgets_follow_repetition() {
+    use sieve_core::policy::{PrefillKeep, novelty};
+    let repeated: Vec<u32> = (0..400).map(|i| i % 10).collect();
+    let fresh: Vec<u32> = (0..400).collect();
+    assert!(novelty(&repeated, 4) < 0.05, "{}", novelty(&repeated, 4));
+    assert_eq!(novelty(&fresh, 4), 1.0);
+    let p = PolicyFile::from_toml("[prefill]\nlayers = [4, 12]\nnovelty = [0.3, 0.7]\n").unwrap().validate().unwrap();
+    let prefill = p.prefill.unwrap();
+    let fractions = |tokens: &[u32]| match prefill.for_prompt(tokens).keep {
+        PrefillKeep::Fractions(f) => f,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(fractions(&fresh), vec![0.85, 0.7]);
+    let r = fractions(&repeated);
+    assert!(r[1] < 0.32 && r[1] >= 0.3 && r[0] > r[1], "{r:?}");
+    for bad in ["[0.0, 0.5]", "[0.6, 0.5]", "[0.2, 1.5]"] {
+        let err = PolicyFile::from_toml(&format!("[prefill]\nlayers = [4]\nnovelty = {bad}\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("prefill.novelty"), "{err}");
+    }
+    let err = PolicyFile::from_toml("[prefill]\nlayers = [4]\nkeep = 0.5\nnovelty = [0.3, 0.6]\n")
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert!(err.to_string().contains("exactly one of `keep`, `mass` or `novelty`"), "{err}");
+}

@@ -210,8 +210,9 @@ impl<'b, B: Backend> Session<'b, B> {
             ..RunStats::default()
         };
         let device = self.backend.device();
-        let lazy = self.policy.prefill.as_ref().filter(|p| p.kind == PrefillKind::Lazy).cloned();
-        if let Some(p) = self.policy.prefill.clone().filter(|p| p.kind == PrefillKind::Gemfilter) {
+        let prefill = self.policy.prefill.as_ref().map(|p| p.for_prompt(tokens));
+        let lazy = prefill.clone().filter(|p| p.kind == PrefillKind::Lazy);
+        if let Some(p) = prefill.filter(|p| p.kind == PrefillKind::Gemfilter) {
             let kept = self.filter_pass(&hidden, &positions, &p, &mut stats)?;
             if kept.len() < n {
                 hidden = hidden.index_select(0, &kept)?;

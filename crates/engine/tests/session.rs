@@ -210,6 +210,22 @@ fn kv_budgets_relative_to_the_context_or_the_layer() {
     assert!(err.to_string().contains("relative_to = \"context\" applies to `keep`"), "{err}");
 }
 
+/// A novelty budget keeps more of a prompt that does not repeat itself.
+#[test]
+fn novelty_budgets_keep_more_of_varied_prompts() {
+    let p = policy("[prefill]\nlayers = [4, 12, 20]\nnovelty = [0.3, 0.6]\nsinks = 4\nrecent = 8\n");
+    let repeated: Vec<u32> = (0..400).map(|i| (i % 7) as u32).collect();
+    let (_, varied) = run(p.clone(), &tokens(400), 0);
+    let (_, repetitive) = run(p, &repeated, 0);
+    let kept = |s: &Session<'static, HostBackend>| s.stats.tokens_per_layer[LAYERS - 1];
+    assert!(
+        (120..=125).contains(&kept(&repetitive)),
+        "a prompt that only repeats keeps about 30%: {}",
+        kept(&repetitive)
+    );
+    assert!(kept(&varied) > 220, "a varied prompt keeps nearly 60%: {}", kept(&varied));
+}
+
 #[test]
 fn gemfilter_selects_once() {
     let err = Policy::from_toml("[prefill]\nkind = \"gemfilter\"\nlayers = [4, 8]\nkeep = 0.5\n").unwrap_err();
