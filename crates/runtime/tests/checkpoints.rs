@@ -97,6 +97,17 @@ fn every_architecture_computes_what_transformers_computes() {
     }
 }
 
+/// A copy of the fixture `source` in a temporary directory named after `what`.
+fn copy_of(source: &Path, what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sieve-checkpoint-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
 /// A configuration value sieve does not implement is an error naming the file and the key.
 #[test]
 fn an_unsupported_value_names_the_file_and_key() {
@@ -107,12 +118,7 @@ fn an_unsupported_value_names_the_file_and_key() {
     ];
     let source = fixtures().into_iter().next().unwrap();
     for (key, value, message) in cases {
-        let dir = std::env::temp_dir().join(format!("sieve-checkpoint-{key}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for entry in std::fs::read_dir(&source).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-        }
+        let dir = copy_of(&source, key);
         let path = dir.join("config.json");
         let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         config[key] = value;
@@ -131,12 +137,7 @@ fn an_unsupported_value_names_the_file_and_key() {
 #[test]
 fn a_sliding_window_bounds_the_context() {
     let source = fixtures().into_iter().find(|d| d.ends_with("mistral")).unwrap();
-    let dir = std::env::temp_dir().join(format!("sieve-checkpoint-window-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for entry in std::fs::read_dir(&source).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
-    }
+    let dir = copy_of(&source, "window");
     let path = dir.join("config.json");
     let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     config["sliding_window"] = 16.into();
