@@ -98,70 +98,23 @@ fn kept(r: &PerplexityReport) -> (f64, f64) {
     (computed, kv)
 }
 
-/// Perplexity change against kept KV, one colour per text and one mark per policy.
-fn svg(rows: &[Row]) -> String {
-    let (w, h, m) = (640.0, 400.0, 60.0);
-    let max_change = rows.iter().map(|r| 100.0 * (r.ppl / r.base_ppl - 1.0)).fold(1.0f64, f64::max) * 1.1;
-    let x = |v: f64| m + v * (w - 2.0 * m);
-    let y = |v: f64| h - m - v / max_change * (h - 2.0 * m);
-    let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n\
-         <line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n\
-         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">fraction of the KV cache kept</text>\n\
-         <text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">perplexity change (%)</text>\n",
-        h - m,
-        w - m,
-        h - m,
-        h - m,
-        w / 2.0,
-        h - 15.0,
-        h / 2.0,
-        h / 2.0
-    );
-    for t in 0..=4 {
-        let v = f64::from(t) / 4.0;
-        let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{v:.2}</text>", x(v), h - m + 16.0);
-        let c = max_change * v;
-        let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{c:.0}</text>", m - 6.0, y(c) + 4.0);
-    }
-    let texts: Vec<&str> = rows.iter().map(|r| r.text).fold(Vec::new(), |mut v, t| {
-        if !v.contains(&t) {
-            v.push(t);
-        }
-        v
-    });
-    let policies: Vec<&str> = rows.iter().map(|r| r.policy.as_str()).fold(Vec::new(), |mut v, p| {
-        if !v.contains(&p) {
-            v.push(p);
-        }
-        v
-    });
+/// Perplexity change against the kept KV fraction, one series per text and policy.
+fn plot(rows: &[Row]) -> Result<String> {
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for r in rows {
-        let c = colours[texts.iter().position(|t| *t == r.text).unwrap_or(0) % colours.len()];
-        let (cx, cy) = (x(r.kv_kept), y(100.0 * (r.ppl / r.base_ppl - 1.0)));
-        let _ = if policies.first() == Some(&r.policy.as_str()) {
-            writeln!(s, "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"6\" fill=\"{c}\"/>")
-        } else {
-            writeln!(s, "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"11\" height=\"11\" fill=\"{c}\"/>", cx - 5.5, cy - 5.5)
-        };
+        let label = format!("{} / {}", r.text, r.policy);
+        let at = (r.kv_kept, 100.0 * (r.ppl / r.base_ppl - 1.0));
+        match series.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, points)) => points.push(at),
+            None => series.push((label, vec![at])),
+        }
     }
-    for (i, t) in texts.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            "<text x=\"{}\" y=\"{}\" fill=\"{}\">{t}</text>",
-            w - m - 90.0,
-            m + 16.0 * i as f64,
-            colours[i % colours.len()]
-        );
-    }
-    for (i, p) in policies.iter().enumerate() {
-        let mark = if i == 0 { "circle" } else { "square" };
-        let _ = writeln!(s, "<text x=\"{}\" y=\"{}\">{mark}: {p}</text>", m + 10.0, m + 16.0 * i as f64);
-    }
-    s.push_str("</svg>\n");
-    s
+    Ok(sieve_eval::plot::scatter(
+        "Kept KV and perplexity by kind of text",
+        "fraction of the KV cache kept",
+        "perplexity change (%)",
+        &series,
+    )?)
 }
 
 fn main() -> Result<()> {
@@ -219,7 +172,7 @@ fn main() -> Result<()> {
     }
     std::fs::create_dir_all(&a.out)?;
     std::fs::write(a.out.join("texts.md"), &md)?;
-    std::fs::write(a.out.join("texts.svg"), svg(&rows))?;
+    std::fs::write(a.out.join("texts.svg"), plot(&rows)?)?;
     print!("{md}");
     Ok(())
 }

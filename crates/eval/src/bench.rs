@@ -267,7 +267,8 @@ fn clock(secs: f64) -> String {
     format!("{}:{:02}", s / 60, s % 60)
 }
 
-/// Writes `results.json`, `results.md`, `quality.svg` and `speedup.svg` into `out`;
+/// Writes `results.json`, `results.md`, `quality.svg`, `speedup.svg` and `frontier.svg`
+/// into `out`;
 /// returns the markdown table.
 pub fn write_outputs(out: &Path, results: &Results, log: &mut dyn FnMut(&str)) -> Result<String> {
     let mut write = |name: &str, text: String| -> Result<()> {
@@ -282,5 +283,6 @@ pub fn write_outputs(out: &Path, results: &Results, log: &mut dyn FnMut(&str)) -
     write("results.md", md.clone())?;
     write("quality.svg", crate::plot::quality(&results.points)?)?;
     write("speedup.svg", crate::plot::speedup(&results.points)?)?;
+    write("frontier.svg", crate::plot::frontier(&results.points)?)?;
     Ok(md)
 }
