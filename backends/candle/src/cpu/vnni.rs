@@ -21,12 +21,17 @@ use sieve_backend::quant::{GgmlType, f16_to_f32};
 
 use super::simd::{Isa, isa};
 
-/// Whether rows of `cols` values of `dtype` have an integer kernel on this CPU (set
-/// `SIEVE_NO_VNNI` to use the `f32` kernels instead).
+/// Whether rows of `cols` values of `dtype` have an integer kernel on this CPU.
 pub fn supported(dtype: GgmlType, cols: usize) -> bool {
+    cpu() && cols.is_multiple_of(64) && matches!(dtype, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+}
+
+/// Whether this CPU has the instructions of the kernels, detected once (set
+/// `SIEVE_NO_VNNI` to use the `f32` kernels instead).
+fn cpu() -> bool {
     use std::sync::OnceLock;
     static CPU: OnceLock<bool> = OnceLock::new();
-    let cpu = *CPU.get_or_init(|| {
+    *CPU.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
             isa() == Isa::Avx512
@@ -38,8 +43,7 @@ pub fn supported(dtype: GgmlType, cols: usize) -> bool {
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
-    });
-    cpu && cols.is_multiple_of(64) && matches!(dtype, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+    })
 }
 
 /// Bytes of one block's values in the split layout.
@@ -149,9 +153,9 @@ impl Quantized {
         let nb = x.len() / 32;
         let mut out = Self { q: vec![0; x.len()], d: vec![0.0; nb], s: vec![0.0; nb] };
         #[cfg(target_arch = "x86_64")]
-        if supported(GgmlType::Q8_0, 64) {
+        if cpu() {
             for (b, block) in x.chunks_exact(32).enumerate() {
-                // SAFETY: `supported` detected avx512f and avx512bw; the block has 32 values
+                // SAFETY: `cpu` detected avx512f and avx512bw; the block has 32 values
                 // and its output 32 slots.
                 let (d, sum) = unsafe { x86::quantize_block(block, &mut out.q[32 * b..32 * b + 32]) };
                 out.d[b] = d;
