@@ -10,12 +10,17 @@
 //! activations) would halve the work again, but measurably change the default model's
 //! answers (it no longer names Paris as France's capital); sixteen bits do not.
 //!
-//! The kernels read a layout of their own, made once at load ([`split`]): per row, the
-//! weight values of all blocks first (the 4-bit values of two blocks interleaved, value `j`
-//! of the pair in the low half of byte `j` and value `j + 32` in its high half, so that one
-//! widening load and a mask or a shift give a block; 8-bit values as stored), then the
-//! blocks' `f16` scales, then (Q4_1) their `f16` minimums. A row takes as many bytes as in
-//! the GGUF layout.
+//! The kernels read a layout of their own, made once at load ([`split`]). Blocks go in
+//! pairs, and a pair's 64 values in *lane order*: the first 16 values of the first block,
+//! the first 16 of the second, then the last 16 of each. Widened to 16 bits, the first 32
+//! of them fill one register whose products land in lanes 0-7 (first block) and 8-15
+//! (second block) of `vpdpwssd`'s output, and the last 32 accumulate into the same lanes:
+//! one conversion, one scale and one multiply-add per pair instead of per block. 8-bit
+//! values are stored in lane order; 4-bit values take 32 bytes per pair, lane-order value
+//! `j` in the low half of byte `j` and value `j + 32` in its high half, so that one
+//! widening load and a mask or a shift give each half. The input is quantized in the same
+//! order. After the values of all pairs come the blocks' `f16` scales, then (Q4_1) their
+//! `f16` minimums. A row takes as many bytes as in the GGUF layout.
 
 use sieve_backend::quant::{GgmlType, f16_to_f32};
 
@@ -72,6 +77,11 @@ fn block_values(dtype: GgmlType, block: &[u8]) -> ([u8; 32], [u8; 2], [u8; 2]) {
     }
 }
 
+/// Where value `j` (`0..32`) of block `b` (0 or 1 of a pair) sits in the pair's lane order.
+fn lane(b: usize, j: usize) -> usize {
+    (j / 16) * 32 + b * 16 + j % 16
+}
+
 /// Rows of GGUF blocks (`bytes`, rows of `cols` values) in the kernels' layout.
 ///
 /// # Panics
@@ -92,15 +102,13 @@ pub fn split(dtype: GgmlType, cols: usize, bytes: &[u8]) -> Vec<u8> {
             if dtype == GgmlType::Q4_1 {
                 mins[2 * b..2 * b + 2].copy_from_slice(&m);
             }
-            if dtype == GgmlType::Q8_0 {
-                values[32 * b..32 * b + 32].copy_from_slice(&v);
-            } else {
-                // Pair p = blocks 2p and 2p + 1: byte j holds value j of the pair in its
-                // low half and value j + 32 in its high half.
-                let (pair, high) = (b / 2, b % 2 == 1);
-                for (j, &q) in v.iter().enumerate() {
-                    let at = &mut values[32 * pair + j];
-                    *at |= if high { q << 4 } else { q };
+            let pair = &mut values[2 * vb * (b / 2)..2 * vb * (b / 2 + 1)];
+            for (j, &q) in v.iter().enumerate() {
+                let at = lane(b % 2, j);
+                if dtype == GgmlType::Q8_0 {
+                    pair[at] = q;
+                } else {
+                    pair[at % 32] |= if at < 32 { q } else { q << 4 };
                 }
             }
         }
@@ -118,26 +126,26 @@ pub fn dequantize(dtype: GgmlType, cols: usize, bytes: &[u8], out: &mut [f32]) {
         let half = |at: usize| f16_to_f32(u16::from_le_bytes([rest[at], rest[at + 1]]));
         for (b, block) in dst.chunks_exact_mut(32).enumerate() {
             let d = half(2 * b);
-            match dtype {
-                GgmlType::Q8_0 => {
-                    for (o, &q) in block.iter_mut().zip(&values[32 * b..32 * b + 32]) {
-                        *o = d * f32::from(q as i8);
-                    }
-                }
-                _ => {
-                    let (offset, m) = if dtype == GgmlType::Q4_1 { (0.0, half(2 * nb + 2 * b)) } else { (8.0, 0.0) };
-                    let (pair, shift) = (&values[32 * (b / 2)..32 * (b / 2) + 32], 4 * (b % 2));
-                    for (o, &q) in block.iter_mut().zip(pair) {
-                        *o = d * (f32::from((q >> shift) & 0xf) - offset) + m;
-                    }
-                }
+            let pair = &values[2 * vb * (b / 2)..2 * vb * (b / 2 + 1)];
+            let (offset, m) = match dtype {
+                GgmlType::Q4_1 => (0.0, half(2 * nb + 2 * b)),
+                GgmlType::Q4_0 => (8.0, 0.0),
+                _ => (0.0, 0.0),
+            };
+            for (j, o) in block.iter_mut().enumerate() {
+                let at = lane(b % 2, j);
+                let q = match dtype {
+                    GgmlType::Q8_0 => f32::from(pair[at] as i8),
+                    _ => f32::from((pair[at % 32] >> (4 * (at / 32))) & 0xf),
+                };
+                *o = d * (q - offset) + m;
             }
         }
     }
 }
 
-/// A vector quantized for the kernels: 16-bit values, and per block of 32 the scale and the
-/// sum of the decoded values.
+/// A vector quantized for the kernels: 16-bit values (each 64 in the lane order of
+/// [`split`]), and per block of 32 the scale and the sum of the decoded values.
 #[derive(Debug, Clone, Default)]
 pub struct Quantized {
     q: Vec<i16>,
@@ -161,7 +169,7 @@ impl Quantized {
                 out.d[b] = d;
                 out.s[b] = d * sum as f32;
             }
-            return out;
+            return out.into_lane_order();
         }
         for (b, block) in x.chunks_exact(32).enumerate() {
             let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -176,12 +184,32 @@ impl Quantized {
             out.d[b] = d;
             out.s[b] = d * sum as f32;
         }
-        out
+        out.into_lane_order()
     }
 
-    /// The decoded values (what the kernels multiply by).
+    /// Swaps the middle 16 values of every 64 (natural order to lane order and back).
+    fn swap_quarters(q: &mut [i16]) {
+        for chunk in q.chunks_exact_mut(64) {
+            let (first, second) = chunk.split_at_mut(32);
+            first[16..].swap_with_slice(&mut second[..16]);
+        }
+    }
+
+    fn into_lane_order(mut self) -> Self {
+        Self::swap_quarters(&mut self.q);
+        self
+    }
+
+    /// The 16-bit values in the input's order.
+    fn natural(&self) -> Vec<i16> {
+        let mut q = self.q.clone();
+        Self::swap_quarters(&mut q);
+        q
+    }
+
+    /// The decoded values (what the kernels multiply by), in the input's order.
     pub fn values(&self) -> Vec<f32> {
-        self.q.iter().enumerate().map(|(i, &q)| self.d[i / 32] * f32::from(q)).collect()
+        self.natural().iter().enumerate().map(|(i, &q)| self.d[i / 32] * f32::from(q)).collect()
     }
 }
 
@@ -273,30 +301,33 @@ mod x86 {
                 acc_min[r] = _mm512_fmadd_ps(m, sx, acc_min[r]);
                 scale[r] = _mm512_mul_ps(d, dx);
             }
-            if dtype == GgmlType::Q8_0 {
-                for j in 0..blocks {
-                    let b = c + j;
-                    let xv = unsafe { _mm512_loadu_si512(x.q.as_ptr().add(32 * b).cast()) };
-                    let at = _mm512_set1_epi32(j as i32);
-                    for r in 0..4 {
-                        let w = _mm512_cvtepi8_epi16(unsafe { _mm256_loadu_si256(values[r].add(32 * b).cast()) });
-                        let dot = _mm512_dpwssd_epi32(zero, w, xv);
-                        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(at, scale[r]), acc[r]);
-                    }
-                }
-            } else {
-                for k in 0..blocks / 2 {
-                    let (b, pair) = (c + 2 * k, c / 2 + k);
-                    let x0 = unsafe { _mm512_loadu_si512(x.q.as_ptr().add(32 * b).cast()) };
-                    let x1 = unsafe { _mm512_loadu_si512(x.q.as_ptr().add(32 * b + 32).cast()) };
-                    let (at0, at1) = (_mm512_set1_epi32(2 * k as i32), _mm512_set1_epi32(2 * k as i32 + 1));
-                    for r in 0..4 {
+            // Pair k of the chunk: lanes 0-7 of the products are block 2k, lanes 8-15 block
+            // 2k + 1, each with its own scale.
+            for k in 0..blocks / 2 {
+                let pair = c / 2 + k;
+                let x0 = unsafe { _mm512_loadu_si512(x.q.as_ptr().add(64 * pair).cast()) };
+                let x1 = unsafe { _mm512_loadu_si512(x.q.as_ptr().add(64 * pair + 32).cast()) };
+                let at = _mm512_mask_blend_epi32(
+                    0xff00,
+                    _mm512_set1_epi32(2 * k as i32),
+                    _mm512_set1_epi32(2 * k as i32 + 1),
+                );
+                for r in 0..4 {
+                    let dot = if dtype == GgmlType::Q8_0 {
+                        let (w0, w1) = unsafe {
+                            (
+                                _mm256_loadu_si256(values[r].add(64 * pair).cast()),
+                                _mm256_loadu_si256(values[r].add(64 * pair + 32).cast()),
+                            )
+                        };
+                        let dot = _mm512_dpwssd_epi32(zero, _mm512_cvtepi8_epi16(w0), x0);
+                        _mm512_dpwssd_epi32(dot, _mm512_cvtepi8_epi16(w1), x1)
+                    } else {
                         let v = _mm512_cvtepu8_epi16(unsafe { _mm256_loadu_si256(values[r].add(32 * pair).cast()) });
-                        let d0 = _mm512_dpwssd_epi32(zero, _mm512_and_si512(v, low), x0);
-                        let d1 = _mm512_dpwssd_epi32(zero, _mm512_srli_epi16::<4>(v), x1);
-                        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_permutexvar_ps(at0, scale[r]), acc[r]);
-                        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_permutexvar_ps(at1, scale[r]), acc[r]);
-                    }
+                        let dot = _mm512_dpwssd_epi32(zero, _mm512_and_si512(v, low), x0);
+                        _mm512_dpwssd_epi32(dot, _mm512_srli_epi16::<4>(v), x1)
+                    };
+                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(at, scale[r]), acc[r]);
                 }
             }
         }
@@ -352,7 +383,8 @@ mod tests {
         }
         assert_eq!(fast.d, scalar.d);
         assert_eq!(fast.s, scalar.s);
-        let off: Vec<usize> = (0..96).filter(|&i| (fast.q[i] - scalar.q[i]).abs() > 1).collect();
+        let fast_q = fast.natural();
+        let off: Vec<usize> = (0..96).filter(|&i| (fast_q[i] - scalar.q[i]).abs() > 1).collect();
         assert!(off.is_empty(), "values {off:?} differ by more than one step");
     }
 
