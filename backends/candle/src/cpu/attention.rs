@@ -13,9 +13,21 @@ use super::exp::exp_shifted_sum;
 use super::gemm::{View, matmul};
 use super::pool::Pool;
 use super::scratch::zeroed;
+use super::simd::{axpy, dot, dot4};
 
 /// Query rows per task.
 const QUERY_BLOCK: usize = 64;
+
+/// Up to this many rows of `A` (query heads of a group times query rows: a decode step)
+/// and [`DIRECT_KEYS`] keys, `S = A · Kᵀ` and `O = S · V` run as dot products and row
+/// updates: for so few rows on a short cache the GEMM's packing costs more than the
+/// products; on a longer one the GEMM's blocking wins (measured on the default model).
+const DIRECT_ROWS: usize = 8;
+const DIRECT_KEYS: usize = 512;
+
+/// Below this many multiply-adds in all, the tasks run on the calling thread (a decode
+/// step on a short cache), without waking the pool.
+const INLINE_WORK: usize = 1 << 18;
 
 /// The shapes of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -95,7 +107,23 @@ pub fn attention(
             let base = kv * s.capacity * hd;
             let k = View::transposed(&keys[base..base + visible.max(1) * hd], hd, visible);
             let mut scores = zeroed(g * rows * visible);
-            matmul(View::rows(&a, g * rows, hd), k, &mut scores, visible, false);
+            let keys_of = |j: usize| &keys[base + j * hd..base + (j + 1) * hd];
+            let direct = g * rows <= DIRECT_ROWS && visible <= DIRECT_KEYS;
+            if direct {
+                for (qi, srow) in a.chunks_exact(hd).zip(scores.chunks_exact_mut(visible.max(1))) {
+                    let mut j = 0;
+                    while j + 4 <= visible {
+                        srow[j..j + 4]
+                            .copy_from_slice(&dot4([keys_of(j), keys_of(j + 1), keys_of(j + 2), keys_of(j + 3)], qi));
+                        j += 4;
+                    }
+                    for (j, sv) in srow.iter_mut().enumerate().take(visible).skip(j) {
+                        *sv = dot(keys_of(j), qi);
+                    }
+                }
+            } else {
+                matmul(View::rows(&a, g * rows, hd), k, &mut scores, visible, false);
+            }
             let probe_from = first_probe.max(start);
             let probe_here = (start + rows).saturating_sub(probe_from);
             let mut probs = vec![0f32; g * probe_here * m];
@@ -122,13 +150,25 @@ pub fn attention(
                 }
             }
             let mut o = zeroed(g * rows * hd);
-            let v = View::rows(&values[base..base + visible.max(1) * hd], visible, hd);
-            matmul(View::rows(&scores, g * rows, visible), v, &mut o, hd, false);
+            if direct {
+                for (orow, srow) in o.chunks_exact_mut(hd).zip(scores.chunks_exact(visible.max(1))) {
+                    for (j, &p) in srow.iter().enumerate().take(visible) {
+                        axpy(p, &values[base + j * hd..base + (j + 1) * hd], orow);
+                    }
+                }
+            } else {
+                let v = View::rows(&values[base..base + visible.max(1) * hd], visible, hd);
+                matmul(View::rows(&scores, g * rows, visible), v, &mut o, hd, false);
+            }
             Part { kv, start, rows, out: o, probs, probe_from, sums }
         };
         *slots[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(part);
     };
-    Pool::global().run(tasks.len(), &task);
+    if n * m * s.heads * hd < INLINE_WORK {
+        (0..tasks.len()).for_each(task);
+    } else {
+        Pool::global().run(tasks.len(), &task);
+    }
     let parts = slots.into_iter().filter_map(|s| s.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner));
     let ProbeOut { probs: mut probe_probs, sums: mut probe_sums, .. } = probe;
     if let Some(sums) = probe_sums.as_deref_mut() {

@@ -68,9 +68,16 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `y += a * x`.
 #[inline]
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    debug_assert_eq!(x.len(), y.len());
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
+    assert_eq!(x.len(), y.len(), "axpy: lengths differ");
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx512f was detected; both slices have the same length (asserted).
+        Isa::Avx512 => unsafe { x86::axpy_avx512(a, x, y) },
+        _ => {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y += a * x;
+            }
+        }
     }
 }
 
@@ -115,6 +122,30 @@ mod x86 {
             }
         }
         acc.map(|a| _mm512_reduce_add_ps(a))
+    }
+
+    /// # Safety
+    /// The CPU has avx512f; `x` and `y` have the same length.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn axpy_avx512(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len();
+        let (xp, yp, av) = (x.as_ptr(), y.as_mut_ptr(), _mm512_set1_ps(a));
+        let mut i = 0;
+        // SAFETY (all accesses): `i + 16 <= n`, or a mask covers only the `n - i` values left.
+        while i + 16 <= n {
+            unsafe {
+                _mm512_storeu_ps(yp.add(i), _mm512_fmadd_ps(av, _mm512_loadu_ps(xp.add(i)), _mm512_loadu_ps(yp.add(i))))
+            };
+            i += 16;
+        }
+        if i < n {
+            let mask: __mmask16 = (1u32 << (n - i)) as u16 - 1;
+            unsafe {
+                let v =
+                    _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(mask, xp.add(i)), _mm512_maskz_loadu_ps(mask, yp.add(i)));
+                _mm512_mask_storeu_ps(yp.add(i), mask, v);
+            }
+        }
     }
 
     /// # Safety
@@ -165,6 +196,9 @@ mod tests {
             }
             assert!((dot(&rows[1], &x) - got[1]).abs() < 1e-5);
             assert!((dot_scalar(&rows[2], &x) - got[2]).abs() < 1e-4);
+            let mut y = rows[3].clone();
+            axpy(0.5, &x, &mut y);
+            assert!(y.iter().zip(&rows[3]).zip(&x).all(|((y, r), x)| (y - (r + 0.5 * x)).abs() < 1e-6), "axpy at {n}");
         }
     }
 }
