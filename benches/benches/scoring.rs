@@ -31,7 +31,7 @@ fn scorers() -> Vec<ScorerSpec> {
     vec![
         ScorerSpec::LastQuery { aggregation: Aggregation::Mean },
         ScorerSpec::Snapkv { window: 32, kernel: 7, pooling: Pool::Avg, aggregation: Aggregation::Mean },
-        ScorerSpec::H2o { aggregation: Aggregation::Mean },
+        ScorerSpec::H2o { aggregation: Aggregation::Mean, normalize: false },
         ScorerSpec::Knorm {},
         ScorerSpec::Vnorm {},
         ScorerSpec::Recency {},

@@ -208,7 +208,13 @@ pub fn scorer_snapkv<T: Tensor + Send + 'static>(device: &T::Device) -> Result<(
 
 /// The accumulated-attention scorer (H2O).
 pub fn scorer_h2o<T: Tensor + Send + 'static>(device: &T::Device) -> Result<()> {
-    scorers::<T>(device, &[ScorerSpec::H2o { aggregation: Aggregation::Mean }])
+    scorers::<T>(
+        device,
+        &[
+            ScorerSpec::H2o { aggregation: Aggregation::Mean, normalize: false },
+            ScorerSpec::H2o { aggregation: Aggregation::Max, normalize: true },
+        ],
+    )
 }
 
 /// The scorers that read no attention: key and value norms, recency, random.

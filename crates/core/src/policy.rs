@@ -89,7 +89,8 @@ pub struct PrefillFile {
     /// First tokens never pruned.
     #[serde(default)]
     pub sinks: usize,
-    /// Last tokens never pruned (the last token is always kept).
+    /// Last tokens never pruned (the last token is always kept, and a SnapKV scorer's
+    /// whole observation window).
     #[serde(default)]
     pub recent: usize,
     /// Never fewer tokens than this.
@@ -132,7 +133,7 @@ pub struct KvFile {
     /// First tokens never evicted.
     #[serde(default)]
     pub sinks: usize,
-    /// Last tokens never evicted.
+    /// Last tokens never evicted (at least a SnapKV scorer's observation window).
     #[serde(default)]
     pub recent: usize,
     /// Never fewer entries than this.
@@ -279,22 +280,31 @@ impl KvPolicy {
         })
     }
 
-    /// The budget of each of `n_layers` layers for a cache of `n_tokens` entries. Pyramid
-    /// budgets are never below `sinks + recent`.
+    /// The budget of each of `n_layers` layers for a cache of `n_tokens` entries.
+    ///
+    /// A pyramid spreads what is left of the mean budget after the protected tokens
+    /// (`sinks + recent`) over the unprotected ones, and every layer adds the protected
+    /// tokens on top, as PyramidKV's reference code does with its window: so that the
+    /// deepest layers still keep some tokens by score at a small `keep`. The budgets sum
+    /// to the uniform total (up to rounding).
     pub fn layer_budgets(&self, n_tokens: usize, n_layers: usize) -> Result<Vec<Budget>> {
-        let keep = match (self.schedule, self.budget) {
+        let mean = match (self.schedule, self.budget) {
             (ScheduleKind::Uniform, b) => return Ok(vec![b; n_layers]),
-            (ScheduleKind::Pyramid, Budget::Ratio(r)) => r,
-            (ScheduleKind::Pyramid, Budget::Tokens(t)) => (t as f64 / n_tokens.max(1) as f64).min(1.0),
+            (ScheduleKind::Pyramid, Budget::Ratio(r)) => r * n_tokens as f64,
+            (ScheduleKind::Pyramid, Budget::Tokens(t)) => (t as f64).min(n_tokens as f64),
             (ScheduleKind::Pyramid, Budget::Mass(_)) => {
                 return Err(Error::InvalidPolicy("kv: a pyramid schedule needs `keep` or `tokens`, not `mass`".into()));
             }
         };
-        let budgets = Schedule::Pyramid { keep, beta: self.beta }.budgets(n_tokens, n_layers)?;
-        // A layer never gets less than its protected tokens, so steep pyramids on short
-        // inputs keep slightly more than the uniform total.
-        let floor = (self.selector.sinks + self.selector.recent).min(n_tokens);
-        Ok(budgets.into_iter().map(|b| Budget::Tokens(b.max(floor))).collect())
+        let protected = (self.selector.sinks + self.selector.recent).min(n_tokens);
+        let free = n_tokens - protected;
+        let spread = mean - protected as f64;
+        if free == 0 || spread <= 0.0 {
+            return Ok(vec![Budget::Tokens(protected.max(1).min(n_tokens.max(1))); n_layers]);
+        }
+        let keep = (spread / free as f64).min(1.0);
+        let budgets = Schedule::Pyramid { keep, beta: self.beta }.budgets(free, n_layers)?;
+        Ok(budgets.into_iter().map(|b| Budget::Tokens(b + protected)).collect())
     }
 }
 
@@ -376,7 +386,7 @@ impl PrefillFile {
         };
         Schedule::Progressive { layers: self.layers.clone(), keep: fractions }.validate("prefill", None)?;
         let selector = Selector::new(Budget::Ratio(1.0))
-            .protect(self.sinks, self.recent.max(1))
+            .protect(self.sinks, self.recent.max(1).max(scorer.keeps_last()))
             .clamp(self.min_keep, self.max_keep);
         selector.validate("prefill")?;
         Ok(PrefillPolicy { kind: self.kind, scorer, layers: self.layers.clone(), keep, selector })
@@ -407,7 +417,8 @@ impl KvFile {
                 "kv: relative_to = \"context\" applies to `keep`, not `tokens` or `mass`".into(),
             ));
         }
-        let selector = Selector::new(budget).protect(self.sinks, self.recent).clamp(self.min_keep, self.max_keep);
+        let recent = self.recent.max(scorer.keeps_last());
+        let selector = Selector::new(budget).protect(self.sinks, recent).clamp(self.min_keep, self.max_keep);
         selector.validate("kv")?;
         Ok(KvPolicy { scorer, budget, schedule: self.schedule, beta, relative_to: self.relative_to, selector })
     }
@@ -415,9 +426,11 @@ impl KvFile {
 
 impl DecodeFile {
     fn validate(&self) -> Result<DecodePolicy> {
-        let scorer = self.scorer.clone().unwrap_or(ScorerSpec::H2o { aggregation: Aggregation::Mean });
+        let scorer =
+            self.scorer.clone().unwrap_or(ScorerSpec::H2o { aggregation: Aggregation::Mean, normalize: false });
         scorer.validate("decode")?;
-        let protected = self.sinks + self.recent;
+        let recent = self.recent.max(scorer.keeps_last());
+        let protected = self.sinks + recent;
         if self.budget <= protected {
             return Err(Error::out_of_range(
                 "decode.budget",
@@ -432,7 +445,7 @@ impl DecodeFile {
                 format!("1..={} (budget - sinks - recent)", self.budget - protected),
             ));
         }
-        let selector = Selector::new(Budget::Tokens(self.budget - self.every)).protect(self.sinks, self.recent);
+        let selector = Selector::new(Budget::Tokens(self.budget - self.every)).protect(self.sinks, recent);
         selector.validate("decode")?;
         Ok(DecodePolicy { scorer, budget: self.budget, every: self.every, selector })
     }

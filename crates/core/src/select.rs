@@ -18,10 +18,13 @@ pub enum Budget {
     Ratio(f64),
     /// Keep at most this many tokens.
     Tokens(usize),
-    /// Adaptive: keep the smallest set (in ranking order) whose share of the total score
-    /// mass reaches `p`, in `(0, 1]`. Scores are shifted so that the smallest is zero when
-    /// any is negative; attention scores are used as they are. The kept count follows the
-    /// input: a peaked score distribution keeps few tokens, a flat one many.
+    /// Adaptive: besides the protected tokens, keep the smallest set (in ranking order)
+    /// whose share of the score mass of the unprotected tokens reaches `p`, in `(0, 1]`.
+    /// The protected tokens' mass does not count: attention sinks draw most of a row's
+    /// attention, and counting it would stop the selection after a handful of tokens.
+    /// Scores are shifted so that the smallest is zero when any is negative; attention
+    /// scores are used as they are. The kept count follows the input: a peaked score
+    /// distribution keeps few tokens, a flat one many.
     Mass(f64),
 }
 
@@ -118,7 +121,7 @@ impl Selector {
         let target = match budget {
             Budget::Ratio(r) => ((r * n as f64) - 1e-9).ceil().max(0.0) as usize,
             Budget::Tokens(t) => t,
-            Budget::Mass(p) => mass_count(scores, &order, p),
+            Budget::Mass(p) => protected + mass_count(scores, &order[protected..], p),
         };
         let mut count = target.max(protected).max(self.min_keep);
         if let Some(max) = self.max_keep {
@@ -179,17 +182,18 @@ pub fn mass_weights(scores: &[f32]) -> Vec<f64> {
 /// may sum to a hair less.
 pub const MASS_TOLERANCE: f64 = 1e-6;
 
-/// Length of the shortest prefix of `order` whose mass reaches `p`.
+/// Length of the shortest prefix of `order` whose share of the mass of the tokens in
+/// `order` reaches `p`.
 fn mass_count(scores: &[f32], order: &[usize], p: f64) -> usize {
-    let w = mass_weights(scores);
+    let among: Vec<f32> = order.iter().map(|&i| scores[i]).collect();
     let mut acc = 0.0;
-    for (taken, &i) in order.iter().enumerate() {
+    for (taken, w) in mass_weights(&among).into_iter().enumerate() {
         if acc >= p - MASS_TOLERANCE {
             return taken;
         }
-        acc += w[i];
+        acc += w;
     }
-    order.len()
+    among.len()
 }
 
 #[cfg(test)]
@@ -223,6 +227,15 @@ mod tests {
         assert_eq!(Selector::new(Budget::Mass(0.8)).select(&s).unwrap(), vec![0, 1]);
         assert_eq!(Selector::new(Budget::Mass(0.81)).select(&s).unwrap(), vec![0, 1, 2]);
         assert_eq!(Selector::new(Budget::Mass(1.0)).select(&s).unwrap().len(), 4);
+    }
+
+    /// A sink that draws most of the attention does not count towards the mass: the
+    /// target applies to the tokens being chosen.
+    #[test]
+    fn protected_mass_does_not_count() {
+        let s = [10.0, 0.5, 0.3, 0.15, 0.05];
+        let kept = Selector::new(Budget::Mass(0.8)).protect(1, 0).select(&s).unwrap();
+        assert_eq!(kept, vec![0, 1, 2]);
     }
 
     #[test]

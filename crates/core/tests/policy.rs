@@ -170,6 +170,50 @@ fn pyramid_budgets_never_drop_below_the_protected_tokens() {
     assert!(budgets.iter().all(|b| matches!(b, Budget::Tokens(t) if *t >= 36)), "{budgets:?}");
 }
 
+/// The pyramid is built over the budget left after the protected tokens, which every
+/// layer adds on top: the last layer of 30 at keep 0.25 of 2,048 still chooses tokens by
+/// score, and the total stays the uniform one.
+#[test]
+fn pyramid_spreads_the_unprotected_budget_and_adds_the_protected_on_top() {
+    let p = Policy::from_toml("[kv]\nkeep = 0.25\nschedule = \"pyramid\"\nsinks = 4\nrecent = 32\n").unwrap();
+    let budgets: Vec<usize> =
+        p.kv.unwrap()
+            .layer_budgets(2048, 30)
+            .unwrap()
+            .into_iter()
+            .map(|b| match b {
+                Budget::Tokens(t) => t,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+    // (512 - 36) / 20 = 23.8 chosen by score in the last layer, 36 protected.
+    assert!((59..=60).contains(&budgets[29]), "{budgets:?}");
+    assert!(budgets.windows(2).all(|w| w[0] >= w[1]), "{budgets:?}");
+    let total: usize = budgets.iter().sum();
+    assert!(total.abs_diff(512 * 30) <= 1, "{total}");
+}
+
+/// `--keep` alone builds SnapKV with its default window of 32, and the window is
+/// protected even though the policy's `recent` is 0: the last prompt tokens (the final one
+/// included) are never evicted.
+#[test]
+fn snapkv_policies_protect_the_observation_window() {
+    let mut file = PolicyFile::default();
+    file.override_keep(0.25);
+    let kv = file.validate().unwrap().kv.unwrap();
+    assert_eq!(kv.selector.recent, 32);
+    let kept = kv
+        .selector
+        .select_with(&[1.0f32; 100].iter().enumerate().map(|(i, _)| 100.0 - i as f32).collect::<Vec<_>>(), kv.budget)
+        .unwrap();
+    assert!((68..100).all(|i| kept.contains(&i)), "{kept:?}");
+    // A larger `recent` stays; other scorers keep theirs.
+    let p = Policy::from_toml("[kv]\nkeep = 0.5\nrecent = 40\n").unwrap();
+    assert_eq!(p.kv.unwrap().selector.recent, 40);
+    let p = Policy::from_toml("[kv]\nkeep = 0.5\nrecent = 3\n[kv.scorer]\nkind = \"knorm\"\n").unwrap();
+    assert_eq!(p.kv.unwrap().selector.recent, 3);
+}
+
 #[test]
 fn prefill_budgets_of_short_prompts_cover_the_protected_tokens() {
     let p = Policy::from_toml("[prefill]\nlayers = [2]\nkeep = 0.4\nsinks = 4\nrecent = 16\n").unwrap();

@@ -54,17 +54,36 @@ fn last_query_takes_the_last_row_of_each_head() {
 fn snapkv_sums_the_window_and_pools() {
     let a = attention();
     let pos = [0, 1, 2, 3];
-    // window sums: head 0 = [0.6, 0.3, 0.4, 0.7]; head 1 = [0.95, 0.35, 0.35, 0.35]
+    // The window is the last two tokens, scored 3 (above any sum of two queries). Window
+    // sums before it: head 0 = [0.6, 0.3]; head 1 = [0.95, 0.35], pooled among themselves
+    // (the window's columns, 0.3 + 0.1 and 0.4 + 0.3 in head 0, do not lift token 1).
     let mut max = ObservationWindow { window: 2, kernel: 3, pooling: Pool::Max, aggregation: Aggregation::Mean };
     let s = max.score(&obs(&pos, Some(&a), None)).unwrap().to_host().unwrap();
-    close(&s, &[0.6, 0.6, 0.7, 0.7, 0.95, 0.95, 0.35, 0.35]);
+    close(&s, &[0.6, 0.6, 3.0, 3.0, 0.95, 0.95, 3.0, 3.0]);
     let mut avg = ObservationWindow { window: 2, kernel: 3, pooling: Pool::Avg, aggregation: Aggregation::Mean };
     let s = avg.score(&obs(&pos, Some(&a), None)).unwrap().to_host().unwrap();
-    close(&s, &[0.3, 1.3 / 3.0, 1.4 / 3.0, 1.1 / 3.0, 1.3 / 3.0, 1.65 / 3.0, 1.05 / 3.0, 0.7 / 3.0]);
-    // A window wider than the observation uses all of it.
+    close(&s, &[0.3, 0.3, 3.0, 3.0, 1.3 / 3.0, 1.3 / 3.0, 3.0, 3.0]);
+    // A window wider than the observation is as wide as its queries.
     let mut wide = ObservationWindow { window: 8, kernel: 1, pooling: Pool::Avg, aggregation: Aggregation::Mean };
     let s = wide.score(&obs(&pos, Some(&a), None)).unwrap().to_host().unwrap();
-    close(&s, &[0.6, 0.3, 0.4, 0.7, 0.95, 0.35, 0.35, 0.35]);
+    close(&s, &[0.6, 0.3, 3.0, 3.0, 0.95, 0.35, 3.0, 3.0]);
+    // Every token in the window: all of them score alike.
+    let one = t(&[0.5, 0.5, 0.2, 0.8], &[1, 2, 2]);
+    let s = wide.score(&obs(&[0, 1], Some(&one), None)).unwrap().to_host().unwrap();
+    close(&s, &[3.0, 3.0]);
+}
+
+/// The observing queries' own tokens survive any budget that has room for them, even
+/// when they draw no attention and no `recent` protects them.
+#[test]
+fn snapkv_keeps_its_window_without_recent() {
+    // One head, two queries over six keys; the window's columns get nothing.
+    let a = t(&[0.5, 0.2, 0.2, 0.1, 0.0, 0.0, 0.4, 0.3, 0.2, 0.1, 0.0, 0.0], &[1, 2, 6]);
+    let pos = [0, 1, 2, 3, 4, 5];
+    let mut snap = ObservationWindow { window: 2, kernel: 1, pooling: Pool::Avg, aggregation: Aggregation::Mean };
+    let scores = snap.score_tokens(&obs(&pos, Some(&a), None)).unwrap().to_host().unwrap();
+    let kept = sieve_core::Selector::new(sieve_core::Budget::Tokens(3)).select(&scores).unwrap();
+    assert_eq!(kept, vec![0, 4, 5]);
 }
 
 #[test]
@@ -88,6 +107,26 @@ fn h2o_accumulates_grows_and_compacts() {
     // An observation smaller than the state is a bookkeeping error, not a silent answer.
     let a4 = t(&[1.0], &[1, 1, 1]);
     assert!(h2o.score(&obs(&[0], Some(&a4), None)).is_err());
+}
+
+/// Normalised H2O divides each sum by the queries that saw the token: a prefill of two
+/// tokens (the first seen twice), then one decode step, an eviction, another step.
+#[test]
+fn normalised_h2o_divides_by_the_queries_that_saw_each_token() {
+    let mut h2o = AccumulatedAttention::normalized(Aggregation::Mean);
+    let a1 = t(&[1.0, 0.0, 0.5, 0.5], &[1, 2, 2]);
+    let s = h2o.score(&obs(&[0, 1], Some(&a1), None)).unwrap();
+    close(&s.to_host().unwrap(), &[0.75, 0.5]);
+    let a2 = t(&[0.2, 0.3, 0.5], &[1, 1, 3]);
+    let s = h2o.score(&obs(&[0, 1, 2], Some(&a2), None)).unwrap();
+    close(&s.to_host().unwrap(), &[1.7 / 3.0, 0.4, 0.5]);
+    h2o.retain(&[0, 2]).unwrap();
+    let a3 = t(&[0.1, 0.2, 0.7], &[1, 1, 3]);
+    let s = h2o.score(&obs(&[0, 2, 3], Some(&a3), None)).unwrap();
+    close(&s.to_host().unwrap(), &[0.45, 0.35, 0.7]);
+    // The spec builds it.
+    let spec: ScorerSpec = toml::from_str("kind = \"h2o\"\nnormalize = true").unwrap();
+    assert_eq!(spec, ScorerSpec::H2o { aggregation: Aggregation::Mean, normalize: true });
 }
 
 #[test]

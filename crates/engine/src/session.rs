@@ -5,7 +5,8 @@
 //! pruning layer of `[prefill]`, the prompt's remaining tokens are scored from that
 //! layer's attention and only the kept rows (with their original positions) go on, so
 //! later layers compute nothing for the others. After each layer, `[kv]` cuts that
-//! layer's cache to its budget. During decoding, `[decode]` holds each layer's cache under
+//! layer's entries from this prefill to their budget (entries an earlier prefill of the
+//! conversation kept stay as they are). During decoding, `[decode]` holds each layer's cache under
 //! its budget, evicting the lowest-scoring entries (never sinks or recent ones).
 //!
 //! A `gemfilter` prefill first runs the layers before its pruning layer on the whole prompt
@@ -148,12 +149,20 @@ impl<'b, B: Backend> Session<'b, B> {
     /// Forgets every token at position `pos` or later, so that a conversation can continue
     /// from a common prefix.
     pub fn truncate(&mut self, pos: usize) -> Result<()> {
-        for cache in &mut self.caches {
+        for (l, cache) in self.caches.iter_mut().enumerate() {
+            let before = cache.len();
             cache.truncate(pos);
-        }
-        if let Some(d) = &mut self.decode {
-            d.scorers = (0..self.caches.len()).map(|_| d.policy.scorer.build()).collect();
-            d.scores.iter_mut().for_each(|s| *s = None);
+            // The decode scorer keeps what it learnt about the surviving entries (H2O's
+            // running sums), as after any eviction.
+            if let Some(d) = &mut self.decode
+                && cache.len() < before
+            {
+                let kept: Vec<usize> = (0..cache.len()).collect();
+                d.scorers[l].retain(&kept)?;
+                if let Some(scores) = &mut d.scores[l] {
+                    scores.truncate(cache.len());
+                }
+            }
         }
         self.next_pos = self.next_pos.min(pos);
         Ok(())
@@ -268,8 +277,14 @@ impl<'b, B: Backend> Session<'b, B> {
                     let mut scorer = kv.scorer.build::<BTensor<B>>();
                     let obs = observe(scorer.needs().attention_queries);
                     let scores = scorer.score_tokens(&obs)?.to_host()?;
-                    let budget = kv.budget_of(l, n_layers, cache.len(), self.next_pos + n)?;
-                    kept_kv = Some(kv.selector.select_with(&scores, budget)?);
+                    // Only this call's entries are cut: what an earlier call kept stays (a
+                    // conversation's context is compressed once, not again at every turn).
+                    let old = cache.positions().partition_point(|&p| p < self.next_pos);
+                    let budget = kv.budget_of(l, n_layers, cache.len() - old, n)?;
+                    let mut selector = kv.selector.clone();
+                    selector.sinks = selector.sinks.saturating_sub(old);
+                    let kept_new = selector.select_with(&scores[old..], budget)?;
+                    kept_kv = Some((0..old).chain(kept_new.into_iter().map(|i| i + old)).collect::<Vec<_>>());
                 }
                 if let Some(kept) = &kept_kv {
                     self.caches[l].retain(kept)?;

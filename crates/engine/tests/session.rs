@@ -191,7 +191,7 @@ fn gemfilter_reruns_the_model_on_the_kept_tokens() {
 fn kv_budgets_relative_to_the_context_or_the_layer() {
     let text = |basis: &str| {
         format!(
-            "[prefill]\nlayers = [3]\nkeep = 0.5\nsinks = 4\nrecent = 8\n[kv]\nkeep = 0.2\nsinks = 4\nrecent = 8\nrelative_to = \"{basis}\"\n"
+            "[prefill]\nlayers = [3]\nkeep = 0.5\nsinks = 4\nrecent = 8\n[kv]\nkeep = 0.2\nsinks = 4\nrecent = 8\nrelative_to = \"{basis}\"\n[kv.scorer]\nkind = \"snapkv\"\nwindow = 8\n"
         )
     };
     let (_, session) = run(policy(&text("context")), &tokens(400), 0);
@@ -273,6 +273,40 @@ fn a_truncated_session_continues_like_a_fresh_one() {
     let fresh = Session::new(backend(), Policy::none()).unwrap().prefill(&ids, Logits::Last).map(|o| o.last().to_vec());
     let diff = continued.last().iter().zip(fresh.unwrap()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(diff < 1e-4, "{diff}");
+}
+
+/// A second prefill (the next turn of a chat) cuts only its own entries: what the first
+/// kept stays, so a context is compressed once and not again at every turn.
+#[test]
+fn later_turns_compress_only_their_own_entries() {
+    let ids = tokens(300);
+    let p = policy("[kv]\nkeep = 0.5\nsinks = 4\nrecent = 8\n[kv.scorer]\nkind = \"snapkv\"\nwindow = 8\n");
+    let mut session = Session::new(backend(), p).unwrap();
+    session.prefill(&ids[..200], Logits::Last).unwrap();
+    let first: Vec<Vec<usize>> = session.caches().iter().map(|c| c.positions().to_vec()).collect();
+    assert!(first.iter().all(|p| p.len() == 100));
+    session.prefill(&ids[200..], Logits::Last).unwrap();
+    for (l, cache) in session.caches().iter().enumerate() {
+        assert_eq!(cache.len(), 150, "layer {l}");
+        assert_eq!(&cache.positions()[..100], &first[l][..], "layer {l} cut the first turn again");
+        // The second turn's own last tokens (its observation window and `recent`) stay;
+        // its first ones are not sinks.
+        assert!(cache.positions().ends_with(&(292..300).collect::<Vec<_>>()), "layer {l}");
+    }
+}
+
+/// A session truncated (a chat rewriting its end) while a decode budget is full goes on
+/// evicting by the scores it had for the surviving entries.
+#[test]
+fn a_truncated_session_keeps_its_decode_scores() {
+    let p = policy("[decode]\nbudget = 64\nevery = 8\nsinks = 4\nrecent = 8\n[decode.scorer]\nkind = \"h2o\"\n");
+    let mut session = Session::new(backend(), p).unwrap();
+    session.prefill(&tokens(80), Logits::Last).unwrap();
+    session.truncate(70).unwrap();
+    assert!(session.caches().iter().all(|c| c.len() == 70));
+    session.step(3).unwrap();
+    assert!(session.caches().iter().all(|c| c.len() == 57), "{:?}", session.stats.kv_entries);
+    assert!(session.caches().iter().all(|c| c.positions().last() == Some(&70)));
 }
 
 #[test]

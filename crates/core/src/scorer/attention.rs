@@ -44,6 +44,11 @@ impl<T: Tensor + Send> Scorer<T> for LastQuery {
 /// key, then smoothed with 1-D pooling of width `kernel` so that the neighbours of an
 /// important token are kept with it.
 ///
+/// The window's own tokens (the last `window` of the scored set, whose queries did the
+/// observing) are always kept: they score above any attention sum, whatever the policy's
+/// `recent` says, and the pooling runs over the tokens before the window only, so that
+/// the window's columns (the diagonal) do not lift their neighbours.
+///
 /// SnapKV (Li et al., 2024, "SnapKV: LLM Knows What You Are Looking for Before
 /// Generation") observes that the attention of the last few prompt tokens predicts which
 /// entries generation will need.
@@ -74,9 +79,19 @@ impl<T: Tensor + Send> Scorer<T> for ObservationWindow {
 
     fn score(&mut self, obs: &Observation<'_, T>) -> Result<T> {
         let a = obs.attention("snapkv")?;
-        let w = a.dim(1)?;
-        let recent = a.narrow(1, w - w.min(self.window), w.min(self.window))?;
-        recent.sum(1)?.pool1d(self.kernel, self.pooling)
+        let (heads, queries, k) = (a.dim(0)?, a.dim(1)?, a.dim(2)?);
+        let w = queries.min(self.window).min(k);
+        // Each query's probabilities sum to one, so `w + 1` is above any column's sum.
+        let window = T::from_host(&vec![w as f32 + 1.0; heads * w], &[heads, w], &obs.device)?;
+        if w == k {
+            return Ok(window);
+        }
+        let summed = a.narrow(1, queries - w, w)?.sum(1)?;
+        let before = summed.narrow(1, 0, k - w)?.pool1d(self.kernel, self.pooling)?;
+        if w == 0 {
+            return Ok(before);
+        }
+        T::cat(&[&before, &window], 1)
     }
 }
 
@@ -86,22 +101,51 @@ impl<T: Tensor + Send> Scorer<T> for ObservationWindow {
 /// of Large Language Models") keeps the "heavy hitters": tokens whose summed attention
 /// over all past queries is largest. The running sum grows with the cache and is
 /// compacted by [`Scorer::retain`] when entries are evicted.
+///
+/// With `normalize`, each token's sum is divided by the number of queries that saw it
+/// (under a causal mask, early tokens are seen by more queries and would otherwise win on
+/// count alone). The queries of an observation are the entries added since the previous
+/// one: their positions are above every position seen before.
 #[derive(Debug, Clone)]
 pub struct AccumulatedAttention<T> {
     /// How heads are folded.
     pub aggregation: Aggregation,
+    /// Divide by the number of queries that saw each token.
+    pub normalize: bool,
     state: Option<T>,
+    /// Queries that saw each token so far, in the order of the running sum.
+    seen_by: Vec<f32>,
+    /// The largest position observed so far.
+    last: Option<usize>,
 }
 
 impl<T> AccumulatedAttention<T> {
     /// A scorer with an empty running sum.
     pub fn new(aggregation: Aggregation) -> Self {
-        Self { aggregation, state: None }
+        Self { aggregation, normalize: false, state: None, seen_by: Vec::new(), last: None }
+    }
+
+    /// The same, dividing by the number of queries that saw each token.
+    pub fn normalized(aggregation: Aggregation) -> Self {
+        Self { normalize: true, ..Self::new(aggregation) }
     }
 
     /// The running sum `[heads, k]`, if anything was observed.
     pub fn state(&self) -> Option<&T> {
         self.state.as_ref()
+    }
+
+    /// Counts the queries of an observation of tokens at `positions` (the entries newer
+    /// than anything observed before) against every token.
+    fn count_queries(&mut self, positions: &[usize]) {
+        self.seen_by.resize(positions.len(), 0.0);
+        let first_new = self.last.map_or(0, |last| positions.partition_point(|&p| p <= last));
+        let queries = &positions[first_new..];
+        for (j, &p) in positions.iter().enumerate() {
+            // Queries at or after the token's position see it (positions are sorted).
+            self.seen_by[j] += (queries.len() - queries.partition_point(|&q| q < p)) as f32;
+        }
+        self.last = positions.last().copied().max(self.last);
     }
 }
 
@@ -148,12 +192,25 @@ impl<T: Tensor + Send> Scorer<T> for AccumulatedAttention<T> {
             }
         };
         self.state = Some(total.clone());
-        Ok(total)
+        self.count_queries(obs.positions);
+        if !self.normalize {
+            return Ok(total);
+        }
+        let mut scores = total.to_host()?;
+        for row in scores.chunks_mut(k.max(1)) {
+            for (s, &n) in row.iter_mut().zip(&self.seen_by) {
+                *s /= n.max(1.0);
+            }
+        }
+        T::from_host(&scores, &[heads, k], &obs.device)
     }
 
     fn retain(&mut self, kept: &[usize]) -> Result<()> {
         if let Some(state) = &self.state {
             self.state = Some(state.index_select(1, kept)?);
+        }
+        if !self.seen_by.is_empty() {
+            self.seen_by = kept.iter().map(|&i| self.seen_by.get(i).copied().unwrap_or(0.0)).collect();
         }
         Ok(())
     }

@@ -172,10 +172,13 @@ pub enum ScorerSpec {
         #[serde(default)]
         aggregation: Aggregation,
     },
-    /// Attention accumulated over every query seen so far (H2O heavy hitters).
+    /// Attention accumulated over every query seen so far (H2O heavy hitters); with
+    /// `normalize`, divided by the number of queries that saw each token.
     H2o {
         #[serde(default)]
         aggregation: Aggregation,
+        #[serde(default)]
+        normalize: bool,
     },
     /// Negated L2 norm of the keys: low-norm keys draw attention (KNorm).
     Knorm {},
@@ -205,6 +208,16 @@ impl ScorerSpec {
         Ok(())
     }
 
+    /// How many of the last tokens this scorer always keeps: SnapKV's observation window
+    /// (the queries that observe are kept with their tokens, as in the paper). Policies
+    /// protect at least this many recent tokens.
+    pub fn keeps_last(&self) -> usize {
+        match *self {
+            ScorerSpec::Snapkv { window, .. } => window,
+            _ => 0,
+        }
+    }
+
     /// The policy-file name of this scorer.
     pub fn name(&self) -> &'static str {
         match self {
@@ -225,7 +238,8 @@ impl ScorerSpec {
             ScorerSpec::Snapkv { window, kernel, pooling, aggregation } => {
                 Box::new(ObservationWindow { window, kernel, pooling, aggregation })
             }
-            ScorerSpec::H2o { aggregation } => Box::new(AccumulatedAttention::new(aggregation)),
+            ScorerSpec::H2o { aggregation, normalize: false } => Box::new(AccumulatedAttention::new(aggregation)),
+            ScorerSpec::H2o { aggregation, normalize: true } => Box::new(AccumulatedAttention::normalized(aggregation)),
             ScorerSpec::Knorm {} => Box::new(KeyNorm),
             ScorerSpec::Vnorm {} => Box::new(ValueNorm),
             ScorerSpec::Recency {} => Box::new(Recency),
