@@ -14,16 +14,23 @@ use sieve_core::{Result, Tensor};
 /// a decode step writes one row instead of copying the whole cache; a backend that cannot
 /// uses [`LayerCache::append`], which keeps capacity equal to the length. Readers see only
 /// the live rows ([`LayerCache::keys`], [`LayerCache::values`]).
+///
+/// Every KV head holds the same number of entries, but after [`LayerCache::retain_heads`]
+/// not necessarily the same ones: each head then has its own positions
+/// ([`LayerCache::head_positions`]).
 #[derive(Debug, Clone)]
 pub struct LayerCache<T> {
     keys: Option<T>,
     values: Option<T>,
+    /// The first head's positions (every head's while they agree).
     positions: Vec<usize>,
+    /// Each head's positions, once heads keep different entries.
+    per_head: Option<Vec<Vec<usize>>>,
 }
 
 impl<T> Default for LayerCache<T> {
     fn default() -> Self {
-        Self { keys: None, values: None, positions: Vec::new() }
+        Self { keys: None, values: None, positions: Vec::new(), per_head: None }
     }
 }
 
@@ -38,9 +45,28 @@ impl<T: Tensor> LayerCache<T> {
         self.positions.is_empty()
     }
 
-    /// Original position of each live entry, increasing.
+    /// Original position of each live entry of the first KV head, increasing: every head's
+    /// while the heads agree. Entries of earlier calls precede the current call's tokens in
+    /// every head, so a causal mask built from these positions is right for every head.
     pub fn positions(&self) -> &[usize] {
         &self.positions
+    }
+
+    /// Whether the KV heads keep different entries.
+    pub fn is_per_head(&self) -> bool {
+        self.per_head.is_some()
+    }
+
+    /// Original positions of head `h`'s live entries, increasing.
+    pub fn head_positions(&self, h: usize) -> &[usize] {
+        self.per_head.as_ref().and_then(|p| p.get(h)).map_or(&self.positions, Vec::as_slice)
+    }
+
+    fn extend_positions(&mut self, positions: &[usize]) {
+        self.positions.extend_from_slice(positions);
+        for head in self.per_head.iter_mut().flatten() {
+            head.extend_from_slice(positions);
+        }
     }
 
     /// Entries the storage can hold without growing (at least [`LayerCache::len`]).
@@ -83,7 +109,7 @@ impl<T: Tensor> LayerCache<T> {
 
     /// Records entries that the backend wrote into the storage right after the live ones.
     pub fn push_positions(&mut self, positions: &[usize]) {
-        self.positions.extend_from_slice(positions);
+        self.extend_positions(positions);
     }
 
     /// Appends `keys`/`values` (`[kv_heads, n, head_dim]`) at `positions` by
@@ -96,7 +122,7 @@ impl<T: Tensor> LayerCache<T> {
         };
         self.keys = Some(keys);
         self.values = Some(values);
-        self.positions.extend_from_slice(positions);
+        self.extend_positions(positions);
         Ok(())
     }
 
@@ -121,6 +147,51 @@ impl<T: Tensor> LayerCache<T> {
             self.values = Some(v.index_select(1, kept)?);
         }
         self.positions = kept.iter().map(|&i| self.positions[i]).collect();
+        for head in self.per_head.iter_mut().flatten() {
+            *head = kept.iter().map(|&i| head[i]).collect();
+        }
+        Ok(())
+    }
+
+    /// Keeps, in each KV head `h`, only the entries at `kept[h]` (sorted indices into its
+    /// live entries), the same count in every head. The storage becomes exactly the kept
+    /// entries, as with [`LayerCache::retain`].
+    pub fn retain_heads(&mut self, kept: &[Vec<usize>]) -> Result<()> {
+        let op = "LayerCache::retain_heads";
+        let heads = self.keys.as_ref().map_or(Ok(0), |k| k.dim(0))?;
+        if kept.len() != heads {
+            return Err(sieve_core::Error::Shape {
+                op,
+                detail: format!("{} kept lists for {heads} KV heads", kept.len()),
+            });
+        }
+        let Some(first) = kept.first() else { return Ok(()) };
+        if kept.iter().any(|k| k.len() != first.len()) {
+            return Err(sieve_core::Error::Shape {
+                op,
+                detail: "every head must keep the same number of entries".into(),
+            });
+        }
+        if kept.iter().all(|k| k == first) {
+            return self.retain(first);
+        }
+        if let Some(&bad) = kept.iter().flatten().find(|&&i| i >= self.len()) {
+            return Err(sieve_core::Error::Index { op, index: bad, size: self.len() });
+        }
+        let gather = |t: &T| -> Result<T> {
+            let parts = kept
+                .iter()
+                .enumerate()
+                .map(|(h, k)| t.narrow(0, h, 1)?.index_select(1, k))
+                .collect::<Result<Vec<T>>>()?;
+            T::cat(&parts.iter().collect::<Vec<_>>(), 0)
+        };
+        self.keys = self.keys.as_ref().map(gather).transpose()?;
+        self.values = self.values.as_ref().map(gather).transpose()?;
+        let per_head: Vec<Vec<usize>> =
+            kept.iter().enumerate().map(|(h, k)| k.iter().map(|&i| self.head_positions(h)[i]).collect()).collect();
+        self.positions = per_head[0].clone();
+        self.per_head = Some(per_head);
         Ok(())
     }
 
@@ -131,14 +202,24 @@ impl<T: Tensor> LayerCache<T> {
             keys: self.keys.map(&f).transpose()?,
             values: self.values.map(&f).transpose()?,
             positions: self.positions,
+            per_head: self.per_head,
         })
     }
 
     /// Forgets every entry at position `pos` or later. Positions increase, so those are
-    /// the last entries; the storage is kept for the entries that follow.
+    /// the last entries; the storage is kept for the entries that follow. When the heads
+    /// keep different entries, every head keeps as many as the head with the fewest before
+    /// `pos` (a head with more loses its latest ones before `pos` too), so that the heads
+    /// stay the same length.
     pub fn truncate(&mut self, pos: usize) {
-        let keep = self.positions.partition_point(|&p| p < pos);
+        let keep = match &self.per_head {
+            None => self.positions.partition_point(|&p| p < pos),
+            Some(heads) => heads.iter().map(|h| h.partition_point(|&p| p < pos)).min().unwrap_or(0),
+        };
         self.positions.truncate(keep);
+        for head in self.per_head.iter_mut().flatten() {
+            head.truncate(keep);
+        }
         if keep == 0 {
             *self = Self::default();
         }
@@ -188,6 +269,32 @@ mod tests {
         c.set_storage(t(&[1.0, 2.0, 7.0, 0.0]), t(&[5.0, 6.0, 8.0, 0.0]));
         c.retain(&[0, 1, 2])?; // same entries, but the spare row is released
         assert_eq!((c.len(), c.capacity()), (3, 3));
+        Ok(())
+    }
+
+    /// Two heads keep different entries; appending, retaining and truncating keep them
+    /// the same length with their own positions.
+    #[test]
+    fn heads_keep_their_own_entries() -> Result<()> {
+        let two_heads = |a: &[f32], b: &[f32]| HostTensor::new([a, b].concat(), &[2, a.len(), 1]).unwrap();
+        let mut c = LayerCache::default();
+        c.append(two_heads(&[1., 2., 3., 4.], &[5., 6., 7., 8.]), two_heads(&[0.; 4], &[0.; 4]), &[0, 1, 2, 3])?;
+        c.retain_heads(&[vec![0, 2], vec![1, 3]])?;
+        assert!(c.is_per_head());
+        assert_eq!((c.head_positions(0), c.head_positions(1)), (&[0, 2][..], &[1, 3][..]));
+        assert_eq!(c.positions(), &[0, 2]);
+        assert_eq!(c.keys()?.unwrap().to_host()?, vec![1., 3., 6., 8.]);
+        c.append(two_heads(&[9.], &[10.]), two_heads(&[0.], &[0.]), &[4])?;
+        assert_eq!(c.head_positions(1), &[1, 3, 4]);
+        c.retain(&[0, 2])?;
+        assert_eq!((c.head_positions(0), c.head_positions(1)), (&[0, 4][..], &[1, 4][..]));
+        assert_eq!(c.keys()?.unwrap().to_host()?, vec![1., 9., 6., 10.]);
+        // Different counts, or a list per head missing, are refused.
+        assert!(c.retain_heads(&[vec![0], vec![0, 1]]).is_err());
+        assert!(c.retain_heads(&[vec![0]]).is_err());
+        // Truncating at 2: head 0 has one entry before it, head 1 one: both keep one.
+        c.truncate(2);
+        assert_eq!((c.head_positions(0), c.head_positions(1)), (&[0][..], &[1][..]));
         Ok(())
     }
 }

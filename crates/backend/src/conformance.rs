@@ -254,6 +254,24 @@ pub fn compacted_caches<B: Backend>(make: Make<'_, B>) -> Result<()> {
     pair.logits("truncated", &out, &want)
 }
 
+/// Caches whose KV heads keep different entries (per-head selection): each head attends
+/// over its own rows in the steps and the call that follow.
+pub fn per_head_caches<B: Backend>(make: Make<'_, B>) -> Result<()> {
+    let mut pair = Pair::tiny(make)?;
+    pair.forward("per head", &tokens(10, 64, 11), &(0..10).collect::<Vec<_>>(), Probe::NONE)?;
+    let heads = pair.reference.config().n_kv_heads;
+    let kept: Vec<Vec<usize>> = (0..heads).map(|h| vec![0, 2 + h % 3, 5, 7 + h % 3]).collect();
+    for l in 0..pair.caches.len() {
+        pair.caches[l].retain_heads(&kept)?;
+        pair.reference_caches[l].retain_heads(&kept)?;
+    }
+    for (i, t) in [4u32, 9].into_iter().enumerate() {
+        pair.forward("per head, then a step", &[t], &[10 + i], Probe { last_queries: 1, column_sums: false })?;
+    }
+    let (out, want) = pair.forward("per head, then a call", &tokens(3, 64, 12), &[12, 13, 14], Probe::NONE)?;
+    pair.logits("per head", &out, &want)
+}
+
 /// A prefill longer than the blocks backends split attention into (300 rows), with probes.
 pub fn long_prefill<B: Backend>(make: Make<'_, B>) -> Result<()> {
     let config = ModelConfig { context: 512, ..synthetic::tiny_config() };
@@ -313,8 +331,8 @@ pub fn packed_weights<B: Backend>(make: Make<'_, B>) -> Result<()> {
 macro_rules! backend_conformance {
     ($backend:ty, $make:expr) => {
         $crate::backend_conformance!(@cases $backend, $make;
-            embed, prefill, gapped_positions, decode_steps, probes, compacted_caches, long_prefill, block_options,
-            packed_weights);
+            embed, prefill, gapped_positions, decode_steps, probes, compacted_caches, per_head_caches, long_prefill,
+            block_options, packed_weights);
 
         mod tensor {
             #[allow(unused_imports)]

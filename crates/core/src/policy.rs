@@ -66,6 +66,18 @@ pub enum KeepBasis {
     Context,
 }
 
+/// `selection` in `[kv]`: whether the KV heads of a layer share one kept set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    /// One kept set per layer: scores averaged over every head.
+    #[default]
+    Layer,
+    /// One kept set per KV head (the query heads of its group averaged), the same count in
+    /// every head of a layer, so the cache stays one rectangular tensor.
+    Head,
+}
+
 /// `[prefill]` as written in a file.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +142,9 @@ pub struct KvFile {
     /// `layer` (the default) or `context`: what `keep` is a fraction of.
     #[serde(default)]
     pub relative_to: KeepBasis,
+    /// `layer` (the default) or `head`: one kept set per layer or per KV head.
+    #[serde(default)]
+    pub selection: Selection,
     /// First tokens never evicted.
     #[serde(default)]
     pub sinks: usize,
@@ -257,6 +272,8 @@ pub struct KvPolicy {
     pub beta: f64,
     /// What a fraction is a fraction of.
     pub relative_to: KeepBasis,
+    /// One kept set per layer or per KV head.
+    pub selection: Selection,
     /// Protection and clamps.
     pub selector: Selector,
 }
@@ -420,7 +437,21 @@ impl KvFile {
         let recent = self.recent.max(scorer.keeps_last());
         let selector = Selector::new(budget).protect(self.sinks, recent).clamp(self.min_keep, self.max_keep);
         selector.validate("kv")?;
-        Ok(KvPolicy { scorer, budget, schedule: self.schedule, beta, relative_to: self.relative_to, selector })
+        if self.selection == Selection::Head && matches!(budget, Budget::Mass(_)) {
+            return Err(Error::InvalidPolicy(
+                "kv: selection = \"head\" needs `keep` or `tokens` (every head keeps the same count), not `mass`"
+                    .into(),
+            ));
+        }
+        Ok(KvPolicy {
+            scorer,
+            budget,
+            schedule: self.schedule,
+            beta,
+            relative_to: self.relative_to,
+            selection: self.selection,
+            selector,
+        })
     }
 }
 
@@ -512,6 +543,14 @@ impl PolicyFile {
 
     /// Range-checks every value and builds the runtime policy.
     pub fn validate(&self) -> Result<Policy> {
+        if let (Some(kv), Some(_)) = (&self.kv, &self.decode)
+            && kv.selection == Selection::Head
+        {
+            return Err(Error::InvalidPolicy(
+                "kv: selection = \"head\" cannot be combined with a [decode] budget yet (decode eviction selects per layer)"
+                    .into(),
+            ));
+        }
         Ok(Policy {
             name: self.name.clone().unwrap_or_else(|| "custom".into()),
             description: self.description.clone().unwrap_or_default(),
@@ -591,6 +630,7 @@ impl Policy {
                     schedule: k.schedule,
                     beta: (k.schedule == ScheduleKind::Pyramid).then_some(k.beta),
                     relative_to: k.relative_to,
+                    selection: k.selection,
                     sinks: k.selector.sinks,
                     recent: k.selector.recent,
                     min_keep: k.selector.min_keep,

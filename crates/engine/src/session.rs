@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use sieve_core::policy::{DecodePolicy, PrefillPolicy};
-use sieve_core::{Observation, Policy, PrefillKind, Scorer, Tensor};
+use sieve_core::{Observation, Policy, PrefillKind, Scorer, Selection, Tensor};
 
 use sieve_backend::{Backend, BackendTensor as BTensor, LayerCache, LayerCall, LayerOutput, Probe};
 
@@ -273,21 +273,40 @@ impl<'b, B: Backend> Session<'b, B> {
                     decode_scores = Some(scorer.score_tokens(&obs)?.to_host()?);
                 }
                 let mut kept_kv = None;
+                let mut kept_heads = None;
                 if let Some(kv) = &self.policy.kv {
                     let mut scorer = kv.scorer.build::<BTensor<B>>();
                     let obs = observe(scorer.needs().attention_queries);
-                    let scores = scorer.score_tokens(&obs)?.to_host()?;
                     // Only this call's entries are cut: what an earlier call kept stays (a
                     // conversation's context is compressed once, not again at every turn).
                     let old = cache.positions().partition_point(|&p| p < self.next_pos);
                     let budget = kv.budget_of(l, n_layers, cache.len() - old, n)?;
                     let mut selector = kv.selector.clone();
                     selector.sinks = selector.sinks.saturating_sub(old);
-                    let kept_new = selector.select_with(&scores[old..], budget)?;
-                    kept_kv = Some((0..old).chain(kept_new.into_iter().map(|i| i + old)).collect::<Vec<_>>());
+                    let with_old =
+                        |new: Vec<usize>| (0..old).chain(new.into_iter().map(|i| i + old)).collect::<Vec<_>>();
+                    match kv.selection {
+                        Selection::Layer => {
+                            let scores = scorer.score_tokens(&obs)?.to_host()?;
+                            kept_kv = Some(with_old(selector.select_with(&scores[old..], budget)?));
+                        }
+                        Selection::Head => {
+                            let scores = scorer.score_kv_heads(&obs)?.to_host()?;
+                            let k = cache.len();
+                            kept_heads = Some(
+                                scores
+                                    .chunks_exact(k)
+                                    .map(|row| selector.select_with(&row[old..], budget).map(with_old))
+                                    .collect::<sieve_core::Result<Vec<_>>>()?,
+                            );
+                        }
+                    }
                 }
                 if let Some(kept) = &kept_kv {
                     self.caches[l].retain(kept)?;
+                }
+                if let Some(kept) = &kept_heads {
+                    self.caches[l].retain_heads(kept)?;
                 }
                 if let Some(d) = &mut self.decode {
                     let mut s = decode_scores.unwrap_or_default();

@@ -93,6 +93,40 @@ fn kv_eviction_meets_budgets_protects_tokens_and_frees_memory() {
     assert_eq!(session.stats.kv_bytes_unpruned, LAYERS * 400 * per);
 }
 
+/// `selection = "head"`: every KV head keeps its own entries, the same count in each,
+/// its sinks and the observation window included; the memory is the kept entries only,
+/// and decoding goes on over them.
+#[test]
+fn per_head_selection_keeps_a_set_per_kv_head() {
+    let ids = tokens(400);
+    let per = config().kv_bytes_per_token_layer();
+    let text = "[kv]\nkeep = 0.25\nselection = \"head\"\nsinks = 4\n[kv.scorer]\nkind = \"snapkv\"\nwindow = 8\n";
+    let (rows, session) = run(policy(text), &ids, 3);
+    assert!(rows.iter().flatten().all(|x| x.is_finite()));
+    let heads = config().n_kv_heads;
+    let mut differ = 0;
+    for (l, cache) in session.caches().iter().enumerate() {
+        assert_eq!(cache.len(), 103, "layer {l}");
+        for h in 0..heads {
+            let pos = cache.head_positions(h);
+            assert!(pos.windows(2).all(|w| w[0] < w[1]), "layer {l} head {h}");
+            for p in (0..4).chain(392..403) {
+                assert!(pos.contains(&p), "layer {l} head {h} lost position {p}");
+            }
+        }
+        differ += usize::from((1..heads).any(|h| cache.head_positions(h) != cache.head_positions(0)));
+    }
+    assert!(differ > LAYERS / 2, "heads chose the same entries in most layers ({differ} of {LAYERS} differ)");
+    assert_eq!(session.kv_bytes(), LAYERS * 103 * per);
+    // With one shared set (the default), the same budget.
+    let (_, shared) = run(policy(&text.replace("selection = \"head\"\n", "")), &ids, 3);
+    assert!(shared.caches().iter().all(|c| !c.is_per_head() && c.len() == 103));
+    // Not with a mass budget, nor (yet) with a decode budget.
+    assert!(Policy::from_toml("[kv]\nmass = 0.9\nselection = \"head\"\n").is_err());
+    let err = Policy::from_toml("[kv]\nkeep = 0.5\nselection = \"head\"\n[decode]\nbudget = 64\n").unwrap_err();
+    assert!(err.to_string().contains("selection = \"head\""), "{err}");
+}
+
 #[test]
 fn pyramid_budgets_fall_with_depth_and_keep_the_total() {
     let (_, session) = run(policy("[kv]\nkeep = 0.25\nschedule = \"pyramid\"\nbeta = 4\n"), &tokens(400), 0);

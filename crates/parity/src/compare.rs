@@ -15,9 +15,9 @@ pub struct Comparison {
     pub policy: String,
     pub logits_max_abs: f64,
     pub logits_cosine: f64,
-    /// Fraction of layers whose kept positions are identical.
+    /// Fraction of (layer, KV head) pairs whose kept positions are identical.
     pub kept_exact: f64,
-    /// Mean Jaccard index of the kept positions per layer.
+    /// Mean Jaccard index of the kept positions per layer and KV head.
     pub kept_jaccard: f64,
     /// Greedy tokens that agree before the first difference.
     pub generation_prefix: usize,

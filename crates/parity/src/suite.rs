@@ -59,8 +59,9 @@ fn preset(configs: &std::path::Path, name: &str) -> Result<PolicyFile> {
 }
 
 /// The suite's policies, from the presets in `configs`: none, lazy-prefill at 0.5, snapkv
-/// at 0.25, h2o with a decode budget small enough to evict during the 32 generated tokens
-/// of the chat prompt's cache, adaptive, and gemfilter (its preset, keep 0.5).
+/// at 0.25 (one kept set per layer, and one per KV head), h2o with a decode budget small
+/// enough to evict during the 32 generated tokens of the chat prompt's cache, adaptive, and
+/// gemfilter (its preset, keep 0.5).
 pub fn policies(configs: &std::path::Path) -> Result<Vec<Policy>> {
     let mut out = vec![Policy::none()];
     let mut lazy = preset(configs, "lazy-prefill")?;
@@ -69,6 +70,11 @@ pub fn policies(configs: &std::path::Path) -> Result<Vec<Policy>> {
     let mut snapkv = preset(configs, "snapkv")?;
     snapkv.override_keep(0.25);
     snapkv.name = Some("snapkv@0.25".into());
+    let mut per_head = snapkv.clone();
+    if let Some(kv) = &mut per_head.kv {
+        kv.selection = sieve_core::Selection::Head;
+    }
+    per_head.name = Some("snapkv-per-head@0.25".into());
     let mut h2o = preset(configs, "h2o")?;
     if let Some(d) = &mut h2o.decode {
         d.budget = 40;
@@ -77,7 +83,7 @@ pub fn policies(configs: &std::path::Path) -> Result<Vec<Policy>> {
     h2o.name = Some("h2o-decode@40".into());
     let adaptive = preset(configs, "adaptive")?;
     let gemfilter = preset(configs, "gemfilter")?;
-    for file in [lazy, snapkv, h2o, adaptive, gemfilter] {
+    for file in [lazy, snapkv, per_head, h2o, adaptive, gemfilter] {
         out.push(file.validate()?);
     }
     Ok(out)
@@ -112,7 +118,10 @@ pub fn run<B: Backend>(backend: &B, prompts: &[Prompt], policies: &[Policy]) -> 
             let what = || format!("{} on `{}` with `{}`", backend.name(), prompt.name, policy.name);
             let mut session = Session::new(backend, policy.clone()).with_context(what)?;
             let first = session.prefill(&prompt.ids, Logits::Last).with_context(what)?;
-            let kept = session.caches().iter().map(|c| c.positions().to_vec()).collect();
+            // Every KV head's positions (the same set in each unless selection is per head).
+            let heads = backend.config().n_kv_heads;
+            let kept =
+                session.caches().iter().flat_map(|c| (0..heads).map(move |h| c.head_positions(h).to_vec())).collect();
             let kv_bytes_prefill = session.kv_bytes();
             let logits = first.last().to_vec();
             let mut tokens = vec![argmax(&logits)];

@@ -11,6 +11,7 @@ mod simple;
 use serde::{Deserialize, Serialize};
 
 pub use attention::{AccumulatedAttention, LastQuery, ObservationWindow};
+
 pub use simple::{KeyNorm, RandomScore, Recency, ValueNorm};
 
 use crate::error::{Error, Result};
@@ -99,9 +100,36 @@ pub trait Scorer<T: Tensor>: Send {
         aggregate(&per_head, obs.kv_heads, self.aggregation())
     }
 
+    /// One score per token and KV head `[kv_heads, k]`: [`Scorer::score`] with the query
+    /// heads of each GQA group averaged, for selection per KV head.
+    fn score_kv_heads(&mut self, obs: &Observation<'_, T>) -> Result<T> {
+        let per_head = self.score(obs)?;
+        per_kv_head(&per_head, obs.kv_heads)
+    }
+
     /// Only the tokens at `kept` (sorted indices into the last scored set) remain.
     fn retain(&mut self, _kept: &[usize]) -> Result<()> {
         Ok(())
+    }
+}
+
+/// Per-head scores `[heads, k]` as one row per KV head `[kv_heads, k]`: the query heads of
+/// each GQA group averaged (they read the same cached entry), a single row (a scorer that
+/// ranks every head alike) repeated.
+pub fn per_kv_head<T: Tensor>(scores: &T, kv_heads: usize) -> Result<T> {
+    let shape = scores.shape();
+    if shape.len() != 2 || kv_heads == 0 {
+        return Err(Error::Shape { op: "per_kv_head", detail: format!("expected [heads, tokens], got {shape:?}") });
+    }
+    let (heads, k) = (shape[0], shape[1]);
+    if heads == kv_heads {
+        Ok(scores.clone())
+    } else if heads == 1 {
+        T::cat(&vec![scores; kv_heads], 0)
+    } else if heads % kv_heads == 0 {
+        scores.reshape(&[kv_heads, heads / kv_heads, k])?.mean(1)
+    } else {
+        Err(Error::Shape { op: "per_kv_head", detail: format!("{heads} heads are not groups of {kv_heads} KV heads") })
     }
 }
 
