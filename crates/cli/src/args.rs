@@ -184,7 +184,7 @@ pub struct PerplexityArgs {
     /// step (4 sinks plus the most recent tokens unless the policy has a [decode] section).
     #[arg(long)]
     pub streaming: bool,
-    /// Cache entries per layer for --streaming.
+    /// Cache entries per layer for --streaming (a policy's recent tokens are capped at half of it).
     #[arg(long, requires = "streaming")]
     pub budget: Option<usize>,
     /// Tokens scored with --streaming.

@@ -59,7 +59,7 @@ fn preset(configs: &std::path::Path, name: &str) -> Result<PolicyFile> {
 }
 
 /// The suite's policies, from the presets in `configs`: none, lazy-prefill at 0.5, snapkv
-/// at 0.25 (one kept set per layer, and one per KV head), h2o with a decode budget small
+/// at 0.25 (one kept set per KV head as in its preset, and one per layer), h2o with a decode budget small
 /// enough to evict during the 32 generated tokens of the chat prompt's cache, adaptive, and
 /// gemfilter (its preset, keep 0.5).
 pub fn policies(configs: &std::path::Path) -> Result<Vec<Policy>> {
@@ -70,20 +70,22 @@ pub fn policies(configs: &std::path::Path) -> Result<Vec<Policy>> {
     let mut snapkv = preset(configs, "snapkv")?;
     snapkv.override_keep(0.25);
     snapkv.name = Some("snapkv@0.25".into());
-    let mut per_head = snapkv.clone();
-    if let Some(kv) = &mut per_head.kv {
-        kv.selection = sieve_core::Selection::Head;
+    // The preset selects per KV head; the same with one set per layer.
+    let mut per_layer = snapkv.clone();
+    if let Some(kv) = &mut per_layer.kv {
+        kv.selection = sieve_core::Selection::Layer;
     }
-    per_head.name = Some("snapkv-per-head@0.25".into());
+    per_layer.name = Some("snapkv-per-layer@0.25".into());
     let mut h2o = preset(configs, "h2o")?;
     if let Some(d) = &mut h2o.decode {
         d.budget = 40;
         d.every = 4;
+        d.recent = 8;
     }
     h2o.name = Some("h2o-decode@40".into());
     let adaptive = preset(configs, "adaptive")?;
     let gemfilter = preset(configs, "gemfilter")?;
-    for file in [lazy, snapkv, per_head, h2o, adaptive, gemfilter] {
+    for file in [lazy, snapkv, per_layer, h2o, adaptive, gemfilter] {
         out.push(file.validate()?);
     }
     Ok(out)

@@ -111,6 +111,7 @@ fn every_preset_prunes_the_same_tokens_on_ort_as_on_candle() {
         if let Some(d) = &mut file.decode {
             d.budget = d.budget.min(300);
             d.every = d.every.min(8);
+            d.recent = d.recent.min(d.budget / 2);
         }
         let policy = file.validate().unwrap();
         let run = |backend: &Runtime| {

@@ -15,7 +15,11 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
             // 4 sinks plus the most recent tokens.
             let mut file = policy.to_file();
             let (name, decode) = match file.decode.take() {
-                Some(d) => (format!("{}-{budget}", policy.name), DecodeFile { budget, ..d }),
+                // Its recent tokens at most half the budget (a preset's even split at its
+                // own budget stays an even split at a smaller one).
+                Some(d) => {
+                    (format!("{}-{budget}", policy.name), DecodeFile { budget, recent: d.recent.min(budget / 2), ..d })
+                }
                 None => (
                     format!("streaming-{budget}"),
                     DecodeFile { scorer: Some(ScorerSpec::Recency {}), budget, every: 1, sinks: 4, recent: 0 },
