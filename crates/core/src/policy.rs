@@ -175,6 +175,10 @@ pub struct DecodeFile {
     /// Last tokens never evicted.
     #[serde(default)]
     pub recent: usize,
+    /// `layer` (the default) or `head`: one kept set per layer or per KV head. Must be
+    /// `head` when `[kv]` selects per head.
+    #[serde(default)]
+    pub selection: Selection,
 }
 
 #[derive(Deserialize)]
@@ -334,6 +338,8 @@ pub struct DecodePolicy {
     pub budget: usize,
     /// Entries evicted at once when the cache is full.
     pub every: usize,
+    /// One kept set per layer or per KV head.
+    pub selection: Selection,
     /// Protection.
     pub selector: Selector,
 }
@@ -478,7 +484,7 @@ impl DecodeFile {
         }
         let selector = Selector::new(Budget::Tokens(self.budget - self.every)).protect(self.sinks, recent);
         selector.validate("decode")?;
-        Ok(DecodePolicy { scorer, budget: self.budget, every: self.every, selector })
+        Ok(DecodePolicy { scorer, budget: self.budget, every: self.every, selection: self.selection, selector })
     }
 }
 
@@ -543,12 +549,12 @@ impl PolicyFile {
 
     /// Range-checks every value and builds the runtime policy.
     pub fn validate(&self) -> Result<Policy> {
-        if let (Some(kv), Some(_)) = (&self.kv, &self.decode)
+        if let (Some(kv), Some(d)) = (&self.kv, &self.decode)
             && kv.selection == Selection::Head
+            && d.selection == Selection::Layer
         {
             return Err(Error::InvalidPolicy(
-                "kv: selection = \"head\" cannot be combined with a [decode] budget yet (decode eviction selects per layer)"
-                    .into(),
+                "decode: [kv] selects per KV head, so [decode] must too (selection = \"head\")".into(),
             ));
         }
         Ok(Policy {
@@ -643,6 +649,7 @@ impl Policy {
                 every: d.every,
                 sinks: d.selector.sinks,
                 recent: d.selector.recent,
+                selection: d.selection,
             }),
         }
     }

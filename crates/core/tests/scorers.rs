@@ -129,6 +129,26 @@ fn normalised_h2o_divides_by_the_queries_that_saw_each_token() {
     assert_eq!(spec, ScorerSpec::H2o { aggregation: Aggregation::Mean, normalize: true });
 }
 
+/// After a per-head eviction each head's running sums (and query counts) keep that head's
+/// tokens; a stateless scorer has nothing to compact.
+#[test]
+fn h2o_follows_per_head_evictions() {
+    let mut h2o = AccumulatedAttention::normalized(Aggregation::Mean);
+    let a = t(&[0.5, 0.3, 0.2, 0.1, 0.6, 0.3], &[2, 1, 3]);
+    h2o.score(&obs(&[0, 1, 2], Some(&a), None)).unwrap();
+    h2o.retain_heads(&[vec![0, 2], vec![1, 2]]).unwrap();
+    close(&h2o.state().unwrap().to_host().unwrap(), &[0.5, 0.2, 0.6, 0.3]);
+    // The prefill's three tokens were seen by 3, 2 and 1 queries; one new token adds one
+    // to every kept token: head 0 (positions 0, 2, 3) divides by 4, 2, 1, head 1 (1, 2, 3)
+    // by 3, 2, 1.
+    let a = t(&[0.1, 0.2, 0.7, 0.3, 0.3, 0.4], &[2, 1, 3]);
+    let s = h2o.score(&obs(&[0, 2, 3], Some(&a), None)).unwrap().to_host().unwrap();
+    close(&s, &[0.6 / 4.0, 0.4 / 2.0, 0.7, 0.9 / 3.0, 0.6 / 2.0, 0.4]);
+    assert!(h2o.retain_heads(&[vec![0], vec![1], vec![2]]).is_err(), "three KV heads for two rows");
+    let mut knorm = KeyNorm;
+    assert!(Scorer::<HostTensor>::retain_heads(&mut knorm, &[vec![0], vec![1]]).is_ok());
+}
+
 #[test]
 fn norms_of_keys_and_values() {
     let k = t(&[3., 4., 0., 1., 6., 8.], &[1, 3, 2]);

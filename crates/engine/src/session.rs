@@ -58,7 +58,34 @@ impl PrefillOutput {
 struct DecodeState<T> {
     policy: DecodePolicy,
     scorers: Vec<Box<dyn Scorer<T>>>,
+    /// Each layer's latest scores: one per entry, or (per-head selection) one row per KV
+    /// head, row after row.
     scores: Vec<Option<Vec<f32>>>,
+}
+
+impl<T: Tensor> DecodeState<T> {
+    fn per_head(&self) -> bool {
+        self.policy.selection == Selection::Head
+    }
+
+    /// Scores of an observation, in the layout of [`DecodeState::scores`].
+    fn score(&mut self, l: usize, obs: &Observation<'_, T>) -> sieve_core::Result<Vec<f32>> {
+        if self.per_head() {
+            self.scorers[l].score_kv_heads(obs)?.to_host()
+        } else {
+            self.scorers[l].score_tokens(obs)?.to_host()
+        }
+    }
+}
+
+/// `scores` (rows of `len` values) with only the values at `kept` (one list for every row,
+/// or one per row) left in each row.
+fn keep_scores(scores: &[f32], len: usize, kept: &[Vec<usize>]) -> Vec<f32> {
+    scores
+        .chunks_exact(len.max(1))
+        .enumerate()
+        .flat_map(|(r, row)| kept[r.min(kept.len() - 1)].iter().map(move |&i| row[i]))
+        .collect()
 }
 
 /// The state of one conversation on one backend.
@@ -160,7 +187,7 @@ impl<'b, B: Backend> Session<'b, B> {
                 let kept: Vec<usize> = (0..cache.len()).collect();
                 d.scorers[l].retain(&kept)?;
                 if let Some(scores) = &mut d.scores[l] {
-                    scores.truncate(cache.len());
+                    *scores = keep_scores(scores, before, &[kept]);
                 }
             }
         }
@@ -268,9 +295,8 @@ impl<'b, B: Backend> Session<'b, B> {
                 };
                 let mut decode_scores = None;
                 if let Some(d) = &mut self.decode {
-                    let scorer = &mut d.scorers[l];
-                    let obs = observe(scorer.needs().attention_queries);
-                    decode_scores = Some(scorer.score_tokens(&obs)?.to_host()?);
+                    let obs = observe(d.scorers[l].needs().attention_queries);
+                    decode_scores = Some(d.score(l, &obs)?);
                 }
                 let mut kept_kv = None;
                 let mut kept_heads = None;
@@ -302,6 +328,7 @@ impl<'b, B: Backend> Session<'b, B> {
                         }
                     }
                 }
+                let cache_len = self.caches[l].len();
                 if let Some(kept) = &kept_kv {
                     self.caches[l].retain(kept)?;
                 }
@@ -310,9 +337,14 @@ impl<'b, B: Backend> Session<'b, B> {
                 }
                 if let Some(d) = &mut self.decode {
                     let mut s = decode_scores.unwrap_or_default();
+                    let before = cache_len;
                     if let Some(kept) = &kept_kv {
                         d.scorers[l].retain(kept)?;
-                        s = kept.iter().map(|&i| s[i]).collect();
+                        s = keep_scores(&s, before, std::slice::from_ref(kept));
+                    }
+                    if let Some(kept) = &kept_heads {
+                        d.scorers[l].retain_heads(kept)?;
+                        s = keep_scores(&s, before, kept);
                     }
                     d.scores[l] = Some(s);
                 }
@@ -418,13 +450,24 @@ impl<'b, B: Backend> Session<'b, B> {
             if let Some(d) = &mut self.decode
                 && self.caches[l].len() >= d.policy.budget
             {
+                let len = self.caches[l].len();
+                let rows = if d.per_head() { config.n_kv_heads } else { 1 };
                 let scores = d.scores[l]
                     .take()
-                    .filter(|s| s.len() == self.caches[l].len())
+                    .filter(|s| s.len() == rows * len)
                     .ok_or_else(|| Error::Invalid(format!("layer {l}: no current scores for decode eviction")))?;
-                let kept = d.policy.selector.select(&scores)?;
-                self.caches[l].retain(&kept)?;
-                d.scorers[l].retain(&kept)?;
+                if d.per_head() {
+                    let kept = scores
+                        .chunks_exact(len)
+                        .map(|row| d.policy.selector.select(row))
+                        .collect::<sieve_core::Result<Vec<_>>>()?;
+                    self.caches[l].retain_heads(&kept)?;
+                    d.scorers[l].retain_heads(&kept)?;
+                } else {
+                    let kept = d.policy.selector.select(&scores)?;
+                    self.caches[l].retain(&kept)?;
+                    d.scorers[l].retain(&kept)?;
+                }
             }
             // One query: its attention row is also the sum over this call's queries.
             let probe = match &self.decode {
@@ -448,7 +491,7 @@ impl<'b, B: Backend> Session<'b, B> {
                         values: values.as_ref(),
                         device: device.clone(),
                     };
-                    d.scores[l] = Some(d.scorers[l].score_tokens(&obs)?.to_host()?);
+                    d.scores[l] = Some(d.score(l, &obs)?);
                 }
             }
         }

@@ -121,10 +121,40 @@ fn per_head_selection_keeps_a_set_per_kv_head() {
     // With one shared set (the default), the same budget.
     let (_, shared) = run(policy(&text.replace("selection = \"head\"\n", "")), &ids, 3);
     assert!(shared.caches().iter().all(|c| !c.is_per_head() && c.len() == 103));
-    // Not with a mass budget, nor (yet) with a decode budget.
+    // Not with a mass budget, nor with a decode budget that selects per layer.
     assert!(Policy::from_toml("[kv]\nmass = 0.9\nselection = \"head\"\n").is_err());
     let err = Policy::from_toml("[kv]\nkeep = 0.5\nselection = \"head\"\n[decode]\nbudget = 64\n").unwrap_err();
     assert!(err.to_string().contains("selection = \"head\""), "{err}");
+}
+
+/// A decode budget per KV head (after a per-head cut of the prompt, with H2O's normalised
+/// sums): never exceeded, every head keeps its sinks and recent tokens and its own choice
+/// of the rest, and the running sums follow each head's evictions.
+#[test]
+fn per_head_decode_budget_is_never_exceeded() {
+    let text = "[kv]\nkeep = 0.5\nselection = \"head\"\nsinks = 4\nrecent = 8\n[kv.scorer]\nkind = \"h2o\"\nnormalize = true\n\
+                [decode]\nbudget = 64\nevery = 8\nsinks = 4\nrecent = 8\nselection = \"head\"\n[decode.scorer]\nkind = \"h2o\"\nnormalize = true\n";
+    let mut session = Session::new(backend(), policy(text)).unwrap();
+    let mut logits = session.prefill(&tokens(100), Logits::Last).unwrap().last().to_vec();
+    assert!(session.caches().iter().all(|c| c.len() == 50));
+    let heads = config().n_kv_heads;
+    let mut differ = 0;
+    for step in 0..40 {
+        logits = session.step(argmax(&logits)).unwrap();
+        assert!(logits.iter().all(|x| x.is_finite()));
+        let newest = session.next_position() - 1;
+        for (l, cache) in session.caches().iter().enumerate() {
+            assert!(cache.len() <= 64, "step {step}, layer {l}: {} entries", cache.len());
+            for h in 0..heads {
+                let pos = cache.head_positions(h);
+                for p in (0..4).chain(newest + 1 - 8..=newest) {
+                    assert!(pos.contains(&p), "step {step}, layer {l}, head {h} lost position {p}");
+                }
+            }
+            differ += usize::from(step == 39 && cache.head_positions(0) != cache.head_positions(1));
+        }
+    }
+    assert!(differ > LAYERS / 2, "{differ} of {LAYERS} layers with heads that differ");
 }
 
 #[test]

@@ -22,7 +22,14 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
                 }
                 None => (
                     format!("streaming-{budget}"),
-                    DecodeFile { scorer: Some(ScorerSpec::Recency {}), budget, every: 1, sinks: 4, recent: 0 },
+                    DecodeFile {
+                        scorer: Some(ScorerSpec::Recency {}),
+                        budget,
+                        every: 1,
+                        sinks: 4,
+                        recent: 0,
+                        selection: Default::default(),
+                    },
                 ),
             };
             file.name = Some(name);

@@ -113,8 +113,9 @@ pub struct AccumulatedAttention<T> {
     /// Divide by the number of queries that saw each token.
     pub normalize: bool,
     state: Option<T>,
-    /// Queries that saw each token so far, in the order of the running sum.
-    seen_by: Vec<f32>,
+    /// Queries that saw each token so far, one row per row of the running sum (the rows
+    /// differ once KV heads keep different tokens).
+    seen_by: Vec<Vec<f32>>,
     /// The largest position observed so far.
     last: Option<usize>,
 }
@@ -136,14 +137,24 @@ impl<T> AccumulatedAttention<T> {
     }
 
     /// Counts the queries of an observation of tokens at `positions` (the entries newer
-    /// than anything observed before) against every token.
-    fn count_queries(&mut self, positions: &[usize]) {
-        self.seen_by.resize(positions.len(), 0.0);
+    /// than anything observed before, the last ones in every head) against every token of
+    /// each of `rows` rows: every query sees the older entries, and a new entry is seen by
+    /// the queries at or after its position.
+    fn count_queries(&mut self, positions: &[usize], rows: usize) {
         let first_new = self.last.map_or(0, |last| positions.partition_point(|&p| p <= last));
         let queries = &positions[first_new..];
-        for (j, &p) in positions.iter().enumerate() {
-            // Queries at or after the token's position see it (positions are sorted).
-            self.seen_by[j] += (queries.len() - queries.partition_point(|&q| q < p)) as f32;
+        if self.seen_by.is_empty() {
+            self.seen_by = vec![Vec::new(); rows];
+        }
+        for row in &mut self.seen_by {
+            row.resize(positions.len(), 0.0);
+            for (j, seen) in row.iter_mut().enumerate() {
+                *seen += if j < first_new {
+                    queries.len() as f32
+                } else {
+                    (queries.len() - queries.partition_point(|&q| q < positions[j])) as f32
+                };
+            }
         }
         self.last = positions.last().copied().max(self.last);
     }
@@ -192,13 +203,13 @@ impl<T: Tensor + Send> Scorer<T> for AccumulatedAttention<T> {
             }
         };
         self.state = Some(total.clone());
-        self.count_queries(obs.positions);
+        self.count_queries(obs.positions, heads);
         if !self.normalize {
             return Ok(total);
         }
         let mut scores = total.to_host()?;
-        for row in scores.chunks_mut(k.max(1)) {
-            for (s, &n) in row.iter_mut().zip(&self.seen_by) {
+        for (row, seen) in scores.chunks_mut(k.max(1)).zip(&self.seen_by) {
+            for (s, &n) in row.iter_mut().zip(seen) {
                 *s /= n.max(1.0);
             }
         }
@@ -209,8 +220,28 @@ impl<T: Tensor + Send> Scorer<T> for AccumulatedAttention<T> {
         if let Some(state) = &self.state {
             self.state = Some(state.index_select(1, kept)?);
         }
-        if !self.seen_by.is_empty() {
-            self.seen_by = kept.iter().map(|&i| self.seen_by.get(i).copied().unwrap_or(0.0)).collect();
+        for row in &mut self.seen_by {
+            *row = kept.iter().map(|&i| row.get(i).copied().unwrap_or(0.0)).collect();
+        }
+        Ok(())
+    }
+
+    fn retain_heads(&mut self, kept: &[Vec<usize>]) -> Result<()> {
+        let Some(state) = &self.state else { return Ok(()) };
+        let heads = state.dim(0)?;
+        if kept.is_empty() || heads % kept.len() != 0 {
+            return Err(Error::Shape {
+                op: "h2o",
+                detail: format!("{heads} rows of running sums for {} KV heads", kept.len()),
+            });
+        }
+        // Row h belongs to the query head h, of KV head h / (heads / kv_heads).
+        let group = heads / kept.len();
+        let rows =
+            (0..heads).map(|h| state.narrow(0, h, 1)?.index_select(1, &kept[h / group])).collect::<Result<Vec<T>>>()?;
+        self.state = Some(T::cat(&rows.iter().collect::<Vec<_>>(), 0)?);
+        for (h, row) in self.seen_by.iter_mut().enumerate() {
+            *row = kept[h / group].iter().map(|&i| row.get(i).copied().unwrap_or(0.0)).collect();
         }
         Ok(())
     }

@@ -111,6 +111,17 @@ pub trait Scorer<T: Tensor>: Send {
     fn retain(&mut self, _kept: &[usize]) -> Result<()> {
         Ok(())
     }
+
+    /// In KV head `h`, only the tokens at `kept[h]` remain (per-head selection). A scorer
+    /// without state has nothing to compact; a stateful one that keeps one row per token
+    /// must override this unless every head keeps the same tokens.
+    fn retain_heads(&mut self, kept: &[Vec<usize>]) -> Result<()> {
+        match kept.first() {
+            Some(first) if kept.iter().all(|k| k == first) => self.retain(first),
+            _ if !self.is_stateful() => Ok(()),
+            _ => Err(Error::InvalidPolicy(format!("scorer `{}` cannot follow a per-head eviction", self.name()))),
+        }
+    }
 }
 
 /// Per-head scores `[heads, k]` as one row per KV head `[kv_heads, k]`: the query heads of
