@@ -15,7 +15,7 @@ fn options(perturb: Option<BackendKind>) -> Options {
         text: data.join("wikitext-2/wiki.test.raw"),
         configs: root.join("configs"),
         prompts: vec!["chat".into()],
-        policies: vec!["none".into(), "snapkv".into()],
+        policies: vec!["none".into(), "snapkv@".into()],
         perturb,
     }
 }
