@@ -337,14 +337,13 @@ impl<'b, B: Backend> Session<'b, B> {
                 }
                 if let Some(d) = &mut self.decode {
                     let mut s = decode_scores.unwrap_or_default();
-                    let before = cache_len;
                     if let Some(kept) = &kept_kv {
                         d.scorers[l].retain(kept)?;
-                        s = keep_scores(&s, before, std::slice::from_ref(kept));
+                        s = keep_scores(&s, cache_len, std::slice::from_ref(kept));
                     }
                     if let Some(kept) = &kept_heads {
                         d.scorers[l].retain_heads(kept)?;
-                        s = keep_scores(&s, before, kept);
+                        s = keep_scores(&s, cache_len, kept);
                     }
                     d.scores[l] = Some(s);
                 }
