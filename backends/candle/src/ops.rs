@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use sieve_backend::mask::MaskCache;
-use sieve_backend::{Block, HostWeight, LayerCall, LayerOutput, ModelConfig, Probe, Weights};
+use sieve_backend::{Activation, Block, HostWeight, LayerCall, LayerOutput, ModelConfig, Probe, Weights};
 
 use crate::error::{Error, Result};
 use crate::tensor::CandleTensor;
@@ -29,8 +29,8 @@ pub struct OpsModel {
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Tensor,
-    cos: Tensor,
-    sin: Tensor,
+    /// Rotary tables `[context, head_dim / 2]` of each base ([`ModelConfig::rope_set`]).
+    rope: Vec<(Tensor, Tensor)>,
     mask: MaskCache<Tensor>,
 }
 
@@ -46,11 +46,17 @@ impl OpsModel {
         };
         // Rotary tables for every position of the context, half-split layout.
         let half = config.head_dim / 2;
-        let (cos, sin) = config.rope_tables();
-        let cos = Tensor::from_vec(cos, (config.context, half), &device).map_err(err)?;
-        let sin = Tensor::from_vec(sin, (config.context, half), &device).map_err(err)?;
+        let rope = config
+            .rope_table_sets()
+            .into_iter()
+            .map(|(cos, sin)| {
+                let cos = Tensor::from_vec(cos, (config.context, half), &device)?;
+                Ok((cos, Tensor::from_vec(sin, (config.context, half), &device)?))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()
+            .map_err(err)?;
         let norm = up(weights.norm)?;
-        Ok(Self { config: config.clone(), device, embed, layers, norm, lm_head, cos, sin, mask: MaskCache::default() })
+        Ok(Self { config: config.clone(), device, embed, layers, norm, lm_head, rope, mask: MaskCache::default() })
     }
 
     fn positions_tensor(&self, positions: &[usize]) -> Result<Tensor> {
@@ -60,9 +66,10 @@ impl OpsModel {
 
     /// Additive causal mask `[n, m]` by original positions; cached across layers that see
     /// the same positions.
-    fn mask(&self, queries: &[usize], keys: &[usize]) -> Result<Tensor> {
-        self.mask
-            .get(queries, keys, |data| Tensor::from_vec(data, (queries.len(), keys.len()), &self.device).map_err(err))
+    fn mask(&self, queries: &[usize], keys: &[usize], window: Option<usize>) -> Result<Tensor> {
+        self.mask.get_windowed(queries, keys, window, |data| {
+            Tensor::from_vec(data, (queries.len(), keys.len()), &self.device).map_err(err)
+        })
     }
 }
 
@@ -84,7 +91,9 @@ impl OpsModel {
         q_pos: &[usize],
         k_pos: &[usize],
         probe_spec: Probe,
+        window: Option<usize>,
     ) -> Result<(Tensor, Option<CandleTensor>, Option<CandleTensor>)> {
+        let w = window.unwrap_or(usize::MAX);
         let (nkv, g, n, hd) = q.dims4().map_err(err)?;
         let m = k_pos.len();
         let probe = probe_spec.last_queries.min(n);
@@ -96,15 +105,18 @@ impl OpsModel {
             let rows = QUERY_BLOCK.min(n - start);
             let last_pos = q_pos[start + rows - 1];
             // Keys are in increasing position order: the block sees a prefix of them.
-            let visible = k_pos.partition_point(|&p| p <= last_pos);
+            let end = k_pos.partition_point(|&p| p <= last_pos);
+            // Keys before `k0` are outside every row's window (a local layer).
+            let k0 = k_pos[..end].partition_point(|&p| p.saturating_add(w) <= q_pos[start]);
+            let visible = end - k0;
             let qb = q.narrow(2, start, rows).and_then(|t| t.reshape((nkv, g * rows, hd))).map_err(err)?;
-            let kb = keys.narrow(1, 0, visible).map_err(err)?;
-            let vb = values.narrow(1, 0, visible).map_err(err)?;
+            let kb = keys.narrow(1, k0, visible).map_err(err)?;
+            let vb = values.narrow(1, k0, visible).map_err(err)?;
             let mut att = qb.matmul(&kb.t().map_err(err)?).map_err(err)?;
-            let needs_mask = visible > 0 && k_pos[visible - 1] > q_pos[start];
+            let needs_mask = visible > 0 && (k_pos[end - 1] > q_pos[start] || k_pos[k0].saturating_add(w) <= last_pos);
             if needs_mask {
-                let mask = self.mask(q_pos, k_pos)?;
-                let mb = mask.narrow(0, start, rows).and_then(|t| t.narrow(1, 0, visible)).map_err(err)?;
+                let mask = self.mask(q_pos, k_pos, window)?;
+                let mb = mask.narrow(0, start, rows).and_then(|t| t.narrow(1, k0, visible)).map_err(err)?;
                 att = att
                     .reshape((nkv, g, rows, visible))
                     .and_then(|a| a.broadcast_add(&mb))
@@ -119,7 +131,7 @@ impl OpsModel {
                 let block = att
                     .reshape((nkv * g, rows, visible))
                     .and_then(|a| ones.matmul(&a))
-                    .and_then(|a| if visible < m { a.pad_with_zeros(2, 0, m - visible) } else { Ok(a) })
+                    .and_then(|a| if visible < m { a.pad_with_zeros(2, k0, m - end) } else { Ok(a) })
                     .map_err(err)?;
                 sums = Some(match sums {
                     Some(total) => (total + block).map_err(err)?,
@@ -133,7 +145,7 @@ impl OpsModel {
                 let a = att
                     .reshape((nkv * g, rows, visible))
                     .and_then(|a| a.narrow(1, from, rows - from))
-                    .and_then(|a| if visible < m { a.pad_with_zeros(2, 0, m - visible) } else { Ok(a) })
+                    .and_then(|a| if visible < m { a.pad_with_zeros(2, k0, m - end) } else { Ok(a) })
                     .map_err(err)?;
                 probes.push(a);
             }
@@ -159,7 +171,10 @@ fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 impl OpsModel {
     pub fn embed(&self, tokens: &[u32]) -> Result<CandleTensor> {
         let ids = Tensor::from_slice(tokens, tokens.len(), &self.device).map_err(err)?;
-        self.embed.index_select(&ids, 0).map(CandleTensor).map_err(err)
+        let x = self.embed.index_select(&ids, 0).map_err(err)?;
+        let scale = self.config.style.embed_scale;
+        let x = if scale == 1.0 { x } else { x.affine(f64::from(scale), 0.0).map_err(err)? };
+        Ok(CandleTensor(x))
     }
 
     pub fn layer(&self, call: crate::Call<'_>, cache: &mut crate::Cache) -> crate::Output {
@@ -172,8 +187,9 @@ impl OpsModel {
         let g = nh / nkv;
         let eps = c.rms_eps as f32;
         let pos = self.positions_tensor(positions)?;
-        let cos = self.cos.index_select(&pos, 0).map_err(err)?;
-        let sin = self.sin.index_select(&pos, 0).map_err(err)?;
+        let (cos, sin) = &self.rope[c.rope_set(index)];
+        let cos = cos.index_select(&pos, 0).map_err(err)?;
+        let sin = sin.index_select(&pos, 0).map_err(err)?;
 
         let h = candle_nn::ops::rms_norm(x, &w.attn_norm, eps).map_err(err)?;
         let (mut q, mut k, mut v) = (linear(&h, &w.q), linear(&h, &w.k), linear(&h, &w.v));
@@ -181,6 +197,13 @@ impl OpsModel {
             q = q.and_then(|q| q.broadcast_add(bq));
             k = k.and_then(|k| k.broadcast_add(bk));
             v = v.and_then(|v| v.broadcast_add(bv));
+        }
+        if let Some([qn, kn]) = &w.qk_norm {
+            let norm = |t: candle_core::Result<Tensor>, h: usize, g: &Tensor| {
+                candle_nn::ops::rms_norm(&t?.reshape((n, h, hd))?, g, eps)?.reshape((n, h * hd))
+            };
+            q = norm(q, nh, qn);
+            k = norm(k, nkv, kn);
         }
         let heads = |t: candle_core::Result<Tensor>, h: usize| -> candle_core::Result<Tensor> {
             t?.reshape((1, n, h, hd))?.transpose(1, 2)?.contiguous()
@@ -196,20 +219,32 @@ impl OpsModel {
         let values = cache.values()?.map(|v| v.0).ok_or_else(|| sieve_backend::Error::Input("empty cache".into()))?;
 
         // Grouped attention: the g query heads of a KV head attend together.
-        let q = q.affine(1.0 / (hd as f64).sqrt(), 0.0).and_then(|q| q.reshape((nkv, g, n, hd))).map_err(err)?;
+        let q = q.affine(c.query_scale(), 0.0).and_then(|q| q.reshape((nkv, g, n, hd))).map_err(err)?;
         let (out, attention, attention_sums) =
-            self.attention(&q, &keys, &values, positions, cache.positions(), probe)?;
+            self.attention(&q, &keys, &values, positions, cache.positions(), probe, c.window(index))?;
         let out = out
             .reshape((nh, n, hd))
             .and_then(|o| o.transpose(0, 1))
             .and_then(|o| o.reshape((n, nh * hd)))
             .map_err(err)?;
-        let x = (x + linear(&out, &w.o).map_err(err)?).map_err(err)?;
+        let mut attn = linear(&out, &w.o).map_err(err)?;
+        if let Some([post_attn, _]) = &w.post_norms {
+            attn = candle_nn::ops::rms_norm(&attn, post_attn, eps).map_err(err)?;
+        }
+        let x = (x + attn).map_err(err)?;
 
         let h = candle_nn::ops::rms_norm(&x, &w.ffn_norm, eps).map_err(err)?;
-        let gate = candle_nn::ops::silu(&linear(&h, &w.gate).map_err(err)?).map_err(err)?;
+        let gate = linear(&h, &w.gate).map_err(err)?;
+        let gate = match c.style.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate),
+            Activation::GeluTanh => gate.gelu(),
+        }
+        .map_err(err)?;
         let upv = linear(&h, &w.up).map_err(err)?;
-        let mlp = linear(&(gate * upv).map_err(err)?, &w.down).map_err(err)?;
+        let mut mlp = linear(&(gate * upv).map_err(err)?, &w.down).map_err(err)?;
+        if let Some([_, post_ffn]) = &w.post_norms {
+            mlp = candle_nn::ops::rms_norm(&mlp, post_ffn, eps).map_err(err)?;
+        }
         let x = (x + mlp).map_err(err)?;
         Ok(LayerOutput { hidden: CandleTensor(x), attention, attention_sums })
     }

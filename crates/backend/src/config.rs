@@ -5,7 +5,8 @@
 use crate::error::{Error, Result};
 
 /// The decoder families sieve runs. They share one block: RMSNorm, rotary attention with
-/// grouped KV heads, a SwiGLU MLP; Qwen2 adds biases to the q, k and v projections.
+/// grouped KV heads, a gated MLP; Qwen2 adds biases to the q, k and v projections, and
+/// Gemma 3 the extras of [`BlockStyle`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Architecture {
     /// Llama 2/3, SmolLM/SmolLM2 (GGUF arch `llama`).
@@ -14,6 +15,8 @@ pub enum Architecture {
     Mistral,
     /// Qwen2 / Qwen2.5 (q/k/v biases).
     Qwen2,
+    /// Gemma 3 (GGUF arch `gemma3`): see [`BlockStyle::gemma3`].
+    Gemma3,
 }
 
 impl Architecture {
@@ -23,12 +26,13 @@ impl Architecture {
             "llama" | "smollm" => Some(Self::Llama),
             "mistral" => Some(Self::Mistral),
             "qwen2" => Some(Self::Qwen2),
+            "gemma3" | "gemma3_text" => Some(Self::Gemma3),
             _ => None,
         }
     }
 
     /// The names [`Architecture::parse`] accepts.
-    pub const NAMES: &'static str = "llama, mistral, qwen2, smollm";
+    pub const NAMES: &'static str = "gemma3, gemma3_text, llama, mistral, qwen2, smollm";
 }
 
 /// Llama-3 style frequency-dependent RoPE scaling.
@@ -42,6 +46,97 @@ pub struct Llama3RopeScaling {
     pub high_freq_factor: f64,
     /// Context of the original training.
     pub original_max_position_embeddings: usize,
+}
+
+/// The MLP's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// `silu(gate) * up` (SwiGLU: Llama, Mistral, Qwen2).
+    #[default]
+    Silu,
+    /// `gelu_tanh(gate) * up` (GeGLU with the tanh approximation: Gemma).
+    GeluTanh,
+}
+
+impl Activation {
+    /// The activation of one value.
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Activation::Silu => x / (1.0 + (-x).exp()),
+            Activation::GeluTanh => {
+                let x = f64::from(x);
+                let inner = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+                (0.5 * x * (1.0 + inner.tanh())) as f32
+            }
+        }
+    }
+}
+
+/// Local attention: some layers see only the last `size` positions (a key at position `k`
+/// is visible to a query at `q` when `q - size < k <= q`), with their own rotary base.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlidingWindow {
+    /// Positions a local layer sees, the query's own included.
+    pub size: usize,
+    /// Whether each layer is local (`true`) or global.
+    pub local: Vec<bool>,
+    /// The rotary base of the local layers (global layers use [`ModelConfig::rope_theta`]
+    /// and its scaling).
+    pub rope_theta: f64,
+}
+
+/// How the block differs from the plain Llama block. [`BlockStyle::default`] is Llama's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockStyle {
+    /// RMSNorm over each head of q and of k (gain `[head_dim]`) before the rotary embedding.
+    pub qk_norm: bool,
+    /// RMSNorm of the attention output and of the MLP output before each residual add.
+    pub post_norms: bool,
+    /// The MLP's gate activation.
+    pub activation: Activation,
+    /// Factor on the token embeddings (`sqrt(hidden)` for Gemma, 1 otherwise).
+    pub embed_scale: f32,
+    /// Factor on the attention logits `q . k` (`1 / sqrt(head_dim)` unless set).
+    pub query_scale: Option<f64>,
+    /// Local attention layers, if any.
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+impl Default for BlockStyle {
+    fn default() -> Self {
+        Self {
+            qk_norm: false,
+            post_norms: false,
+            activation: Activation::Silu,
+            embed_scale: 1.0,
+            query_scale: None,
+            sliding_window: None,
+        }
+    }
+}
+
+impl BlockStyle {
+    /// Gemma 3's block: q/k norms, norms after attention and MLP, GeGLU, embeddings scaled
+    /// by `sqrt(hidden)`, logits scaled by `query_pre_attn_scalar^-1/2`, and every `pattern`-th layer global
+    /// among local layers of `window` positions with rotary base `local_theta`.
+    pub fn gemma3(
+        hidden: usize,
+        n_layers: usize,
+        query_pre_attn_scalar: f64,
+        window: usize,
+        pattern: usize,
+        local_theta: f64,
+    ) -> Self {
+        let local = (0..n_layers).map(|i| pattern == 0 || (i + 1) % pattern != 0).collect();
+        Self {
+            qk_norm: true,
+            post_norms: true,
+            activation: Activation::GeluTanh,
+            embed_scale: (hidden as f32).sqrt(),
+            query_scale: Some(1.0 / query_pre_attn_scalar.sqrt()),
+            sliding_window: Some(SlidingWindow { size: window, local, rope_theta: local_theta }),
+        }
+    }
 }
 
 /// Everything a backend needs to know about a model's shape.
@@ -73,6 +168,8 @@ pub struct ModelConfig {
     pub context: usize,
     /// Whether q, k, v projections have biases.
     pub qkv_bias: bool,
+    /// What the block adds to Llama's.
+    pub style: BlockStyle,
 }
 
 impl ModelConfig {
@@ -110,7 +207,60 @@ impl ModelConfig {
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0 && self.rms_eps.is_finite() && self.rms_eps > 0.0) {
             return bad(format!("rope theta {} and rms eps {} must be positive", self.rope_theta, self.rms_eps));
         }
+        if let Some(w) = &self.style.sliding_window {
+            if w.size == 0 || w.local.len() != self.n_layers {
+                return bad(format!(
+                    "sliding window of {} positions over {} layer kinds for {} layers",
+                    w.size,
+                    w.local.len(),
+                    self.n_layers
+                ));
+            }
+            if !(w.rope_theta.is_finite() && w.rope_theta > 0.0) {
+                return bad(format!("local rope theta {} must be positive", w.rope_theta));
+            }
+        }
+        let scale_ok = self.style.query_scale.is_none_or(|s| s.is_finite() && s > 0.0);
+        if !(scale_ok && self.style.embed_scale.is_finite() && self.style.embed_scale > 0.0) {
+            return bad(format!(
+                "query scale {:?} and embedding scale {} must be positive",
+                self.style.query_scale, self.style.embed_scale
+            ));
+        }
         Ok(())
+    }
+
+    /// The attention window of layer `layer`: `Some(size)` for a local layer.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        let w = self.style.sliding_window.as_ref()?;
+        w.local.get(layer).copied().unwrap_or(false).then_some(w.size)
+    }
+
+    /// The factor on the attention logits `q . k`.
+    pub fn query_scale(&self) -> f64 {
+        self.style.query_scale.unwrap_or(1.0 / (self.head_dim as f64).sqrt())
+    }
+
+    /// Which of [`ModelConfig::rope_table_sets`] layer `layer` uses.
+    pub fn rope_set(&self, layer: usize) -> usize {
+        usize::from(self.window(layer).is_some())
+    }
+
+    /// The rotary tables of every distinct base ([`ModelConfig::rope_tables`] for the
+    /// global layers first, then those of the local layers' base if there are local
+    /// layers), as [`ModelConfig::rope_set`] indexes them.
+    pub fn rope_table_sets(&self) -> Vec<(Vec<f32>, Vec<f32>)> {
+        let mut sets = vec![self.rope_tables()];
+        if let Some(w) = &self.style.sliding_window {
+            let local = ModelConfig {
+                rope_theta: w.rope_theta,
+                rope_scaling: None,
+                style: BlockStyle::default(),
+                ..self.clone()
+            };
+            sets.push(local.rope_tables());
+        }
+        sets
     }
 
     /// Query heads per KV head.

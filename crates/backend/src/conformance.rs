@@ -293,6 +293,31 @@ pub fn block_options<B: Backend>(make: Make<'_, B>) -> Result<()> {
     pair.logits("options", &out, &want)
 }
 
+/// Gemma 3's block ([`synthetic::tiny_gemma_config`]): q/k norms, post norms, GeGLU,
+/// scaled embeddings and logits, and a local first layer whose window of 6 positions cuts
+/// into a prefill, a gapped call and the decode steps after them (cached keys beyond a
+/// query's window are masked by position).
+pub fn sliding_window<B: Backend>(make: Make<'_, B>) -> Result<()> {
+    let mut pair = Pair::new(make, &synthetic::tiny_gemma_config(), 4, false)?;
+    let probe = Probe { last_queries: 3, column_sums: true };
+    let (out, want) = pair.forward("gemma block", &tokens(10, 64, 13), &(0..10).collect::<Vec<_>>(), probe)?;
+    pair.logits("gemma block", &out, &want)?;
+    for (what, got, exp) in
+        [("attention", &out.attention, &want.attention), ("sums", &out.attention_sums, &want.attention_sums)]
+    {
+        match (got, exp) {
+            (Some(g), Some(w)) => compare(&format!("gemma block: {what}"), g, w)?,
+            _ => return Err(mismatch("gemma block", format!("{what} missing"))),
+        }
+    }
+    pair.forward("gemma block, gapped", &tokens(4, 64, 14), &[11, 13, 17, 18], Probe::NONE)?;
+    for (i, t) in [3u32, 50].into_iter().enumerate() {
+        let (out, want) = pair.forward("gemma block, then a step", &[t], &[19 + i], Probe::NONE)?;
+        pair.logits("gemma block, then a step", &out, &want)?;
+    }
+    Ok(())
+}
+
 /// Every packed format ([`crate::quant::GgmlType`]) in one model: the backend (kernels on
 /// the blocks, or the weights decoded at load) must compute what the reference computes on
 /// the decoded `f32` values.
@@ -332,7 +357,7 @@ macro_rules! backend_conformance {
     ($backend:ty, $make:expr) => {
         $crate::backend_conformance!(@cases $backend, $make;
             embed, prefill, gapped_positions, decode_steps, probes, compacted_caches, per_head_caches, long_prefill,
-            block_options, packed_weights);
+            block_options, sliding_window, packed_weights);
 
         mod tensor {
             #[allow(unused_imports)]

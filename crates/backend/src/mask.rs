@@ -4,25 +4,32 @@ use std::sync::Mutex;
 
 /// `[queries, keys]` row-major: 0 where key position <= query position, -inf elsewhere.
 pub fn causal_mask(queries: &[usize], keys: &[usize]) -> Vec<f32> {
+    windowed_mask(queries, keys, None)
+}
+
+/// [`causal_mask`] of a layer that, with `window`, also hides the keys at or before
+/// `query - window` (a local layer).
+pub fn windowed_mask(queries: &[usize], keys: &[usize], window: Option<usize>) -> Vec<f32> {
+    let w = window.unwrap_or(usize::MAX);
     let mut data = Vec::with_capacity(queries.len() * keys.len());
     for &q in queries {
-        data.extend(keys.iter().map(|&k| if k <= q { 0.0 } else { f32::NEG_INFINITY }));
+        data.extend(keys.iter().map(|&k| if k <= q && k.saturating_add(w) > q { 0.0 } else { f32::NEG_INFINITY }));
     }
     data
 }
 
-/// The last mask a backend built, kept for the next layers, which see the same positions
-/// unless pruning changed them.
+/// The last mask a backend built for each window (global layers: none), kept for the
+/// next layers, which see the same positions unless pruning changed them.
 pub struct MaskCache<T> {
-    last: Mutex<Option<Entry<T>>>,
+    last: Mutex<Vec<Entry<T>>>,
 }
 
-/// Query positions, key positions, the mask.
-type Entry<T> = (Vec<usize>, Vec<usize>, T);
+/// Window, query positions, key positions, the mask.
+type Entry<T> = (Option<usize>, Vec<usize>, Vec<usize>, T);
 
 impl<T: Clone> Default for MaskCache<T> {
     fn default() -> Self {
-        Self { last: Mutex::new(None) }
+        Self { last: Mutex::new(Vec::new()) }
     }
 }
 
@@ -35,17 +42,26 @@ impl<T: Clone> MaskCache<T> {
         keys: &[usize],
         make: impl FnOnce(Vec<f32>) -> Result<T, E>,
     ) -> Result<T, E> {
+        self.get_windowed(queries, keys, None, make)
+    }
+
+    /// [`MaskCache::get`] for a layer with `window` ([`windowed_mask`]).
+    pub fn get_windowed<E>(
+        &self,
+        queries: &[usize],
+        keys: &[usize],
+        window: Option<usize>,
+        make: impl FnOnce(Vec<f32>) -> Result<T, E>,
+    ) -> Result<T, E> {
         // A poisoned lock only means another thread panicked while caching: the entry is
         // replaced below whatever it holds.
         let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((q, k, t)) = last.as_ref()
-            && q == queries
-            && k == keys
-        {
+        if let Some((_, _, _, t)) = last.iter().find(|(w, q, k, _)| *w == window && q == queries && k == keys) {
             return Ok(t.clone());
         }
-        let t = make(causal_mask(queries, keys))?;
-        *last = Some((queries.to_vec(), keys.to_vec(), t.clone()));
+        let t = make(windowed_mask(queries, keys, window))?;
+        last.retain(|(w, ..)| *w != window);
+        last.push((window, queries.to_vec(), keys.to_vec(), t.clone()));
         Ok(t)
     }
 }

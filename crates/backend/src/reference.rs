@@ -19,9 +19,9 @@ use crate::weights::{HostWeight, Weights};
 pub struct HostBackend {
     config: ModelConfig,
     weights: Weights,
-    /// `cos`/`sin` of every position, `[context, head_dim / 2]` row-major.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    /// `cos`/`sin` of every position, `[context, head_dim / 2]` row-major, for each rotary
+    /// base ([`ModelConfig::rope_table_sets`]).
+    rope: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
 impl HostBackend {
@@ -30,8 +30,8 @@ impl HostBackend {
         config.validate()?;
         weights.check(config)?;
         let weights = weights.into_f32();
-        let (cos, sin) = config.rope_tables();
-        Ok(Self { config: config.clone(), weights, cos, sin })
+        let rope = config.rope_table_sets();
+        Ok(Self { config: config.clone(), weights, rope })
     }
 
     /// The weights.
@@ -69,17 +69,15 @@ fn rms_norm(x: &[f32], n: usize, w: &HostWeight, eps: f64) -> Vec<f32> {
     y
 }
 
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
 impl HostBackend {
-    /// Rotates `x [n, heads * head_dim]` in place, half-split pairs `(i, i + head_dim/2)`.
-    fn rope(&self, x: &mut [f32], positions: &[usize], heads: usize) {
+    /// Rotates `x [n, heads * head_dim]` in place with layer `layer`'s base, half-split
+    /// pairs `(i, i + head_dim/2)`.
+    fn rope(&self, layer: usize, x: &mut [f32], positions: &[usize], heads: usize) {
         let hd = self.config.head_dim;
         let half = hd / 2;
+        let (cos, sin) = &self.rope[self.config.rope_set(layer)];
         for (r, &p) in positions.iter().enumerate() {
-            let (cos, sin) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
+            let (cos, sin) = (&cos[p * half..(p + 1) * half], &sin[p * half..(p + 1) * half]);
             for h in 0..heads {
                 let head = &mut x[(r * heads + h) * hd..(r * heads + h + 1) * hd];
                 for i in 0..half {
@@ -144,7 +142,8 @@ impl Backend for HostBackend {
             if t >= self.config.vocab {
                 return Err(Error::Input(format!("token id {t} is outside the vocabulary of {}", self.config.vocab)));
             }
-            data.extend_from_slice(&self.weights.embed.data[t * d..(t + 1) * d]);
+            let scale = self.config.style.embed_scale;
+            data.extend(self.weights.embed.data[t * d..(t + 1) * d].iter().map(|&v| v * scale));
         }
         Ok(HostTensor::new(data, &[tokens.len(), d])?)
     }
@@ -167,8 +166,12 @@ impl Backend for HostBackend {
         let mut q = linear(&h, n, &w.q, bias.map(|b| &b[0]));
         let mut k = linear(&h, n, &w.k, bias.map(|b| &b[1]));
         let v = linear(&h, n, &w.v, bias.map(|b| &b[2]));
-        self.rope(&mut q, positions, nh);
-        self.rope(&mut k, positions, nkv);
+        if let Some([qn, kn]) = &w.qk_norm {
+            q = rms_norm(&q, n * nh, qn, c.rms_eps);
+            k = rms_norm(&k, n * nkv, kn, c.rms_eps);
+        }
+        self.rope(index, &mut q, positions, nh);
+        self.rope(index, &mut k, positions, nkv);
 
         // [n, kv, hd] -> [kv, n, hd], appended to the cache.
         let by_head = |t: &[f32]| -> Result<HostTensor> {
@@ -186,7 +189,9 @@ impl Backend for HostBackend {
         let values = cache.values()?.map(|t| t.to_host()).transpose()?.unwrap_or_default();
         let key_pos = cache.positions();
 
-        let scale = 1.0 / (hd as f64).sqrt();
+        let scale = c.query_scale();
+        // A local layer's query at `p` sees keys after `p - window`.
+        let window = c.window(index).unwrap_or(usize::MAX);
         let probe_rows = probe.last_queries.min(n);
         let mut attn_out = vec![0.0f32; n * nh * hd];
         let mut probes = vec![0.0f32; nh * probe_rows * m];
@@ -196,13 +201,15 @@ impl Backend for HostBackend {
             for (r, &p) in positions.iter().enumerate() {
                 let qr = &q[(r * nh + head) * hd..(r * nh + head + 1) * hd];
                 let visible = key_pos.partition_point(|&kp| kp <= p);
-                let logits: Vec<f64> =
-                    (0..visible).map(|j| dot(qr, &keys[(kv * m + j) * hd..(kv * m + j + 1) * hd]) * scale).collect();
+                let first = key_pos.partition_point(|&kp| kp.saturating_add(window) <= p);
+                let logits: Vec<f64> = (first..visible)
+                    .map(|j| dot(qr, &keys[(kv * m + j) * hd..(kv * m + j + 1) * hd]) * scale)
+                    .collect();
                 let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let exps: Vec<f64> = logits.iter().map(|&l| (l - max).exp()).collect();
                 let total: f64 = exps.iter().sum();
                 let out = &mut attn_out[(r * nh + head) * hd..(r * nh + head + 1) * hd];
-                for (j, e) in exps.iter().enumerate() {
+                for (j, e) in (first..).zip(&exps) {
                     let pj = e / total;
                     for (o, &val) in out.iter_mut().zip(&values[(kv * m + j) * hd..(kv * m + j + 1) * hd]) {
                         *o += (pj * f64::from(val)) as f32;
@@ -217,13 +224,19 @@ impl Backend for HostBackend {
                 }
             }
         }
-        let attn = linear(&attn_out, n, &w.o, None);
+        let mut attn = linear(&attn_out, n, &w.o, None);
+        if let Some([post_attn, _]) = &w.post_norms {
+            attn = rms_norm(&attn, n, post_attn, c.rms_eps);
+        }
         let x: Vec<f32> = x.iter().zip(&attn).map(|(a, b)| a + b).collect();
         let h = rms_norm(&x, n, &w.ffn_norm, c.rms_eps);
         let gate = linear(&h, n, &w.gate, None);
         let up = linear(&h, n, &w.up, None);
-        let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| silu(g) * u).collect();
-        let mlp = linear(&act, n, &w.down, None);
+        let act: Vec<f32> = gate.iter().zip(&up).map(|(&g, &u)| c.style.activation.apply(g) * u).collect();
+        let mut mlp = linear(&act, n, &w.down, None);
+        if let Some([_, post_ffn]) = &w.post_norms {
+            mlp = rms_norm(&mlp, n, post_ffn, c.rms_eps);
+        }
         let out: Vec<f32> = x.iter().zip(&mlp).map(|(a, b)| a + b).collect();
         Ok(LayerOutput {
             hidden: HostTensor::new(out, &[n, d])?,

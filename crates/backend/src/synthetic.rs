@@ -24,6 +24,7 @@ pub fn tiny_config() -> ModelConfig {
         rms_eps: 1e-5,
         context: 256,
         qkv_bias: false,
+        style: Default::default(),
     }
 }
 
@@ -41,6 +42,15 @@ pub fn tiny_config_with_options() -> ModelConfig {
         }),
         ..tiny_config()
     }
+}
+
+/// [`tiny_config`] with Gemma 3's block: q/k norms, post norms, GeGLU, scaled embeddings
+/// and logits, and a sliding window of 6 positions on the first layer (the second global),
+/// with its own rotary base.
+pub fn tiny_gemma_config() -> ModelConfig {
+    let mut style = crate::config::BlockStyle::gemma3(32, 2, 12.0, 6, 2, 100.0);
+    style.embed_scale = 0.75;
+    ModelConfig { arch: Architecture::Gemma3, rms_eps: 1e-6, style, ..tiny_config() }
 }
 
 fn matrix(rng: &mut SplitMix64, rows: usize, cols: usize) -> HostWeight {
@@ -84,6 +94,14 @@ pub fn weights(config: &ModelConfig, seed: u64, untied: bool) -> Weights {
             gate: matrix(&mut rng, c.ffn, c.hidden),
             up: matrix(&mut rng, c.ffn, c.hidden),
             down: matrix(&mut rng, c.hidden, c.ffn),
+            qk_norm: c
+                .style
+                .qk_norm
+                .then(|| [vector(&mut rng, c.head_dim, 1.0, 0.2), vector(&mut rng, c.head_dim, 1.0, 0.2)]),
+            post_norms: c
+                .style
+                .post_norms
+                .then(|| [vector(&mut rng, c.hidden, 1.0, 0.2), vector(&mut rng, c.hidden, 1.0, 0.2)]),
         })
         .collect();
     let norm = vector(&mut rng, c.hidden, 1.0, 0.2);

@@ -82,6 +82,8 @@ pub struct Block<T> {
     pub v: T,
     /// Biases of q, k, v (Qwen2).
     pub qkv_bias: Option<[T; 3]>,
+    /// RMSNorm gains of each head of q and of k `[head_dim]` (Gemma 3).
+    pub qk_norm: Option<[T; 2]>,
     /// Output projection `[hidden, heads * head_dim]`.
     pub o: T,
     /// RMSNorm before the MLP `[hidden]`.
@@ -92,6 +94,8 @@ pub struct Block<T> {
     pub up: T,
     /// Down projection `[hidden, ffn]`.
     pub down: T,
+    /// RMSNorm gains after attention and after the MLP `[hidden]` (Gemma 3).
+    pub post_norms: Option<[T; 2]>,
 }
 
 /// The weights of one decoder layer in host memory.
@@ -109,11 +113,19 @@ impl<T> Block<T> {
                 Some([bq, bk, bv]) => Some([f(bq)?, f(bk)?, f(bv)?]),
                 None => None,
             },
+            qk_norm: match self.qk_norm {
+                Some([a, b]) => Some([f(a)?, f(b)?]),
+                None => None,
+            },
             o: f(self.o)?,
             ffn_norm: f(self.ffn_norm)?,
             gate: f(self.gate)?,
             up: f(self.up)?,
             down: f(self.down)?,
+            post_norms: match self.post_norms {
+                Some([a, b]) => Some([f(a)?, f(b)?]),
+                None => None,
+            },
         })
     }
 
@@ -125,19 +137,25 @@ impl<T> Block<T> {
             k: &self.k,
             v: &self.v,
             qkv_bias: self.qkv_bias.as_ref().map(|[a, b, c]| [a, b, c]),
+            qk_norm: self.qk_norm.as_ref().map(|[a, b]| [a, b]),
             o: &self.o,
             ffn_norm: &self.ffn_norm,
             gate: &self.gate,
             up: &self.up,
             down: &self.down,
+            post_norms: self.post_norms.as_ref().map(|[a, b]| [a, b]),
         }
     }
 
-    /// Every tensor, in field order (biases after `v`).
+    /// Every tensor, in field order (biases and q/k norms after `v`, post norms last).
     pub fn tensors(&self) -> impl Iterator<Item = &T> {
         let head = [&self.attn_norm, &self.q, &self.k, &self.v];
         let tail = [&self.o, &self.ffn_norm, &self.gate, &self.up, &self.down];
-        head.into_iter().chain(self.qkv_bias.iter().flatten()).chain(tail)
+        head.into_iter()
+            .chain(self.qkv_bias.iter().flatten())
+            .chain(self.qk_norm.iter().flatten())
+            .chain(tail)
+            .chain(self.post_norms.iter().flatten())
     }
 }
 
@@ -261,6 +279,26 @@ impl Weights {
             check(&name("gate"), &l.gate, &[c.ffn, c.hidden])?;
             check(&name("up"), &l.up, &[c.ffn, c.hidden])?;
             check(&name("down"), &l.down, &[c.hidden, c.ffn])?;
+            let presence = |what: &str, present: bool, wanted: bool| -> Result<()> {
+                if present == wanted {
+                    return Ok(());
+                }
+                Err(Error::Config(format!(
+                    "layer {i}: {what} {} but the model's block {} them",
+                    if present { "present" } else { "missing" },
+                    if wanted { "has" } else { "has no" }
+                )))
+            };
+            presence("q/k norms", l.qk_norm.is_some(), c.style.qk_norm)?;
+            presence("post-attention and post-MLP norms", l.post_norms.is_some(), c.style.post_norms)?;
+            if let Some([qn, kn]) = &l.qk_norm {
+                check(&name("q_norm"), qn, &[c.head_dim])?;
+                check(&name("k_norm"), kn, &[c.head_dim])?;
+            }
+            if let Some([pa, pf]) = &l.post_norms {
+                check(&name("post_attn_norm"), pa, &[c.hidden])?;
+                check(&name("post_ffn_norm"), pf, &[c.hidden])?;
+            }
             match (&l.qkv_bias, c.qkv_bias) {
                 (Some([bq, bk, bv]), true) => {
                     check(&name("q_bias"), bq, &[q_out])?;

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::quantized::gguf_file::Value;
 use serde::Deserialize;
-pub use sieve_backend::config::{Architecture, Llama3RopeScaling, ModelConfig};
+pub use sieve_backend::config::{Architecture, BlockStyle, Llama3RopeScaling, ModelConfig};
 
 use crate::error::{Error, Result};
 
@@ -40,9 +40,53 @@ pub fn from_gguf(meta: &HashMap<String, Value>, vocab: usize, source: &str) -> R
         rms_eps: get_f(meta, &key("attention.layer_norm_rms_epsilon"), source).unwrap_or(1e-5),
         context: get_u(meta, &key("context_length"), source).unwrap_or(4096),
         qkv_bias: arch == Architecture::Qwen2,
+        style: BlockStyle::default(),
+    };
+    let config = match arch {
+        Architecture::Gemma3 => gemma3_gguf(config, meta, &arch_name, source)?,
+        _ => config,
     };
     config.validate().map_err(|e| Error::config(source, e.to_string()))?;
     Ok(config)
+}
+
+/// Every sixth layer of Gemma 3 attends globally, the others locally with rotary base
+/// 10,000; GGUF files do not record either (llama.cpp fixes them for the architecture).
+const GEMMA3_PATTERN: usize = 6;
+const GEMMA3_LOCAL_THETA: f64 = 10_000.0;
+
+/// Gemma 3's block on a configuration read from GGUF metadata: the sliding window from
+/// `gemma3.attention.sliding_window`, logits scaled by `1/sqrt(head_dim)` (the
+/// `query_pre_attn_scalar` of the sizes up to 12B). A rotary scaling sieve does not
+/// implement is an error.
+fn gemma3_gguf(
+    config: ModelConfig,
+    meta: &HashMap<String, Value>,
+    arch_name: &str,
+    source: &str,
+) -> Result<ModelConfig> {
+    let key = |k: &str| format!("{arch_name}.{k}");
+    if let Some(Value::String(kind)) = meta.get(&key("rope.scaling.type"))
+        && kind != "none"
+    {
+        return Err(Error::config(
+            source,
+            format!(
+                "metadata `{}` = \"{kind}\" is not supported (sieve runs Gemma 3 without rotary scaling)",
+                key("rope.scaling.type")
+            ),
+        ));
+    }
+    let window = get_u(meta, &key("attention.sliding_window"), source)?;
+    let style = BlockStyle::gemma3(
+        config.hidden,
+        config.n_layers,
+        config.head_dim as f64,
+        window,
+        GEMMA3_PATTERN,
+        GEMMA3_LOCAL_THETA,
+    );
+    Ok(ModelConfig { style, ..config })
 }
 
 /// Reads a Hugging Face `config.json`.
@@ -51,6 +95,9 @@ pub fn from_hf_json(text: &str, source: &str) -> Result<ModelConfig> {
     let raw: HfConfig = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
         .map_err(|e| Error::config(source, e.to_string()))?;
     let arch = parse_architecture(&raw.model_type)?;
+    if arch == Architecture::Gemma3 {
+        return gemma3_hf(&raw, text, source);
+    }
     let (rope_theta, rope_scaling) = rope(&raw, source)?;
     let unsupported = |key: &str, value: String, why: &str| {
         Err(Error::config(source, format!("{key} = {value} is not supported ({why})")))
@@ -82,6 +129,122 @@ pub fn from_hf_json(text: &str, source: &str) -> Result<ModelConfig> {
         rms_eps: raw.rms_norm_eps.unwrap_or(1e-5),
         context: window.map_or(context, |w| w.min(context)),
         qkv_bias: raw.attention_bias.unwrap_or(arch == Architecture::Qwen2),
+        style: BlockStyle::default(),
+    };
+    config.validate().map_err(|e| Error::config(source, e.to_string()))?;
+    Ok(config)
+}
+
+/// Gemma 3 from a `config.json` (`model_type` `gemma3_text`), as transformers 4.5x and 5
+/// write it: the layer kinds from `layer_types` (or every `sliding_window_pattern`-th layer
+/// global), the rotary bases from `rope_parameters` per layer kind (or `rope_theta` and
+/// `rope_local_base_freq`). Soft-capping, a rotary scaling or an activation sieve does not
+/// implement is an error naming the key.
+fn gemma3_hf(raw: &HfConfig, text: &str, source: &str) -> Result<ModelConfig> {
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| Error::config(source, e.to_string()))?;
+    let bad = |key: &str, v: &serde_json::Value, why: &str| Error::config(source, format!("{key} = {v} {why}"));
+    let number = |key: &str, default: f64| -> Result<f64> {
+        match json.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| bad(key, v, "is not a number")),
+        }
+    };
+    let act_key = if json.get("hidden_activation").is_some() { "hidden_activation" } else { "hidden_act" };
+    match json.get(act_key) {
+        None | Some(serde_json::Value::Null) => {}
+        Some(v) if v.as_str() == Some("gelu_pytorch_tanh") => {}
+        Some(v) => return Err(bad(act_key, v, "is not supported (sieve's Gemma MLP is GELU-tanh gated)")),
+    }
+    for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+        if let Some(v) = json.get(key).filter(|v| !v.is_null()) {
+            return Err(bad(key, v, "is not supported (Gemma 3 has no soft-capping)"));
+        }
+    }
+    let window = match json.get("sliding_window") {
+        Some(v) => v
+            .as_u64()
+            .and_then(|w| usize::try_from(w).ok())
+            .ok_or_else(|| bad("sliding_window", v, "is not a count"))?,
+        None => return Err(Error::config(source, "missing `sliding_window`")),
+    };
+    let local: Vec<bool> = match json.get("layer_types").filter(|v| !v.is_null()) {
+        Some(serde_json::Value::Array(types)) => types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => Ok(true),
+                Some("full_attention") => Ok(false),
+                _ => Err(bad("layer_types", t, "is not \"sliding_attention\" or \"full_attention\"")),
+            })
+            .collect::<Result<_>>()?,
+        Some(v) => return Err(bad("layer_types", v, "is not a list")),
+        None => {
+            let pattern = number("sliding_window_pattern", GEMMA3_PATTERN as f64)? as usize;
+            (0..raw.num_hidden_layers).map(|i| pattern == 0 || (i + 1) % pattern != 0).collect()
+        }
+    };
+    if local.len() != raw.num_hidden_layers {
+        return Err(Error::config(
+            source,
+            format!("layer_types has {} entries for {} layers", local.len(), raw.num_hidden_layers),
+        ));
+    }
+    let default_rope = |kind: &str, p: &serde_json::Value| -> Result<()> {
+        match p.get("rope_type").and_then(|t| t.as_str()) {
+            None | Some("default") => Ok(()),
+            Some(other) => Err(Error::config(
+                source,
+                format!("{kind}.rope_type = \"{other}\" is not supported (sieve runs Gemma 3 without rotary scaling)"),
+            )),
+        }
+    };
+    let (theta, local_theta) = match json.get("rope_parameters").filter(|v| !v.is_null()) {
+        Some(p) if p.get("full_attention").is_some() => {
+            let theta_of = |kind: &str, default: f64| -> Result<f64> {
+                let Some(q) = p.get(kind) else { return Ok(default) };
+                default_rope(&format!("rope_parameters.{kind}"), q)?;
+                Ok(q.get("rope_theta").and_then(|t| t.as_f64()).unwrap_or(default))
+            };
+            (theta_of("full_attention", 1e6)?, theta_of("sliding_attention", GEMMA3_LOCAL_THETA)?)
+        }
+        Some(p) => {
+            default_rope("rope_parameters", p)?;
+            let theta = p.get("rope_theta").and_then(|t| t.as_f64()).unwrap_or(number("rope_theta", 1e6)?);
+            (theta, number("rope_local_base_freq", GEMMA3_LOCAL_THETA)?)
+        }
+        None => {
+            if let Some(s) = json.get("rope_scaling").filter(|v| !v.is_null()) {
+                default_rope("rope_scaling", s)?;
+            }
+            (number("rope_theta", 1e6)?, number("rope_local_base_freq", GEMMA3_LOCAL_THETA)?)
+        }
+    };
+    let head_dim = raw.head_dim.unwrap_or(256);
+    let mut style = BlockStyle::gemma3(
+        raw.hidden_size,
+        raw.num_hidden_layers,
+        number("query_pre_attn_scalar", head_dim as f64)?,
+        window,
+        GEMMA3_PATTERN,
+        local_theta,
+    );
+    if let Some(w) = &mut style.sliding_window {
+        w.local = local;
+    }
+    let config = ModelConfig {
+        arch: Architecture::Gemma3,
+        n_layers: raw.num_hidden_layers,
+        n_heads: raw.num_attention_heads,
+        n_kv_heads: raw.num_key_value_heads.unwrap_or(raw.num_attention_heads),
+        hidden: raw.hidden_size,
+        ffn: raw.intermediate_size,
+        head_dim,
+        vocab: raw.vocab_size,
+        rope_theta: theta,
+        rope_scaling: None,
+        rms_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+        context: raw.max_position_embeddings.unwrap_or(32_768),
+        qkv_bias: raw.attention_bias.unwrap_or(false),
+        style,
     };
     config.validate().map_err(|e| Error::config(source, e.to_string()))?;
     Ok(config)

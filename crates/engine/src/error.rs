@@ -39,7 +39,7 @@ pub enum Error {
     Config { source_name: String, message: String },
 
     /// An architecture sieve does not implement.
-    #[error("unsupported architecture `{0}` (supported: llama, mistral, qwen2, smollm)")]
+    #[error("unsupported architecture `{0}` (supported: {names})", names = sieve_backend::Architecture::NAMES)]
     UnsupportedArchitecture(String),
 
     /// A weight the architecture needs is absent.

@@ -23,6 +23,9 @@ pub fn write_hf_dir(model: &Model, dir: &Path) -> Result<()> {
         Architecture::Llama => "llama",
         Architecture::Mistral => "mistral",
         Architecture::Qwen2 => "qwen2",
+        Architecture::Gemma3 => {
+            return Err(Error::Invalid("sieve cannot write a Gemma 3 model as a Hugging Face directory".into()));
+        }
     };
     let config = serde_json::json!({
         "model_type": model_type,

@@ -21,6 +21,7 @@ mod gguf;
 pub mod model;
 pub mod sampling;
 pub mod session;
+mod spm;
 pub mod stats;
 pub mod template;
 pub mod testing;

@@ -367,7 +367,11 @@ fn load_hf_dir(dir: &Path, dtype: Dtype) -> Result<Model> {
     let mut tensor_summary: Vec<_> =
         src.index.keys().map(|n| (n.clone(), "safetensors".to_string(), Vec::new())).collect();
     tensor_summary.sort();
-    let weights = weights::read_weights(&mut src, &weights::HF_NAMES, &config, false, dtype)?;
+    let names = match config.arch {
+        crate::config::Architecture::Gemma3 => &weights::HF_GEMMA3_NAMES,
+        _ => &weights::HF_NAMES,
+    };
+    let weights = weights::read_weights(&mut src, names, &config, false, dtype)?;
     let parts = Parts { config, weights, tokenizer, template_source, tensor_summary };
     parts.into_model(dir)
 }

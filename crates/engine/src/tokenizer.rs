@@ -75,6 +75,9 @@ impl Tokenizer {
             Some(Value::String(s)) => s.as_str(),
             _ => return Err(tok_err("GGUF metadata has no `tokenizer.ggml.model`")),
         };
+        if model == "llama" {
+            return Self::spm_from_gguf(meta);
+        }
         if model != "gpt2" {
             return Err(tok_err(format!(
                 "GGUF tokenizer model `{model}` is not supported; give a model directory with a tokenizer.json instead"
@@ -138,6 +141,18 @@ impl Tokenizer {
         let bos = meta_u32(meta, "tokenizer.ggml.bos_token_id");
         let eos = meta_u32(meta, "tokenizer.ggml.eos_token_id").into_iter().collect();
         let add_bos = matches!(meta.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(true)));
+        Ok(Self { inner, bos, eos, add_bos })
+    }
+
+    /// A SentencePiece-style tokenizer from GGUF metadata ([`crate::spm`]).
+    fn spm_from_gguf(meta: &HashMap<String, Value>) -> Result<Self> {
+        let tokens = meta_strings(meta, "tokenizer.ggml.tokens")?;
+        let (scores, types) = crate::spm::scores_and_types(meta, tokens.len());
+        let space_prefix = !matches!(meta.get("tokenizer.ggml.add_space_prefix"), Some(Value::Bool(false)));
+        let inner = crate::spm::build(&tokens, &scores, &types, space_prefix, tok_err)?;
+        let bos = meta_u32(meta, "tokenizer.ggml.bos_token_id");
+        let eos = meta_u32(meta, "tokenizer.ggml.eos_token_id").into_iter().collect();
+        let add_bos = !matches!(meta.get("tokenizer.ggml.add_bos_token"), Some(Value::Bool(false)));
         Ok(Self { inner, bos, eos, add_bos })
     }
 

@@ -99,6 +99,11 @@ pub(crate) struct Naming {
     pub layer: fn(usize, &str) -> String,
     /// Per-layer suffixes: attn_norm, q, k, v, o, ffn_norm, gate, up, down, q_bias, k_bias, v_bias.
     pub parts: [&'static str; 12],
+    /// Per-layer suffixes of Gemma 3's extra norms: q_norm, k_norm, post-attention, post-MLP.
+    pub extras: [&'static str; 4],
+    /// Added to every RMSNorm gain as read: Gemma's checkpoints store `gain - 1` (GGUF
+    /// files have the 1 added already).
+    pub norm_offset: f32,
 }
 
 pub(crate) const GGUF_NAMES: Naming = Naming {
@@ -120,6 +125,8 @@ pub(crate) const GGUF_NAMES: Naming = Naming {
         "attn_k.bias",
         "attn_v.bias",
     ],
+    extras: ["attn_q_norm.weight", "attn_k_norm.weight", "post_attention_norm.weight", "post_ffw_norm.weight"],
+    norm_offset: 0.0,
 };
 
 pub(crate) const HF_NAMES: Naming = Naming {
@@ -141,6 +148,34 @@ pub(crate) const HF_NAMES: Naming = Naming {
         "self_attn.k_proj.bias",
         "self_attn.v_proj.bias",
     ],
+    extras: [
+        "self_attn.q_norm.weight",
+        "self_attn.k_norm.weight",
+        "post_attention_layernorm.weight",
+        "post_feedforward_layernorm.weight",
+    ],
+    norm_offset: 0.0,
+};
+
+/// Gemma 3 in Hugging Face's layout: its `post_attention_layernorm` follows attention (the
+/// MLP's input norm is `pre_feedforward_layernorm`), and norm gains are stored minus 1.
+pub(crate) const HF_GEMMA3_NAMES: Naming = Naming {
+    parts: [
+        "input_layernorm.weight",
+        "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight",
+        "self_attn.o_proj.weight",
+        "pre_feedforward_layernorm.weight",
+        "mlp.gate_proj.weight",
+        "mlp.up_proj.weight",
+        "mlp.down_proj.weight",
+        "self_attn.q_proj.bias",
+        "self_attn.k_proj.bias",
+        "self_attn.v_proj.bias",
+    ],
+    norm_offset: 1.0,
+    ..HF_NAMES
 };
 
 /// Reads every weight of `config` from `src` in the form `dtype` asks for, checking
@@ -161,8 +196,15 @@ pub(crate) fn read_weights(
         check_shape(&src.source_name(), name, &w, shape)?;
         Ok(convert(w, dtype))
     };
+    let offset = |w: HostWeight| -> HostWeight {
+        if names.norm_offset == 0.0 {
+            return w;
+        }
+        let w = w.into_f32();
+        HostWeight::f32(w.data.iter().map(|&g| g + names.norm_offset).collect(), w.shape)
+    };
     let embed = get(names.embed, &[c.vocab, c.hidden])?;
-    let norm = get(names.norm, &[c.hidden])?;
+    let norm = offset(get(names.norm, &[c.hidden])?);
     let mut layers = Vec::with_capacity(c.n_layers);
     for i in 0..c.n_layers {
         let n = |p: usize| (names.layer)(i, names.parts[p]);
@@ -183,17 +225,28 @@ pub(crate) fn read_weights(
         } else {
             None
         };
+        let extra = |p: usize| (names.layer)(i, names.extras[p]);
+        let qk_norm = match c.style.qk_norm {
+            true => Some([offset(get(&extra(0), &[c.head_dim])?), offset(get(&extra(1), &[c.head_dim])?)]),
+            false => None,
+        };
+        let post_norms = match c.style.post_norms {
+            true => Some([offset(get(&extra(2), &[c.hidden])?), offset(get(&extra(3), &[c.hidden])?)]),
+            false => None,
+        };
         layers.push(LayerWeights {
-            attn_norm: get(&n(0), &[c.hidden])?,
+            attn_norm: offset(get(&n(0), &[c.hidden])?),
             q,
             k,
             v: get(&n(3), &[kv_out, c.hidden])?,
             qkv_bias,
             o: get(&n(4), &[c.hidden, q_out])?,
-            ffn_norm: get(&n(5), &[c.hidden])?,
+            ffn_norm: offset(get(&n(5), &[c.hidden])?),
             gate: get(&n(6), &[c.ffn, c.hidden])?,
             up: get(&n(7), &[c.ffn, c.hidden])?,
             down: get(&n(8), &[c.hidden, c.ffn])?,
+            qk_norm,
+            post_norms,
         });
     }
     let lm_head = match src.read(names.lm_head)? {

@@ -40,6 +40,9 @@ pub struct Shape {
     pub head_dim: usize,
     /// Rows per head in the cache storage (its capacity; the live rows come first).
     pub capacity: usize,
+    /// A local layer's window: a query at `p` sees keys after `p - window` (`usize::MAX`
+    /// for a global layer).
+    pub window: usize,
 }
 
 /// What the scorers asked to see of the probabilities.
@@ -95,6 +98,9 @@ pub fn attention(
             let start = b * QUERY_BLOCK;
             let rows = QUERY_BLOCK.min(n - start);
             let visible = k_pos.partition_point(|&p| p <= q_pos[start + rows - 1]);
+            // Keys before `k0` are outside every row's window: never read.
+            let k0 = k_pos[..visible].partition_point(|&p| p.saturating_add(s.window) <= q_pos[start]);
+            let (k_pos, visible) = (&k_pos[k0..], visible - k0);
             // A: the group's heads over the block's rows, [g * rows, hd], head-major.
             let mut a = zeroed(g * rows * hd);
             for gi in 0..g {
@@ -104,7 +110,7 @@ pub fn attention(
                     a[dst..dst + hd].copy_from_slice(&q[(t * s.heads + h) * hd..(t * s.heads + h + 1) * hd]);
                 }
             }
-            let base = kv * s.capacity * hd;
+            let base = (kv * s.capacity + k0) * hd;
             let k = View::transposed(&keys[base..base + visible.max(1) * hd], hd, visible);
             let mut scores = zeroed(g * rows * visible);
             let keys_of = |j: usize| &keys[base + j * hd..base + (j + 1) * hd];
@@ -132,20 +138,25 @@ pub fn attention(
                 for (r, t) in (start..start + rows).enumerate() {
                     let row = &mut scores[(gi * rows + r) * visible..(gi * rows + r + 1) * visible];
                     let seen = k_pos[..visible].partition_point(|&p| p <= q_pos[t]);
-                    let (live, masked) = row.split_at_mut(seen);
+                    let lo = k_pos[..seen].partition_point(|&p| p.saturating_add(s.window) <= q_pos[t]);
+                    let (head, masked) = row.split_at_mut(seen);
                     masked.fill(0.0);
+                    let (early, live) = head.split_at_mut(lo);
+                    early.fill(0.0);
                     let max = live.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                     let total = exp_shifted_sum(live, max);
                     let inv = 1.0 / total;
                     live.iter_mut().for_each(|p| *p *= inv);
                     if want_sums {
-                        for (acc, &p) in sums[gi * m..gi * m + seen].iter_mut().zip(live.iter()) {
+                        let at = gi * m + k0 + lo;
+                        for (acc, &p) in sums[at..at + live.len()].iter_mut().zip(live.iter()) {
                             *acc += p;
                         }
                     }
                     if t >= probe_from {
                         let pr = t - probe_from;
-                        probs[(gi * probe_here + pr) * m..(gi * probe_here + pr) * m + seen].copy_from_slice(live);
+                        let at = (gi * probe_here + pr) * m + k0 + lo;
+                        probs[at..at + live.len()].copy_from_slice(live);
                     }
                 }
             }

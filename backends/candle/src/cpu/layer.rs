@@ -2,7 +2,7 @@
 //! projections, the attention of [`super::attention`], the KV cache written in place.
 
 use candle_core::{Device, Tensor};
-use sieve_backend::{Block, HostWeight, LayerCache, ModelConfig, Probe};
+use sieve_backend::{Activation, Block, HostWeight, LayerCache, ModelConfig, Probe};
 
 use super::attention::{ProbeOut, Shape, attention};
 use super::exp::exp_shifted_sum;
@@ -26,6 +26,10 @@ pub const CACHE_HEADROOM: usize = 256;
 pub struct CpuLayer {
     attn_norm: Vec<f32>,
     ffn_norm: Vec<f32>,
+    /// Gains of the per-head q and k norms (Gemma 3).
+    qk_norm: Option<[Vec<f32>; 2]>,
+    /// Gains of the norms after attention and after the MLP (Gemma 3).
+    post_norms: Option<[Vec<f32>; 2]>,
     /// q, k and v side by side: `[q_out + 2 kv_out, hidden]`.
     qkv: Fused,
     qkv_bias: Option<Vec<f32>>,
@@ -46,6 +50,8 @@ impl CpuLayer {
         Self {
             attn_norm: w.attn_norm.to_f32(),
             ffn_norm: w.ffn_norm.to_f32(),
+            qk_norm: w.qk_norm.map(|[q, k]| [q.to_f32(), k.to_f32()]),
+            post_norms: w.post_norms.map(|[a, f]| [a.to_f32(), f.to_f32()]),
             qkv: Fused::new(vec![matrix(w.q), matrix(w.k), matrix(w.v)]),
             qkv_bias,
             o: matrix(w.o),
@@ -56,7 +62,8 @@ impl CpuLayer {
 
     /// Bytes of weights held.
     pub fn bytes(&self) -> usize {
-        4 * (self.attn_norm.len() + self.ffn_norm.len() + self.qkv_bias.as_ref().map_or(0, Vec::len))
+        let extras = self.qk_norm.iter().chain(&self.post_norms).flatten().map(Vec::len).sum::<usize>();
+        4 * (self.attn_norm.len() + self.ffn_norm.len() + self.qkv_bias.as_ref().map_or(0, Vec::len) + extras)
             + self.qkv.bytes()
             + self.o.bytes()
             + self.gate_up.bytes()
@@ -120,8 +127,19 @@ pub fn rms_norm(x: &[f32], g: &[f32], eps: f64) -> Buf {
     y
 }
 
-/// `silu(gate) * up` for rows `[gate | up]` of `gu` (`[n, 2f]`), into `[n, f]`.
-fn silu_mul(gu: &[f32], f: usize) -> Buf {
+/// `act(gate) * up` for rows `[gate | up]` of `gu` (`[n, 2f]`), into `[n, f]`.
+fn gated(gu: &[f32], f: usize, activation: Activation) -> Buf {
+    if activation != Activation::Silu {
+        let n = gu.len() / (2 * f);
+        let mut act = zeroed(n * f);
+        for (row, out) in gu.chunks_exact(2 * f).zip(act.chunks_exact_mut(f)) {
+            let (gate, up) = row.split_at(f);
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = activation.apply(g) * u;
+            }
+        }
+        return act;
+    }
     let n = gu.len() / (2 * f);
     let mut act = zeroed(n * f);
     for (row, out) in gu.chunks_exact(2 * f).zip(act.chunks_exact_mut(f)) {
@@ -220,6 +238,7 @@ impl CpuLayer {
     pub fn forward(
         &self,
         c: &ModelConfig,
+        index: usize,
         x_in: &[f32],
         positions: &[usize],
         cache: &mut LayerCache<CandleTensor>,
@@ -239,6 +258,17 @@ impl CpuLayer {
                 row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
             }
         }
+        if let Some([qn, kn]) = &self.qk_norm {
+            for row in qkv.chunks_exact_mut(width) {
+                let (q, rest) = row.split_at_mut(q_out);
+                for (x, g) in
+                    q.chunks_exact_mut(hd).map(|x| (x, qn)).chain(rest[..kv_out].chunks_exact_mut(hd).map(|x| (x, kn)))
+                {
+                    let y = rms_norm(x, g, c.rms_eps);
+                    x.copy_from_slice(&y);
+                }
+            }
+        }
         rope(&mut qkv, width, 0, nh, hd, positions, tables);
         rope(&mut qkv, width, q_out, nkv, hd, positions, tables);
 
@@ -252,7 +282,7 @@ impl CpuLayer {
         cache.push_positions(positions);
 
         // Queries [n, nh, hd], scaled.
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = c.query_scale() as f32;
         let mut q = zeroed(n * q_out);
         for (row, out) in qkv.chunks_exact(width).zip(q.chunks_exact_mut(q_out)) {
             for (o, &v) in out.iter_mut().zip(&row[..q_out]) {
@@ -264,7 +294,8 @@ impl CpuLayer {
         let mut probs = (probe_rows > 0).then(|| vec![0f32; nh * probe_rows * m]);
         let mut sums = probe.column_sums.then(|| vec![0f32; nh * m]);
         let mut attn = zeroed(n * q_out);
-        let shape = Shape { heads: nh, kv_heads: nkv, head_dim: hd, capacity: keys.dim(1)? };
+        let window = c.window(index).unwrap_or(usize::MAX);
+        let shape = Shape { heads: nh, kv_heads: nkv, head_dim: hd, capacity: keys.dim(1)?, window };
         with_slice(&keys, |k| {
             with_slice(&values, |v| {
                 let probe = ProbeOut { rows: probe_rows, probs: probs.as_deref_mut(), sums: sums.as_deref_mut() };
@@ -275,13 +306,19 @@ impl CpuLayer {
         drop(q);
         let mut x = project(std::slice::from_ref(&self.o), &attn, n);
         drop(attn);
+        if let Some([post_attn, _]) = &self.post_norms {
+            x = rms_norm(&x, post_attn, c.rms_eps);
+        }
         x.iter_mut().zip(x_in).for_each(|(a, b)| *a += b);
         let h = rms_norm(&x, &self.ffn_norm, c.rms_eps);
         let gu = project(self.gate_up.parts(), &h, n);
         drop(h);
-        let act = silu_mul(&gu, c.ffn);
+        let act = gated(&gu, c.ffn, c.style.activation);
         drop(gu);
-        let mlp = project(std::slice::from_ref(&self.down), &act, n);
+        let mut mlp = project(std::slice::from_ref(&self.down), &act, n);
+        if let Some([_, post_ffn]) = &self.post_norms {
+            mlp = rms_norm(&mlp, post_ffn, c.rms_eps);
+        }
         x.iter_mut().zip(mlp.iter()).for_each(|(a, b)| *a += b);
         Ok(Forward { hidden: x.take(), attention: probs.map(|p| (p, probe_rows)), sums })
     }

@@ -39,8 +39,8 @@ pub struct CpuModel {
     lm_head: Option<Matrix>,
     norm: Vec<f32>,
     layers: Vec<CpuLayer>,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    /// Rotary tables of each base ([`ModelConfig::rope_table_sets`]).
+    rope: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
 fn to_tensor(data: Vec<f32>, shape: &[usize]) -> Result<CandleTensor> {
@@ -50,15 +50,13 @@ fn to_tensor(data: Vec<f32>, shape: &[usize]) -> Result<CandleTensor> {
 impl CpuModel {
     /// Takes the (checked) weights over.
     pub fn new(config: &ModelConfig, weights: Weights) -> Self {
-        let (cos, sin) = config.rope_tables();
         Self {
             config: config.clone(),
             embed: Matrix::from_weight(weights.embed),
             lm_head: weights.lm_head.map(Matrix::from_weight),
             norm: weights.norm.to_f32(),
             layers: weights.layers.into_iter().map(CpuLayer::new).collect(),
-            cos,
-            sin,
+            rope: config.rope_table_sets(),
         }
     }
 
@@ -70,6 +68,10 @@ impl CpuModel {
         for &t in tokens {
             out.extend_from_slice(self.embed.rows_f32(t as usize, 1, &mut scratch));
         }
+        let scale = self.config.style.embed_scale;
+        if scale != 1.0 {
+            out.iter_mut().for_each(|v| *v *= scale);
+        }
         to_tensor(out, &[tokens.len(), d])
     }
 
@@ -79,8 +81,8 @@ impl CpuModel {
         let layer = self.layers.get(index).ok_or_else(|| sieve_backend::Error::Input(format!("no layer {index}")))?;
         let x = with_slice(&hidden.0, <[f32]>::to_vec)
             .or_else(|_| -> Result<Vec<f32>> { Ok(hidden.0.flatten_all()?.to_vec1::<f32>()?) })?;
-        let tables = (self.cos.as_slice(), self.sin.as_slice());
-        let out = layer.forward(&self.config, &x, positions, cache, probe, tables)?;
+        let (cos, sin) = &self.rope[self.config.rope_set(index)];
+        let out = layer.forward(&self.config, index, &x, positions, cache, probe, (cos, sin))?;
         let (n, m, nh) = (positions.len(), cache.len(), self.config.n_heads);
         Ok(LayerOutput {
             hidden: to_tensor(out.hidden, &[n, self.config.hidden])?,
