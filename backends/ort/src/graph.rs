@@ -16,6 +16,7 @@ pub enum Attr {
     Int(i64),
     Ints(Vec<i64>),
     Float(f32),
+    Str(String),
     /// A one-element float tensor (e.g. `Constant`'s `value`).
     Scalar(f32),
 }
@@ -134,6 +135,7 @@ impl Graph {
                     Attr::Int(i) => (p.i, p.r#type) = (*i, attribute_type::INT),
                     Attr::Ints(v) => (p.ints, p.r#type) = (v.clone(), attribute_type::INTS),
                     Attr::Float(f) => (p.f, p.r#type) = (*f, attribute_type::FLOAT),
+                    Attr::Str(s) => (p.s, p.r#type) = (s.as_bytes().to_vec(), attribute_type::STRING),
                     Attr::Scalar(f) => {
                         p.t = Some(TensorProto {
                             dims: vec![],

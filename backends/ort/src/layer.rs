@@ -6,7 +6,7 @@
 //! session is created, instead of reading unpacked inputs on every call. Each weight lives
 //! in exactly one session, so memory is the same either way.
 
-use sieve_backend::{HostWeight, LayerWeights, ModelConfig, Weights};
+use sieve_backend::{Activation, HostWeight, LayerWeights, ModelConfig, Weights};
 
 use crate::graph::{Attr, Dim, FLOAT, Graph, INT64};
 
@@ -99,9 +99,13 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
     let q = linear(&mut g, &h, &p("q"), &w.q, bias.map(|b| &b[0]));
     let k = linear(&mut g, &h, &p("k"), &w.k, bias.map(|b| &b[1]));
     let v = linear(&mut g, &h, &p("v"), &w.v, bias.map(|b| &b[2]));
-    let q = split_heads(&mut g, &q, nh, hd);
+    let mut q = split_heads(&mut g, &q, nh, hd);
+    let mut k = split_heads(&mut g, &k, nkv, hd);
+    if let Some([qn, kn]) = &w.qk_norm {
+        q = rms_norm(&mut g, &q, &p("q_norm"), qn, c.rms_eps);
+        k = rms_norm(&mut g, &k, &p("k_norm"), kn, c.rms_eps);
+    }
     let q = rope(&mut g, &q, &cos, &sin, hd);
-    let k = split_heads(&mut g, &k, nkv, hd);
     let k = rope(&mut g, &k, &cos, &sin, hd);
     let v = split_heads(&mut g, &v, nkv, hd);
     let keys = g.named("keys", "Concat", &[&past_keys, &k], &[("axis", Attr::Int(1))]);
@@ -112,12 +116,19 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
     let (axis0, axis1) = (g.ints(&[0]), g.ints(&[1]));
     let row = g.node("Unsqueeze", &[&key_positions, &axis0], &[]);
     let col = g.node("Unsqueeze", &[&positions, &axis1], &[]);
-    let visible = g.node("LessOrEqual", &[&row, &col], &[]);
+    let mut visible = g.node("LessOrEqual", &[&row, &col], &[]);
+    if let Some(window) = c.window(index) {
+        // A local layer: keys after `position - window` only.
+        let age = g.node("Sub", &[&col, &row], &[]);
+        let limit = g.ints(&[window as i64]);
+        let recent = g.node("Less", &[&age, &limit], &[]);
+        visible = g.node("And", &[&visible, &recent], &[]);
+    }
     let (zero, neg_inf) = (g.scalar(0.0), g.scalar(f32::NEG_INFINITY));
     let mask = g.node("Where", &[&visible, &zero, &neg_inf], &[]);
 
     // Grouped-query attention: query heads kv-major, [kv_heads, group * n, head_dim].
-    let scale = g.scalar(1.0 / (hd as f32).sqrt());
+    let scale = g.scalar(c.query_scale() as f32);
     let q = g.node("Mul", &[&q, &scale], &[]);
     let grouped = g.ints(&[nkv as i64, -1, hd as i64]);
     let q = g.node("Reshape", &[&q, &grouped], &[]);
@@ -135,7 +146,10 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
     let ctx = g.node("Transpose", &[&ctx], &[("perm", Attr::Ints(vec![1, 0, 2]))]);
     let flat = g.ints(&[-1, (nh * hd) as i64]);
     let ctx = g.node("Reshape", &[&ctx, &flat], &[]);
-    let o = linear(&mut g, &ctx, &p("o"), &w.o, None);
+    let mut o = linear(&mut g, &ctx, &p("o"), &w.o, None);
+    if let Some([post_attn, _]) = &w.post_norms {
+        o = rms_norm(&mut g, &o, &p("post_attn_norm"), post_attn, c.rms_eps);
+    }
     let x = g.node("Add", &[&hidden, &o], &[]);
 
     // What the scorers read.
@@ -143,14 +157,22 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
     let attention = g.named("attention", "Slice", &[&probs, &probe_start, &end, &axis], &[]);
     let attention_sums = g.named("attention_sums", "ReduceSum", &[&probs, &axis], &[("keepdims", Attr::Int(1))]);
 
-    // SwiGLU MLP.
+    // Gated MLP.
     let h = rms_norm(&mut g, &x, &p("ffn_norm"), &w.ffn_norm, c.rms_eps);
     let gate = linear(&mut g, &h, &p("gate"), &w.gate, None);
-    let sig = g.node("Sigmoid", &[&gate], &[]);
-    let gate = g.node("Mul", &[&gate, &sig], &[]);
+    let gate = match c.style.activation {
+        Activation::Silu => {
+            let sig = g.node("Sigmoid", &[&gate], &[]);
+            g.node("Mul", &[&gate, &sig], &[])
+        }
+        Activation::GeluTanh => g.node("Gelu", &[&gate], &[("approximate", Attr::Str("tanh".into()))]),
+    };
     let up = linear(&mut g, &h, &p("up"), &w.up, None);
     let act = g.node("Mul", &[&gate, &up], &[]);
-    let down = linear(&mut g, &act, &p("down"), &w.down, None);
+    let mut down = linear(&mut g, &act, &p("down"), &w.down, None);
+    if let Some([_, post_ffn]) = &w.post_norms {
+        down = rms_norm(&mut g, &down, &p("post_ffn_norm"), post_ffn, c.rms_eps);
+    }
     let out = g.named("hidden_out", "Add", &[&x, &down], &[]);
 
     for name in [&out, &keys, &values, &attention, &attention_sums] {
@@ -159,12 +181,19 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
     g
 }
 
-/// The embedding lookup: int64 `ids` `[n]` to `[n, hidden]`.
-pub fn embedding(w: &Weights) -> Graph {
+/// The embedding lookup: int64 `ids` `[n]` to `[n, hidden]`, times the model's
+/// embedding scale.
+pub fn embedding(c: &ModelConfig, w: &Weights) -> Graph {
     let mut g = Graph::new("sieve embedding");
     let ids = g.input("ids", INT64, Some(&[Dim::Named("n")]));
     let table = g.weight("embed", &w.embed.shape, &w.embed.data);
-    let out = g.named("hidden", "Gather", &[&table, &ids], &[("axis", Attr::Int(0))]);
+    let out = if c.style.embed_scale == 1.0 {
+        g.named("hidden", "Gather", &[&table, &ids], &[("axis", Attr::Int(0))])
+    } else {
+        let rows = g.node("Gather", &[&table, &ids], &[("axis", Attr::Int(0))]);
+        let scale = g.scalar(c.style.embed_scale);
+        g.named("hidden", "Mul", &[&rows, &scale], &[])
+    };
     g.output(&out, FLOAT);
     g
 }

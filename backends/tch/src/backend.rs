@@ -2,7 +2,7 @@
 
 use sieve_backend::mask::MaskCache;
 use sieve_backend::{
-    Backend, Block, DeviceSpec, HostWeight, LayerCache, LayerCall, LayerOutput, ModelConfig, Probe, Weights,
+    Activation, Backend, Block, DeviceSpec, HostWeight, LayerCache, LayerCall, LayerOutput, ModelConfig, Probe, Weights,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -40,8 +40,8 @@ pub struct TchBackend {
     layers: Vec<Layer>,
     norm: Tensor,
     lm_head: Tensor,
-    cos: Tensor,
-    sin: Tensor,
+    /// Rotary tables `[context, head_dim / 2]` of each base ([`ModelConfig::rope_set`]).
+    rope: Vec<(Tensor, Tensor)>,
     mask: MaskCache<TchTensor>,
 }
 
@@ -75,7 +75,6 @@ impl TchBackend {
             None => embed.shallow_clone(),
         };
         let half = config.head_dim / 2;
-        let (cos, sin) = config.rope_tables();
         let table = |v: Vec<f32>| {
             Tensor::f_from_slice(&v)
                 .and_then(|t| t.f_reshape([config.context as i64, half as i64]))
@@ -88,8 +87,12 @@ impl TchBackend {
             embed,
             layers,
             lm_head,
-            cos: table(cos).map_err(err)?,
-            sin: table(sin).map_err(err)?,
+            rope: config
+                .rope_table_sets()
+                .into_iter()
+                .map(|(cos, sin)| Ok((table(cos)?, table(sin)?)))
+                .collect::<std::result::Result<Vec<_>, tch::TchError>>()
+                .map_err(err)?,
             mask: MaskCache::default(),
         })
     }
@@ -99,9 +102,9 @@ impl TchBackend {
         Tensor::f_from_slice(&ids).and_then(|t| t.f_to(self.device)).map_err(err)
     }
 
-    fn mask(&self, queries: &[usize], keys: &[usize]) -> Result<Tensor> {
+    fn mask(&self, queries: &[usize], keys: &[usize], window: Option<usize>) -> Result<Tensor> {
         let (n, m) = (queries.len() as i64, keys.len() as i64);
-        let t = self.mask.get(queries, keys, |data| {
+        let t = self.mask.get_windowed(queries, keys, window, |data| {
             Tensor::f_from_slice(&data)
                 .and_then(|t| t.f_reshape([n, m]))
                 .and_then(|t| t.f_to(self.device))
@@ -128,7 +131,9 @@ impl TchBackend {
         q_pos: &[usize],
         k_pos: &[usize],
         probe_spec: Probe,
+        window: Option<usize>,
     ) -> Result<(Tensor, Option<TchTensor>, Option<TchTensor>)> {
+        let w = window.unwrap_or(usize::MAX);
         let s = q.size();
         let (nkv, g, n, hd) = (s[0], s[1], s[2] as usize, s[3]);
         let m = k_pos.len() as i64;
@@ -138,15 +143,19 @@ impl TchBackend {
         let mut start = 0;
         while start < n {
             let rows = QUERY_BLOCK.min(n - start);
-            let visible = k_pos.partition_point(|&p| p <= q_pos[start + rows - 1]) as i64;
+            let last_pos = q_pos[start + rows - 1];
+            let end = k_pos.partition_point(|&p| p <= last_pos);
+            // Keys before `k0` are outside every row's window (a local layer).
+            let k0 = k_pos[..end].partition_point(|&p| p.saturating_add(w) <= q_pos[start]);
+            let (visible, k0i, endi) = ((end - k0) as i64, k0 as i64, end as i64);
             let r = rows as i64;
             let qb = q.f_narrow(2, start as i64, r).and_then(|t| t.f_reshape([nkv, g * r, hd])).map_err(err)?;
-            let kb = keys.f_narrow(1, 0, visible).map_err(err)?;
-            let vb = values.f_narrow(1, 0, visible).map_err(err)?;
+            let kb = keys.f_narrow(1, k0i, visible).map_err(err)?;
+            let vb = values.f_narrow(1, k0i, visible).map_err(err)?;
             let mut att = qb.f_matmul(&kb.f_transpose(1, 2).map_err(err)?).map_err(err)?;
-            if visible > 0 && k_pos[visible as usize - 1] > q_pos[start] {
-                let mask = self.mask(q_pos, k_pos)?;
-                let mb = mask.f_narrow(0, start as i64, r).and_then(|t| t.f_narrow(1, 0, visible)).map_err(err)?;
+            if visible > 0 && (k_pos[end - 1] > q_pos[start] || k_pos[k0].saturating_add(w) <= last_pos) {
+                let mask = self.mask(q_pos, k_pos, window)?;
+                let mb = mask.f_narrow(0, start as i64, r).and_then(|t| t.f_narrow(1, k0i, visible)).map_err(err)?;
                 att = att
                     .f_reshape([nkv, g, r, visible])
                     .and_then(|a| a.f_add(&mb))
@@ -154,7 +163,7 @@ impl TchBackend {
                     .map_err(err)?;
             }
             let att = att.f_softmax(-1, Kind::Float).map_err(err)?;
-            let pad = |a: Tensor| if visible < m { a.f_constant_pad_nd([0, m - visible]) } else { Ok(a) };
+            let pad = |a: Tensor| if visible < m { a.f_constant_pad_nd([k0i, m - endi]) } else { Ok(a) };
             if probe_spec.column_sums {
                 let block = att
                     .f_reshape([nkv * g, r, visible])
@@ -207,7 +216,10 @@ impl Backend for TchBackend {
 
     fn embed(&self, tokens: &[u32]) -> Result<TchTensor> {
         let ids: Vec<usize> = tokens.iter().map(|&t| t as usize).collect();
-        self.embed.f_index_select(0, &self.ids(&ids)?).map(TchTensor).map_err(err)
+        let x = self.embed.f_index_select(0, &self.ids(&ids)?).map_err(err)?;
+        let scale = self.config.style.embed_scale;
+        let x = if scale == 1.0 { x } else { x.f_mul_scalar(f64::from(scale)).map_err(err)? };
+        Ok(TchTensor(x))
     }
 
     fn layer(
@@ -224,8 +236,9 @@ impl Backend for TchBackend {
         let (g, ni) = (nh / nkv, n as i64);
         let eps = c.rms_eps;
         let pos = self.ids(positions)?;
-        let cos = self.cos.f_index_select(0, &pos).map_err(err)?;
-        let sin = self.sin.f_index_select(0, &pos).map_err(err)?;
+        let (cos, sin) = &self.rope[c.rope_set(index)];
+        let cos = cos.f_index_select(0, &pos).map_err(err)?;
+        let sin = sin.f_index_select(0, &pos).map_err(err)?;
 
         let h = x.f_rms_norm([c.hidden as i64], Some(&w.attn_norm), eps).map_err(err)?;
         let (mut q, mut k, mut v) =
@@ -234,6 +247,15 @@ impl Backend for TchBackend {
             q = q.f_add(bq).map_err(err)?;
             k = k.f_add(bk).map_err(err)?;
             v = v.f_add(bv).map_err(err)?;
+        }
+        if let Some([qn, kn]) = &w.qk_norm {
+            let norm = |t: &Tensor, h: i64, g: &Tensor| {
+                t.f_reshape([ni, h, hd])
+                    .and_then(|t| t.f_rms_norm([hd], Some(g), eps))
+                    .and_then(|t| t.f_reshape([ni, h * hd]))
+            };
+            q = norm(&q, nh, qn).map_err(err)?;
+            k = norm(&k, nkv, kn).map_err(err)?;
         }
         let heads = |t: Tensor, h: i64| {
             t.f_reshape([ni, h, hd]).and_then(|t| t.f_transpose(0, 1)).and_then(|t| t.f_contiguous())
@@ -245,19 +267,31 @@ impl Backend for TchBackend {
         let keys = cache.keys()?.map(|k| k.0).ok_or_else(|| sieve_backend::Error::Input("empty cache".into()))?;
         let values = cache.values()?.map(|v| v.0).ok_or_else(|| sieve_backend::Error::Input("empty cache".into()))?;
 
-        let q = q.f_mul_scalar(1.0 / (hd as f64).sqrt()).and_then(|q| q.f_reshape([nkv, g, ni, hd])).map_err(err)?;
+        let q = q.f_mul_scalar(c.query_scale()).and_then(|q| q.f_reshape([nkv, g, ni, hd])).map_err(err)?;
         let (out, attention, attention_sums) =
-            self.attention(&q, &keys, &values, positions, cache.positions(), probe)?;
+            self.attention(&q, &keys, &values, positions, cache.positions(), probe, c.window(index))?;
         let out = out
             .f_reshape([nh, ni, hd])
             .and_then(|o| o.f_transpose(0, 1))
             .and_then(|o| o.f_reshape([ni, nh * hd]))
             .map_err(err)?;
-        let x = x.f_add(&linear(&out, &w.o).map_err(err)?).map_err(err)?;
+        let mut attn = linear(&out, &w.o).map_err(err)?;
+        if let Some([post_attn, _]) = &w.post_norms {
+            attn = attn.f_rms_norm([c.hidden as i64], Some(post_attn), eps).map_err(err)?;
+        }
+        let x = x.f_add(&attn).map_err(err)?;
 
         let h = x.f_rms_norm([c.hidden as i64], Some(&w.ffn_norm), eps).map_err(err)?;
-        let gate = linear(&h, &w.gate).and_then(|t| t.f_silu()).map_err(err)?;
-        let mlp = linear(&h, &w.up).and_then(|u| gate.f_mul(&u)).and_then(|t| linear(&t, &w.down)).map_err(err)?;
+        let gate = linear(&h, &w.gate)
+            .and_then(|t| match c.style.activation {
+                Activation::Silu => t.f_silu(),
+                Activation::GeluTanh => t.f_gelu("tanh"),
+            })
+            .map_err(err)?;
+        let mut mlp = linear(&h, &w.up).and_then(|u| gate.f_mul(&u)).and_then(|t| linear(&t, &w.down)).map_err(err)?;
+        if let Some([_, post_ffn]) = &w.post_norms {
+            mlp = mlp.f_rms_norm([c.hidden as i64], Some(post_ffn), eps).map_err(err)?;
+        }
         let x = x.f_add(&mlp).map_err(err)?;
         Ok(LayerOutput { hidden: TchTensor(x), attention, attention_sums })
     }
