@@ -86,6 +86,21 @@ pub fn compressed_perplexity<B: Backend>(
     continuation: usize,
     windows: usize,
 ) -> Result<PerplexityReport> {
+    compressed_perplexity_with_bos(backend, policy, tokens, None, context, continuation, windows)
+}
+
+/// [`compressed_perplexity`] of a model that wants a BOS token first: with `bos`, every
+/// window is that token followed by `context + continuation - 1` tokens of the text
+/// (`tokens`, without a BOS), windows stepping by as many.
+pub fn compressed_perplexity_with_bos<B: Backend>(
+    backend: &B,
+    policy: &Policy,
+    tokens: &[u32],
+    bos: Option<u32>,
+    context: usize,
+    continuation: usize,
+    windows: usize,
+) -> Result<PerplexityReport> {
     if context == 0 || continuation == 0 || windows == 0 {
         return Err(Error::Invalid("context, continuation and windows must be at least 1".into()));
     }
@@ -95,12 +110,14 @@ pub fn compressed_perplexity<B: Backend>(
         return Err(sieve_engine::Error::ContextOverflow { needed: span, context }.into());
     }
     let mut out = Vec::new();
+    let step = span - usize::from(bos.is_some());
     for w in 0..windows {
-        let start = w * span;
-        if start + span > tokens.len() {
+        let start = w * step;
+        if start + step > tokens.len() {
             break;
         }
-        let (ctx, cont) = (&tokens[start..start + context], &tokens[start + context..start + span]);
+        let window: Vec<u32> = bos.into_iter().chain(tokens[start..start + step].iter().copied()).collect();
+        let (ctx, cont) = (&window[..context], &window[context..]);
         let mut session = Session::new(backend, policy.clone())?;
         let prefill = session.prefill(ctx, Logits::Last)?;
         let (kv_bytes, kv_unpruned) = (session.stats.kv_bytes, session.stats.kv_bytes_unpruned);

@@ -49,7 +49,11 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
     let report = if args.streaming {
         perplexity::streaming_perplexity(&runtime, &policy, &tokens, args.length)?
     } else {
-        perplexity::compressed_perplexity(&runtime, &policy, &tokens, args.context, args.continuation, args.windows)
+        // A model that wants a BOS gets one at the start of every window.
+        let bos = model.tokenizer.bos.filter(|&b| model.tokenizer.add_bos && tokens.first() == Some(&b));
+        let text = if bos.is_some() { &tokens[1..] } else { &tokens[..] };
+        let (context, continuation, windows) = (args.context, args.continuation, args.windows);
+        perplexity::compressed_perplexity_with_bos(&runtime, &policy, text, bos, context, continuation, windows)
             .context("--context, --continuation, --windows")?
     };
     if args.json {
