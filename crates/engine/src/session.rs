@@ -130,8 +130,19 @@ fn attention_for<T>(out: &LayerOutput<T>, queries: usize) -> Option<&T> {
 impl<'b, B: Backend> Session<'b, B> {
     /// A new, empty session; fails if the policy does not fit the model.
     pub fn new(backend: &'b B, policy: Policy) -> Result<Self> {
-        let n_layers = backend.config().n_layers;
+        let config = backend.config();
+        let n_layers = config.n_layers;
         policy.check_model(n_layers)?;
+        // Backends mask a local layer's window by the first KV head's positions, which are
+        // every head's only while heads keep the same entries.
+        let per_head = policy.kv.as_ref().is_some_and(|k| k.selection == Selection::Head)
+            || policy.decode.as_ref().is_some_and(|d| d.selection == Selection::Head);
+        if per_head && config.n_kv_heads > 1 && config.style.sliding_window.is_some() {
+            return Err(Error::Invalid(format!(
+                "policy `{}` selects per KV head, which sieve does not support on a model with sliding-window layers and {} KV heads; use selection = \"layer\"",
+                policy.name, config.n_kv_heads
+            )));
+        }
         let decode = policy.decode.clone().map(|d| DecodeState {
             scorers: (0..n_layers).map(|_| d.scorer.build()).collect(),
             scores: vec![None; n_layers],
@@ -288,7 +299,8 @@ impl<'b, B: Backend> Session<'b, B> {
             }
 
             // A local layer forgets what no later query can see; the probes lose those columns.
-            let out = match self.evict_outside_window(l, self.next_pos + n - 1)? {
+            let known = self.caches[l].positions().partition_point(|&p| p < self.next_pos);
+            let out = match self.evict_outside_window(l, self.next_pos + n - 1, known)? {
                 0 => out,
                 d => narrow_keys(out, d, self.caches[l].len())?,
             };
@@ -482,6 +494,9 @@ impl<'b, B: Backend> Session<'b, B> {
                     d.scorers[l].retain(&kept)?;
                 }
             }
+            // A local layer forgets what this and later queries cannot see.
+            let len = self.caches[l].len();
+            self.evict_outside_window(l, self.next_pos, len)?;
             // One query: its attention row is also the sum over this call's queries.
             let probe = match &self.decode {
                 Some(d) if d.scorers[l].needs().attention_queries > 0 => Probe { last_queries: 1, column_sums: false },
@@ -489,10 +504,6 @@ impl<'b, B: Backend> Session<'b, B> {
             };
             let call = LayerCall::new(l, &hidden, &positions, probe);
             let out = self.backend.layer(call, &mut self.caches[l]).map_err(&err)?;
-            let out = match self.evict_outside_window(l, self.next_pos)? {
-                0 => out,
-                d => narrow_keys(out, d, self.caches[l].len())?,
-            };
             hidden = out.hidden;
             if let Some(d) = &mut self.decode {
                 let cache = &self.caches[l];
@@ -517,27 +528,28 @@ impl<'b, B: Backend> Session<'b, B> {
         Ok(self.backend.logits(&hidden).map_err(&err)?.to_host()?)
     }
 
-    /// After a call of local layer `l` whose last token was at `last`: drops the entries
-    /// no later query can see (positions up to `last + 1 - window`), with what the decode
-    /// scorer knows of them. Returns how many entries each head lost (heads that keep
-    /// different entries lose as many as the head with the fewest such entries, so that
-    /// they keep equal counts; the others stay masked until they go).
-    fn evict_outside_window(&mut self, l: usize, last: usize) -> Result<usize> {
+    /// Drops the entries of local layer `l` that a query at `query` cannot see, nor any
+    /// later one (positions up to `query - window`), with what the decode scorer knows of
+    /// them (its first `known` entries: it has not seen a call's new
+    /// entries before it observes them). Returns how many entries each head lost (heads
+    /// that keep different entries lose as many as the head with the fewest such entries,
+    /// so that they keep equal counts; the others stay masked until they go).
+    fn evict_outside_window(&mut self, l: usize, query: usize, known: usize) -> Result<usize> {
         let Some(window) = self.backend.config().window(l) else { return Ok(0) };
         let cache = &mut self.caches[l];
-        let first_seen = (last + 1).saturating_sub(window - 1);
+        let first_seen = (query + 1).saturating_sub(window);
         let heads = if cache.is_per_head() { self.backend.config().n_kv_heads } else { 1 };
         let d = (0..heads).map(|h| cache.head_positions(h).partition_point(|&p| p < first_seen)).min().unwrap_or(0);
         if d == 0 {
             return Ok(0);
         }
-        let before = cache.len();
-        let kept: Vec<usize> = (d..before).collect();
+        let kept: Vec<usize> = (d..cache.len()).collect();
         cache.retain(&kept)?;
         if let Some(dec) = &mut self.decode {
+            let kept: Vec<usize> = (d.min(known)..known).collect();
             dec.scorers[l].retain(&kept)?;
             if let Some(scores) = &mut dec.scores[l] {
-                *scores = keep_scores(scores, before, std::slice::from_ref(&kept));
+                *scores = keep_scores(scores, known, std::slice::from_ref(&kept));
             }
         }
         Ok(d)
@@ -549,8 +561,8 @@ impl<'b, B: Backend> Session<'b, B> {
         self.stats.kv_entries = self.caches.iter().map(|c| c.len()).collect();
         self.stats.kv_bytes = self.kv_bytes();
         self.stats.kv_bytes_allocated = self.kv_bytes_allocated();
-        // Unpruned, a local layer holds the last `window - 1` positions between calls.
-        let unpruned = |l: usize| config.window(l).map_or(self.next_pos, |w| self.next_pos.min(w - 1));
+        // Unpruned, a local layer holds the last `window` positions.
+        let unpruned = |l: usize| config.window(l).map_or(self.next_pos, |w| self.next_pos.min(w));
         self.stats.kv_bytes_unpruned = (0..self.caches.len()).map(unpruned).sum::<usize>() * per;
     }
 }

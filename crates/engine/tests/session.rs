@@ -321,6 +321,61 @@ fn token_by_token_decoding_matches_prefill() {
     }
 }
 
+/// Gemma's block with a local layer of 6 positions ([`synthetic::tiny_gemma_config`]).
+fn gemma() -> &'static HostBackend {
+    static BACKEND: OnceLock<HostBackend> = OnceLock::new();
+    let config = ModelConfig { context: 1024, ..synthetic::tiny_gemma_config() };
+    BACKEND.get_or_init(|| HostBackend::new(&config, synthetic::weights(&config, 12, false)).unwrap())
+}
+
+/// A local layer drops what leaves its window, and only that: decoding token by token
+/// (chunks of a prompt, then single steps) gives the logits of one prefill of everything,
+/// while the local layer never holds more than its window.
+#[test]
+fn local_layers_evict_only_what_leaves_their_window() {
+    let ids = tokens(30);
+    let all = Session::new(gemma(), Policy::none()).unwrap().prefill(&ids, Logits::All).unwrap();
+    let mut inc = Session::new(gemma(), Policy::none()).unwrap();
+    inc.prefill(&ids[..9], Logits::Last).unwrap();
+    inc.prefill(&ids[9..12], Logits::Last).unwrap();
+    for (i, &t) in ids.iter().enumerate().skip(12) {
+        let logits = inc.step(t).unwrap();
+        let diff = logits.iter().zip(all.row(i)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-4, "position {i}: {diff}");
+        assert_eq!(inc.caches()[0].positions(), &((i - 5)..=i).collect::<Vec<_>>()[..], "local layer at {i}");
+        assert_eq!(inc.caches()[1].len(), i + 1, "global layer at {i}");
+    }
+    let per = sieve_backend::Backend::config(gemma()).kv_bytes_per_token_layer();
+    assert_eq!(inc.stats.kv_bytes_unpruned, (6 + 30) * per);
+}
+
+/// A stateful decode scorer (H2O's sums) follows the window's evictions, in a prefill
+/// that follows cached entries and in the steps after it.
+#[test]
+fn decode_scores_follow_window_evictions() {
+    let p = policy("[decode]\nbudget = 12\nsinks = 1\nrecent = 2\n[decode.scorer]\nkind = \"h2o\"\n");
+    let mut session = Session::new(gemma(), p).unwrap();
+    let ids = tokens(40);
+    session.prefill(&ids[..10], Logits::Last).unwrap();
+    session.prefill(&ids[10..20], Logits::Last).unwrap();
+    for &t in &ids[20..] {
+        session.step(t).unwrap();
+        assert!(session.caches()[0].len() <= 6, "{:?}", session.stats.kv_entries);
+        assert!(session.caches()[1].len() <= 12, "{:?}", session.stats.kv_entries);
+    }
+}
+
+/// Per-KV-head selection is refused on a model with local layers and several KV heads
+/// (the window would be masked by one head's positions), with a message that says so.
+#[test]
+fn per_head_selection_is_refused_with_local_layers_and_kv_heads() {
+    let p = policy(
+        "[kv]\nkeep = 0.5\nselection = \"head\"\n[kv.scorer]\nkind = \"knorm\"\n[decode]\nbudget = 64\nselection = \"head\"\n[decode.scorer]\nkind = \"knorm\"\n",
+    );
+    let e = Session::new(gemma(), p).err().expect("refused");
+    assert!(e.to_string().contains("sliding-window"), "{e}");
+}
+
 #[test]
 fn a_truncated_session_continues_like_a_fresh_one() {
     // A chat turn that rewrites the end of the conversation: forget from position 30 on,
