@@ -85,7 +85,7 @@ def common(**extra):
 def fixtures():
     """(name, model class, config) of every fixture."""
     from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, Qwen2Config, Qwen2ForCausalLM
 
     llama3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
@@ -98,6 +98,15 @@ def fixtures():
         ("mistral", MistralForCausalLM, MistralConfig(**common(sliding_window=None, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}))),
         # Qwen2: q/k/v biases, untied head.
         ("qwen2", Qwen2ForCausalLM, Qwen2Config(**common(tie_word_embeddings=False, use_sliding_window=False, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}))),
+        # Gemma 3: q/k norms, norms after attention and MLP, GELU-tanh, scaled embeddings, a
+        # local layer whose window of 4 positions the prompt crosses, a rotary base per layer
+        # kind, query_pre_attn_scalar unlike head_dim.
+        ("gemma3", Gemma3ForCausalLM, Gemma3TextConfig(**common(
+            head_dim=16, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+            query_pre_attn_scalar=24, hidden_activation="gelu_pytorch_tanh",
+            final_logit_softcapping=None, attn_logit_softcapping=None,
+            rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                             "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}))),
     ]
 
 

@@ -255,10 +255,10 @@ fn a_missing_onnx_runtime_library_is_a_clear_error() {
     }
 }
 
-/// A copy of the tiny transformers-written Llama checkpoint (the runtime's fixture) with one
-/// file's JSON edited.
-fn checkpoint_with(file: &str, edit: impl Fn(&mut serde_json::Value)) -> TempPath {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/fixtures/hf/llama");
+/// A copy of a tiny transformers-written checkpoint (the runtime's fixture `fixture`) with
+/// one file's JSON edited.
+fn checkpoint_with(fixture: &str, file: &str, edit: impl Fn(&mut serde_json::Value)) -> TempPath {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/fixtures/hf").join(fixture);
     let dir = TempPath::dir("checkpoint");
     for entry in std::fs::read_dir(&source).unwrap() {
         let path = entry.unwrap().path();
@@ -273,38 +273,60 @@ fn checkpoint_with(file: &str, edit: impl Fn(&mut serde_json::Value)) -> TempPat
 
 #[test]
 fn a_checkpoint_as_written_runs() {
-    let dir = checkpoint_with("config.json", |_| {});
-    let out = generate_with(&dir.0).output().unwrap();
-    assert!(out.status.success(), "{}", common::stderr_of(&out));
+    for fixture in ["llama", "gemma3"] {
+        let dir = checkpoint_with(fixture, "config.json", |_| {});
+        let out = generate_with(&dir.0).output().unwrap();
+        assert!(out.status.success(), "{fixture}: {}", common::stderr_of(&out));
+    }
 }
 
-/// A file of a checkpoint, an edit of its JSON, and what the error must say.
-type Case = (&'static str, fn(&mut serde_json::Value), &'static str);
+/// A checkpoint, a file of it, an edit of its JSON, and what the error must say.
+type Case = (&'static str, &'static str, fn(&mut serde_json::Value), &'static str);
 
 #[test]
 fn unsupported_or_wrong_configuration_values_name_the_file_and_key() {
-    let cases: [Case; 6] = [
+    let cases: [Case; 8] = [
         (
+            "llama",
             "config.json",
             |c| c["rope_parameters"]["rope_type"] = "yarn".into(),
             "rope_parameters.rope_type = \"yarn\" is not supported",
         ),
         (
+            "llama",
             "config.json",
             |c| c["rope_theta"] = 10000.0.into(),
             "rope_parameters.rope_theta = 100000 disagrees with rope_theta = 10000",
         ),
         (
+            "llama",
             "config.json",
             |c| c["hidden_act"] = "gelu_pytorch_tanh".into(),
             "hidden_act = \"gelu_pytorch_tanh\" is not supported",
         ),
-        ("config.json", |c| c["mlp_bias"] = true.into(), "mlp_bias = true is not supported"),
-        ("config.json", |c| c["num_hidden_layers"] = "two".into(), "num_hidden_layers"),
-        ("generation_config.json", |g| g["eos_token_id"] = "</s>".into(), "eos_token_id = \"</s>\" is not a token id"),
+        ("llama", "config.json", |c| c["mlp_bias"] = true.into(), "mlp_bias = true is not supported"),
+        ("llama", "config.json", |c| c["num_hidden_layers"] = "two".into(), "num_hidden_layers"),
+        (
+            "llama",
+            "generation_config.json",
+            |g| g["eos_token_id"] = "</s>".into(),
+            "eos_token_id = \"</s>\" is not a token id",
+        ),
+        (
+            "gemma3",
+            "config.json",
+            |c| c["rope_parameters"]["sliding_attention"]["rope_type"] = "yarn".into(),
+            "rope_parameters.sliding_attention.rope_type = \"yarn\" is not supported",
+        ),
+        (
+            "gemma3",
+            "config.json",
+            |c| c["attn_logit_softcapping"] = 50.0.into(),
+            "attn_logit_softcapping = 50.0 is not supported",
+        ),
     ];
-    for (file, edit, message) in cases {
-        let dir = checkpoint_with(file, edit);
+    for (fixture, file, edit, message) in cases {
+        let dir = checkpoint_with(fixture, file, edit);
         fails_with(&mut generate_with(&dir.0), &[&dir.0.join(file).display().to_string(), message]);
     }
 }

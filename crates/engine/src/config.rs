@@ -155,6 +155,9 @@ fn gemma3_hf(raw: &HfConfig, text: &str, source: &str) -> Result<ModelConfig> {
         Some(v) if v.as_str() == Some("gelu_pytorch_tanh") => {}
         Some(v) => return Err(bad(act_key, v, "is not supported (sieve's Gemma MLP is GELU-tanh gated)")),
     }
+    if let Some(v) = json.get("use_bidirectional_attention").filter(|v| v.as_bool() == Some(true)) {
+        return Err(bad("use_bidirectional_attention", v, "is not supported (sieve's decoder is causal)"));
+    }
     for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
         if let Some(v) = json.get(key).filter(|v| !v.is_null()) {
             return Err(bad(key, v, "is not supported (Gemma 3 has no soft-capping)"));

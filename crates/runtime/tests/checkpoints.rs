@@ -74,7 +74,11 @@ fn check<B: Backend>(name: &str, backend: &B, want: &Expected) {
 fn every_architecture_computes_what_transformers_computes() {
     let dirs = fixtures();
     let names: Vec<String> = dirs.iter().map(|d| d.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    assert_eq!(names, ["llama", "llama3", "mistral", "qwen2"], "the fixtures of every architecture sieve claims");
+    assert_eq!(
+        names,
+        ["gemma3", "llama", "llama3", "mistral", "qwen2"],
+        "the fixtures of every architecture sieve claims"
+    );
     for dir in dirs {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let want = expected(&dir);
@@ -111,13 +115,24 @@ fn copy_of(source: &Path, what: &str) -> PathBuf {
 /// A configuration value sieve does not implement is an error naming the file and the key.
 #[test]
 fn an_unsupported_value_names_the_file_and_key() {
+    let rope = |kind: &str| serde_json::json!({"full_attention": {"rope_type": kind, "factor": 8.0}});
     let cases = [
-        ("hidden_act", serde_json::json!("gelu"), "hidden_act = \"gelu\" is not supported"),
-        ("mlp_bias", serde_json::json!(true), "mlp_bias = true is not supported"),
-        ("model_type", serde_json::json!("gpt2"), "gpt2"),
+        ("llama", "hidden_act", serde_json::json!("gelu"), "hidden_act = \"gelu\" is not supported"),
+        ("llama", "mlp_bias", serde_json::json!(true), "mlp_bias = true is not supported"),
+        ("llama", "model_type", serde_json::json!("gpt2"), "gpt2"),
+        ("gemma3", "hidden_activation", serde_json::json!("gelu"), "hidden_activation = \"gelu\" is not supported"),
+        (
+            "gemma3",
+            "final_logit_softcapping",
+            serde_json::json!(30.0),
+            "final_logit_softcapping = 30.0 is not supported",
+        ),
+        ("gemma3", "use_bidirectional_attention", serde_json::json!(true), "use_bidirectional_attention = true"),
+        ("gemma3", "layer_types", serde_json::json!(["sliding_attention", "chunked"]), "layer_types = \"chunked\""),
+        ("gemma3", "rope_parameters", rope("linear"), "rope_parameters.full_attention.rope_type = \"linear\""),
     ];
-    let source = fixtures().into_iter().next().unwrap();
-    for (key, value, message) in cases {
+    for (fixture, key, value, message) in cases {
+        let source = fixtures().into_iter().find(|d| d.ends_with(fixture)).unwrap();
         let dir = copy_of(&source, key);
         let path = dir.join("config.json");
         let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
