@@ -82,7 +82,7 @@ impl OpsModel {
     /// `[kv, m, hd]`, by original positions, in blocks of query rows. Returns the output
     /// `[kv, g, n, hd]`, the probabilities of the last `probe.last_queries` rows
     /// `[kv * g, rows, m]` (zero where masked) and their sums over all rows `[kv * g, 1, m]`.
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn attention(
         &self,
         q: &Tensor,

@@ -122,7 +122,7 @@ impl TchBackend {
         Tensor::f_cat(&[a, b], 2)
     }
 
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn attention(
         &self,
         q: &Tensor,

@@ -79,8 +79,16 @@ pub fn run(o: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
     let keep = |name: &str, filters: &[String]| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
     let prompts: Vec<Prompt> =
         suite::prompts(&model, &text)?.into_iter().filter(|p| keep(p.name, &o.prompts)).collect();
-    let policies: Vec<Policy> =
+    let mut policies: Vec<Policy> =
         suite::policies(&o.configs)?.into_iter().filter(|p| keep(&p.name, &o.policies)).collect();
+    // A preset written for a deeper model (prefill layers past the last) is left out.
+    policies.retain(|p| match p.check_model(model.config.n_layers) {
+        Ok(()) => true,
+        Err(e) => {
+            log(&format!("[parity] skipping {}: {e}", p.name));
+            false
+        }
+    });
     if prompts.is_empty() || policies.is_empty() {
         bail!("the prompt and policy filters leave nothing to run");
     }

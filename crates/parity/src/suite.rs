@@ -31,10 +31,16 @@ pub struct Prompt {
     pub perplexity: bool,
 }
 
-/// The suite's prompts for `model`: a short chat prompt, a WikiText-2 passage of
+/// The suite's prompts for `model`: a short chat prompt (a plain question for a model
+/// without a chat template), a WikiText-2 passage of
 /// [`PASSAGE_TOKENS`] tokens from `text`, and a passkey prompt.
 pub fn prompts(model: &Model, text: &str) -> Result<Vec<Prompt>> {
-    let chat = model.render_chat(&[Message::new("user", "What is the capital of France?")])?;
+    // A base model without a chat template gets the question as plain text.
+    let question = "What is the capital of France?";
+    let chat = match &model.chat_template {
+        Some(_) => model.render_chat(&[Message::new("user", question)])?,
+        None => format!("Question: {question}\nAnswer:"),
+    };
     let chat = model.tokenizer.encode(&chat)?;
     let head = &text[..text.len().min(PASSAGE_TOKENS * 16)];
     let mut passage = model.tokenizer.encode(head)?;
