@@ -85,6 +85,7 @@ fn observe<'a, T: Tensor>(
         attention: Some(attention),
         keys: Some(keys),
         values: Some(values),
+        queries: None,
         device: attention.device(),
     }
 }
@@ -98,7 +99,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, backend: &B, tokens: &[u32], wit
         hidden = backend.layer(LayerCall::new(l, &hidden, &positions, Probe::NONE), &mut cache).expect("layer").hidden;
     }
     let mut cache = LayerCache::default();
-    let probe = Probe { last_queries: 32, column_sums: true };
+    let probe = Probe { last_queries: 32, column_sums: true, queries: false };
     let out = backend.layer(LayerCall::new(LAYER, &hidden, &positions, probe), &mut cache).expect("probe layer");
     let (attention, sums) = (out.attention.expect("attention rows"), out.attention_sums.expect("attention sums"));
     let kv_heads = backend.config().n_kv_heads;

@@ -208,7 +208,12 @@ impl OpsModel {
         let heads = |t: candle_core::Result<Tensor>, h: usize| -> candle_core::Result<Tensor> {
             t?.reshape((1, n, h, hd))?.transpose(1, 2)?.contiguous()
         };
-        let q = candle_nn::rotary_emb::rope(&heads(q, nh).map_err(err)?, &cos, &sin).map_err(err)?;
+        let q = heads(q, nh).map_err(err)?;
+        let queries = match probe.queries {
+            true => Some(CandleTensor(q.squeeze(0).map_err(err)?)),
+            false => None,
+        };
+        let q = candle_nn::rotary_emb::rope(&q, &cos, &sin).map_err(err)?;
         let k = candle_nn::rotary_emb::rope(&heads(k, nkv).map_err(err)?, &cos, &sin).map_err(err)?;
         let v = heads(v, nkv).map_err(err)?;
         let (k, v) = (k.squeeze(0).map_err(err)?, v.squeeze(0).map_err(err)?);
@@ -246,7 +251,7 @@ impl OpsModel {
             mlp = candle_nn::ops::rms_norm(&mlp, post_ffn, eps).map_err(err)?;
         }
         let x = (x + mlp).map_err(err)?;
-        Ok(LayerOutput { hidden: CandleTensor(x), attention, attention_sums })
+        Ok(LayerOutput { hidden: CandleTensor(x), attention, attention_sums, queries })
     }
 
     pub fn logits(&self, hidden: &CandleTensor) -> Result<CandleTensor> {

@@ -159,7 +159,7 @@ impl Backend for OrtBackend {
         let what = format!("decoder layer {index}");
         let mut session = lock(session);
         let mut out = session.run(&inputs[..]).map_err(Error::ort(what.as_str()))?;
-        let [h, k, v, a, s] = LAYER_OUTPUTS;
+        let [h, k, v, a, s, q] = LAYER_OUTPUTS;
         let hidden = take(&mut out, &what, h, self.device)?;
         // The graph returns the whole cache, old entries and new: it becomes the storage.
         let (keys, values) = (take(&mut out, &what, k, self.device)?, take(&mut out, &what, v, self.device)?);
@@ -168,7 +168,8 @@ impl Backend for OrtBackend {
         cache.push_positions(positions);
         let attention = if probe.last_queries > 0 { Some(take(&mut out, &what, a, self.device)?) } else { None };
         let attention_sums = if probe.column_sums { Some(take(&mut out, &what, s, self.device)?) } else { None };
-        Ok(LayerOutput { hidden, attention, attention_sums })
+        let queries = if probe.queries { Some(take(&mut out, &what, q, self.device)?) } else { None };
+        Ok(LayerOutput { hidden, attention, attention_sums, queries })
     }
 
     fn logits(&self, hidden: &OrtTensor) -> Result<OrtTensor> {

@@ -14,7 +14,7 @@ use crate::graph::{Attr, Dim, FLOAT, Graph, INT64};
 pub const LAYER_INPUTS: [&str; 8] =
     ["hidden", "positions", "cos", "sin", "past_positions", "past_keys", "past_values", "probe_start"];
 /// Names of a decoder-layer graph's outputs.
-pub const LAYER_OUTPUTS: [&str; 5] = ["hidden_out", "keys", "values", "attention", "attention_sums"];
+pub const LAYER_OUTPUTS: [&str; 6] = ["hidden_out", "keys", "values", "attention", "attention_sums", "queries"];
 
 /// `w` (`[out, in]`, as stored) transposed to `[in, out]` for `MatMul(x, w)`.
 fn transposed(w: &HostWeight) -> (Vec<usize>, Vec<f32>) {
@@ -76,7 +76,8 @@ fn split_heads(g: &mut Graph, x: &str, heads: usize, head_dim: usize) -> String 
 /// Outputs: `hidden_out` `[n, hidden]`; `keys`/`values` `[kv_heads, m + n, head_dim]`, the
 /// cache with this call's tokens appended (keys after RoPE); `attention`
 /// `[heads, n - probe_start, m + n]`, the attention probabilities of the last queries; and
-/// `attention_sums` `[heads, 1, m + n]`, the probabilities summed over all queries. A query
+/// `attention_sums` `[heads, 1, m + n]`, the probabilities summed over all queries; and
+/// `queries` `[heads, n, head_dim]`, the queries before the rotary embedding. A query
 /// at position p sees the keys at positions ≤ p (the positions may have gaps after pruning).
 pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
     let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
@@ -105,6 +106,7 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
         q = rms_norm(&mut g, &q, &p("q_norm"), qn, c.rms_eps);
         k = rms_norm(&mut g, &k, &p("k_norm"), kn, c.rms_eps);
     }
+    let queries = g.named("queries", "Identity", &[&q], &[]);
     let q = rope(&mut g, &q, &cos, &sin, hd);
     let k = rope(&mut g, &k, &cos, &sin, hd);
     let v = split_heads(&mut g, &v, nkv, hd);
@@ -175,7 +177,7 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
     }
     let out = g.named("hidden_out", "Add", &[&x, &down], &[]);
 
-    for name in [&out, &keys, &values, &attention, &attention_sums] {
+    for name in [&out, &keys, &values, &attention, &attention_sums, &queries] {
         g.output(name, FLOAT);
     }
     g

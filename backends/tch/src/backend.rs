@@ -260,7 +260,9 @@ impl Backend for TchBackend {
         let heads = |t: Tensor, h: i64| {
             t.f_reshape([ni, h, hd]).and_then(|t| t.f_transpose(0, 1)).and_then(|t| t.f_contiguous())
         };
-        let q = heads(q, nh).and_then(|q| Self::rope(&q, &cos, &sin)).map_err(err)?;
+        let q = heads(q, nh).map_err(err)?;
+        let queries = probe.queries.then(|| TchTensor(q.shallow_clone()));
+        let q = Self::rope(&q, &cos, &sin).map_err(err)?;
         let k = heads(k, nkv).and_then(|k| Self::rope(&k, &cos, &sin)).map_err(err)?;
         let v = heads(v, nkv).map_err(err)?;
         cache.append(TchTensor(k), TchTensor(v), positions)?;
@@ -293,7 +295,7 @@ impl Backend for TchBackend {
             mlp = mlp.f_rms_norm([c.hidden as i64], Some(post_ffn), eps).map_err(err)?;
         }
         let x = x.f_add(&mlp).map_err(err)?;
-        Ok(LayerOutput { hidden: TchTensor(x), attention, attention_sums })
+        Ok(LayerOutput { hidden: TchTensor(x), attention, attention_sums, queries })
     }
 
     fn logits(&self, hidden: &TchTensor) -> Result<TchTensor> {

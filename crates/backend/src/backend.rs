@@ -17,15 +17,22 @@ pub struct Probe {
     pub last_queries: usize,
     /// The attention probabilities summed over every query of the call.
     pub column_sums: bool,
+    /// The call's queries before the rotary embedding.
+    pub queries: bool,
 }
 
 impl Probe {
     /// Nothing to report.
-    pub const NONE: Probe = Probe { last_queries: 0, column_sums: false };
+    pub const NONE: Probe = Probe { last_queries: 0, column_sums: false, queries: false };
+
+    /// The last `n` queries' attention.
+    pub const fn last(n: usize) -> Probe {
+        Probe { last_queries: n, ..Probe::NONE }
+    }
 
     /// Whether anything is asked for.
     pub fn any(&self) -> bool {
-        self.last_queries > 0 || self.column_sums
+        self.last_queries > 0 || self.column_sums || self.queries
     }
 }
 
@@ -69,6 +76,10 @@ pub struct LayerOutput<T> {
     /// With `probe.column_sums`: attention summed over all of this call's queries,
     /// `[heads, 1, cache_len]`.
     pub attention_sums: Option<T>,
+    /// With `probe.queries`: the call's queries after their projection (bias and q norm
+    /// included) and before the rotary embedding and the attention scale,
+    /// `[heads, tokens, head_dim]`.
+    pub queries: Option<T>,
 }
 
 /// A runtime that executes a Llama-family decoder one block at a time.

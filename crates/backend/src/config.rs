@@ -241,6 +241,16 @@ impl ModelConfig {
         self.style.query_scale.unwrap_or(1.0 / (self.head_dim as f64).sqrt())
     }
 
+    /// The rotary frequencies of layer `layer` (a local layer's base, unscaled).
+    pub fn layer_rope_inv_freq(&self, layer: usize) -> Vec<f64> {
+        match (&self.style.sliding_window, self.window(layer)) {
+            (Some(w), Some(_)) => {
+                ModelConfig { rope_theta: w.rope_theta, rope_scaling: None, ..self.clone() }.rope_inv_freq()
+            }
+            _ => self.rope_inv_freq(),
+        }
+    }
+
     /// Which of [`ModelConfig::rope_table_sets`] layer `layer` uses.
     pub fn rope_set(&self, layer: usize) -> usize {
         usize::from(self.window(layer).is_some())

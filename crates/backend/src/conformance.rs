@@ -214,18 +214,20 @@ pub fn decode_steps<B: Backend>(make: Make<'_, B>) -> Result<()> {
 pub fn probes<B: Backend>(make: Make<'_, B>) -> Result<()> {
     let mut pair = Pair::tiny(make)?;
     pair.forward("probes", &tokens(5, 64, 3), &[0, 1, 2, 3, 4], Probe::NONE)?;
-    let probe = Probe { last_queries: 3, column_sums: true };
+    let probe = Probe { last_queries: 3, column_sums: true, queries: true };
     let (out, want) = pair.forward("probes", &tokens(4, 64, 4), &[5, 6, 8, 9], probe)?;
-    for (what, got, exp) in
-        [("attention", &out.attention, &want.attention), ("sums", &out.attention_sums, &want.attention_sums)]
-    {
+    for (what, got, exp) in [
+        ("attention", &out.attention, &want.attention),
+        ("sums", &out.attention_sums, &want.attention_sums),
+        ("queries", &out.queries, &want.queries),
+    ] {
         match (got, exp) {
             (Some(g), Some(w)) => compare(&format!("probes: {what}"), g, w)?,
             _ => return Err(mismatch("probes", format!("{what} missing"))),
         }
     }
     // A probe asking for more queries than the call has rows gets every row.
-    let probe = Probe { last_queries: 8, column_sums: false };
+    let probe = Probe { last_queries: 8, column_sums: false, queries: false };
     let (out, want) = pair.forward("probes, one row", &[7], &[10], probe)?;
     match (&out.attention, &want.attention) {
         (Some(g), Some(w)) => compare("probes: one row", g, w),
@@ -266,7 +268,12 @@ pub fn per_head_caches<B: Backend>(make: Make<'_, B>) -> Result<()> {
         pair.reference_caches[l].retain_heads(&kept)?;
     }
     for (i, t) in [4u32, 9].into_iter().enumerate() {
-        pair.forward("per head, then a step", &[t], &[10 + i], Probe { last_queries: 1, column_sums: false })?;
+        pair.forward(
+            "per head, then a step",
+            &[t],
+            &[10 + i],
+            Probe { last_queries: 1, column_sums: false, queries: false },
+        )?;
     }
     let (out, want) = pair.forward("per head, then a call", &tokens(3, 64, 12), &[12, 13, 14], Probe::NONE)?;
     pair.logits("per head", &out, &want)
@@ -276,7 +283,7 @@ pub fn per_head_caches<B: Backend>(make: Make<'_, B>) -> Result<()> {
 pub fn long_prefill<B: Backend>(make: Make<'_, B>) -> Result<()> {
     let config = ModelConfig { context: 512, ..synthetic::tiny_config() };
     let mut pair = Pair::new(make, &config, 3, false)?;
-    let probe = Probe { last_queries: 16, column_sums: true };
+    let probe = Probe { last_queries: 16, column_sums: true, queries: false };
     let (out, want) = pair.forward("long prefill", &tokens(300, 64, 7), &(0..300).collect::<Vec<_>>(), probe)?;
     if let (Some(g), Some(w)) = (&out.attention_sums, &want.attention_sums) {
         compare("long prefill: sums", g, w)?;
@@ -299,12 +306,14 @@ pub fn block_options<B: Backend>(make: Make<'_, B>) -> Result<()> {
 /// query's window are masked by position).
 pub fn sliding_window<B: Backend>(make: Make<'_, B>) -> Result<()> {
     let mut pair = Pair::new(make, &synthetic::tiny_gemma_config(), 4, false)?;
-    let probe = Probe { last_queries: 3, column_sums: true };
+    let probe = Probe { last_queries: 3, column_sums: true, queries: true };
     let (out, want) = pair.forward("gemma block", &tokens(10, 64, 13), &(0..10).collect::<Vec<_>>(), probe)?;
     pair.logits("gemma block", &out, &want)?;
-    for (what, got, exp) in
-        [("attention", &out.attention, &want.attention), ("sums", &out.attention_sums, &want.attention_sums)]
-    {
+    for (what, got, exp) in [
+        ("attention", &out.attention, &want.attention),
+        ("sums", &out.attention_sums, &want.attention_sums),
+        ("queries", &out.queries, &want.queries),
+    ] {
         match (got, exp) {
             (Some(g), Some(w)) => compare(&format!("gemma block: {what}"), g, w)?,
             _ => return Err(mismatch("gemma block", format!("{what} missing"))),

@@ -170,6 +170,7 @@ impl Backend for HostBackend {
             q = rms_norm(&q, n * nh, qn, c.rms_eps);
             k = rms_norm(&k, n * nkv, kn, c.rms_eps);
         }
+        let queries = probe.queries.then(|| q.clone());
         self.rope(index, &mut q, positions, nh);
         self.rope(index, &mut k, positions, nkv);
 
@@ -242,6 +243,18 @@ impl Backend for HostBackend {
             hidden: HostTensor::new(out, &[n, d])?,
             attention: (probe_rows > 0).then(|| HostTensor::new(probes, &[nh, probe_rows, m])).transpose()?,
             attention_sums: probe.column_sums.then(|| HostTensor::new(sums, &[nh, 1, m])).transpose()?,
+            // [n, heads, hd] -> [heads, n, hd]
+            queries: queries
+                .map(|q| {
+                    let mut out = Vec::with_capacity(q.len());
+                    for h in 0..nh {
+                        for r in 0..n {
+                            out.extend_from_slice(&q[(r * nh + h) * hd..(r * nh + h + 1) * hd]);
+                        }
+                    }
+                    HostTensor::new(out, &[nh, n, hd])
+                })
+                .transpose()?,
         })
     }
 

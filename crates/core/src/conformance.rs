@@ -166,6 +166,7 @@ fn scorers<T: Tensor + Send + 'static>(device: &T::Device, specs: &[ScorerSpec])
             attention: Some(&ta),
             keys: Some(&tk),
             values: Some(&tv),
+            queries: None,
             device: device.clone(),
         };
         let reference = Observation {
@@ -176,6 +177,7 @@ fn scorers<T: Tensor + Send + 'static>(device: &T::Device, specs: &[ScorerSpec])
             attention: Some(&attention),
             keys: Some(&keys),
             values: Some(&values),
+            queries: None,
             device: Host,
         };
         let (mut ours, mut theirs) = (spec.build::<T>(), spec.build::<HostTensor>());

@@ -15,7 +15,17 @@ fn obs<'a>(
     attention: Option<&'a HostTensor>,
     keys: Option<&'a HostTensor>,
 ) -> Observation<'a, HostTensor> {
-    Observation { layer: 0, step: 0, kv_heads: 1, positions, attention, keys, values: keys, device: Host }
+    Observation {
+        layer: 0,
+        step: 0,
+        kv_heads: 1,
+        positions,
+        attention,
+        keys,
+        values: keys,
+        queries: None,
+        device: Host,
+    }
 }
 
 fn close(a: &[f32], b: &[f32]) {

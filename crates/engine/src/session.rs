@@ -236,7 +236,9 @@ impl<'b, B: Backend> Session<'b, B> {
             add_needs(&mut probe, p.scorer.build::<BTensor<B>>().needs().attention_queries, rows);
         }
         if let Some(kv) = &self.policy.kv {
-            add_needs(&mut probe, kv.scorer.build::<BTensor<B>>().needs().attention_queries, rows);
+            let needs = kv.scorer.build::<BTensor<B>>().needs();
+            add_needs(&mut probe, needs.attention_queries, rows);
+            probe.queries |= needs.queries;
         }
         if let Some(d) = &self.decode {
             add_needs(&mut probe, d.scorers[l].needs().attention_queries, rows);
@@ -279,6 +281,8 @@ impl<'b, B: Backend> Session<'b, B> {
             let probe = self.probe_for(l, prune_next, positions.len());
             let call = LayerCall::new(l, &hidden, &positions, probe);
             let out = self.backend.layer(call, &mut self.caches[l]).map_err(&err)?;
+            // The rows of this call, for a query probe (prefill pruning may drop some below).
+            let call_positions = if probe.queries { positions.clone() } else { Vec::new() };
             let rows = positions.len();
             stats.tokens_per_layer[l] += rows;
             stats.prefill_flops += layer_flops(&config, rows, causal_pairs(&positions, self.caches[l].positions()));
@@ -309,6 +313,12 @@ impl<'b, B: Backend> Session<'b, B> {
             if self.policy.kv.is_some() || self.decode.is_some() {
                 let cache = &self.caches[l];
                 let (keys, values) = (cache.keys()?, cache.values()?);
+                let inv_freq = config.layer_rope_inv_freq(l);
+                let query_probe = out.queries.as_ref().map(|queries| sieve_core::QueryProbe {
+                    queries,
+                    positions: &call_positions,
+                    rope_inv_freq: &inv_freq,
+                });
                 let observe = |queries: usize| Observation {
                     layer: l,
                     step: 0,
@@ -317,6 +327,7 @@ impl<'b, B: Backend> Session<'b, B> {
                     attention: attention_for(&out, queries),
                     keys: keys.as_ref(),
                     values: values.as_ref(),
+                    queries: query_probe.clone(),
                     device: device.clone(),
                 };
                 let mut decode_scores = None;
@@ -419,6 +430,7 @@ impl<'b, B: Backend> Session<'b, B> {
             attention: attention.as_ref(),
             keys: keys.as_ref(),
             values: values.as_ref(),
+            queries: None,
             device: self.backend.device(),
         };
         Ok(scorer.score_tokens(&obs)?.to_host()?)
@@ -499,7 +511,9 @@ impl<'b, B: Backend> Session<'b, B> {
             self.evict_outside_window(l, self.next_pos, len)?;
             // One query: its attention row is also the sum over this call's queries.
             let probe = match &self.decode {
-                Some(d) if d.scorers[l].needs().attention_queries > 0 => Probe { last_queries: 1, column_sums: false },
+                Some(d) if d.scorers[l].needs().attention_queries > 0 => {
+                    Probe { last_queries: 1, column_sums: false, queries: false }
+                }
                 _ => Probe::NONE,
             };
             let call = LayerCall::new(l, &hidden, &positions, probe);
@@ -517,6 +531,7 @@ impl<'b, B: Backend> Session<'b, B> {
                         attention: out.attention.as_ref(),
                         keys: keys.as_ref(),
                         values: values.as_ref(),
+                        queries: None,
                         device: device.clone(),
                     };
                     d.scores[l] = Some(d.score(l, &obs)?);

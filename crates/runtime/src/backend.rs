@@ -115,6 +115,7 @@ where
         hidden: out.hidden.wrap(),
         attention: out.attention.map(Variant::wrap),
         attention_sums: out.attention_sums.map(Variant::wrap),
+        queries: out.queries.map(Variant::wrap),
     })
 }
 

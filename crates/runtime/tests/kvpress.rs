@@ -63,19 +63,21 @@ fn tokens() -> &'static [u32] {
 
 /// sieve's policy matching each kvpress press (their defaults): SnapKV's window of 64 and
 /// kernel 5, per KV head; TOVA's last query averaged over every head, the last token kept;
-/// KNorm per KV head; StreamingLLM's 4 sinks and the most recent tokens.
+/// KNorm per KV head; StreamingLLM's 4 sinks and the most recent tokens; Expected Attention
+/// per KV head (512 future positions, 4 sinks, covariance and value norm).
 fn policy(press: &str, keep: f64) -> Policy {
     let kv = match press {
         "snapkv" => "selection = \"head\"\n[kv.scorer]\nkind = \"snapkv\"\nwindow = 64\nkernel = 5\n",
         "tova" => "recent = 1\n[kv.scorer]\nkind = \"last-query\"\n",
         "knorm" => "selection = \"head\"\n[kv.scorer]\nkind = \"knorm\"\n",
         "streaming" => "sinks = 4\n[kv.scorer]\nkind = \"recency\"\n",
+        "expected-attention" => "selection = \"head\"\nsinks = 4\n[kv.scorer]\nkind = \"expected-attention\"\n",
         other => panic!("no sieve policy for {other}"),
     };
     Policy::from_toml(&format!("name = \"{press}@{keep}\"\n[kv]\nkeep = {keep}\n{kv}")).unwrap()
 }
 
-const PRESSES: [&str; 4] = ["snapkv", "tova", "knorm", "streaming"];
+const PRESSES: [&str; 5] = ["snapkv", "tova", "knorm", "streaming", "expected-attention"];
 
 fn positions(bits: &str, n: usize) -> Vec<usize> {
     let bytes = base64::decode(bits).unwrap();

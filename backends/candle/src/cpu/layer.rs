@@ -230,6 +230,8 @@ pub struct Forward {
     pub hidden: Vec<f32>,
     pub attention: Option<(Vec<f32>, usize)>,
     pub sums: Option<Vec<f32>>,
+    /// `[heads, n, head_dim]` before the rotary embedding.
+    pub queries: Option<Vec<f32>>,
 }
 
 impl CpuLayer {
@@ -269,6 +271,7 @@ impl CpuLayer {
                 }
             }
         }
+        let queries = probe.queries.then(|| by_head(&qkv, width, 0, n, nh, hd));
         rope(&mut qkv, width, 0, nh, hd, positions, tables);
         rope(&mut qkv, width, q_out, nkv, hd, positions, tables);
 
@@ -320,6 +323,6 @@ impl CpuLayer {
             mlp = rms_norm(&mlp, post_ffn, c.rms_eps);
         }
         x.iter_mut().zip(mlp.iter()).for_each(|(a, b)| *a += b);
-        Ok(Forward { hidden: x.take(), attention: probs.map(|p| (p, probe_rows)), sums })
+        Ok(Forward { hidden: x.take(), attention: probs.map(|p| (p, probe_rows)), sums, queries })
     }
 }

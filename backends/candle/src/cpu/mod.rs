@@ -88,6 +88,7 @@ impl CpuModel {
             hidden: to_tensor(out.hidden, &[n, self.config.hidden])?,
             attention: out.attention.map(|(p, rows)| to_tensor(p, &[nh, rows, m])).transpose()?,
             attention_sums: out.sums.map(|s| to_tensor(s, &[nh, 1, m])).transpose()?,
+            queries: out.queries.map(|q| to_tensor(q, &[nh, n, self.config.head_dim])).transpose()?,
         })
     }
 

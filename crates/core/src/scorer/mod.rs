@@ -6,11 +6,13 @@
 //! score per token, which a [`crate::Selector`] turns into the kept indices.
 
 mod attention;
+mod expected;
 mod simple;
 
 use serde::{Deserialize, Serialize};
 
 pub use attention::{AccumulatedAttention, LastQuery, ObservationWindow};
+pub use expected::ExpectedAttention;
 
 pub use simple::{KeyNorm, RandomScore, Recency, ValueNorm};
 
@@ -34,8 +36,22 @@ pub struct Observation<'a, T: Tensor> {
     pub keys: Option<&'a T>,
     /// Cached values: `[kv_heads, k, head_dim]`.
     pub values: Option<&'a T>,
+    /// The queries of the call that filled the cache, for scorers that model them.
+    pub queries: Option<QueryProbe<'a, T>>,
     /// Device on which to create score tensors.
     pub device: T::Device,
+}
+
+/// The queries of one call of a layer, before the rotary embedding.
+#[derive(Debug, Clone)]
+pub struct QueryProbe<'a, T: Tensor> {
+    /// Queries after their projection (and bias and norm, where the block has them), before
+    /// the rotary embedding and the attention scale: `[q_heads, n, head_dim]`.
+    pub queries: &'a T,
+    /// The original position of each of the `n` queries.
+    pub positions: &'a [usize],
+    /// The layer's rotary frequencies, one per pair of a head's dims (half-split pairs).
+    pub rope_inv_freq: &'a [f64],
 }
 
 impl<T: Tensor> Observation<'_, T> {
@@ -68,6 +84,8 @@ pub struct Needs {
     pub keys: bool,
     /// The cached values.
     pub values: bool,
+    /// The call's queries before the rotary embedding ([`QueryProbe`]).
+    pub queries: bool,
 }
 
 /// Scores tokens of one layer. A scorer may keep state across calls (H2O's running sum);
@@ -231,11 +249,47 @@ pub enum ScorerSpec {
         #[serde(default)]
         seed: u64,
     },
+    /// The attention future queries are expected to pay, from the statistics of the
+    /// prompt's queries (Expected Attention; `[kv]` only).
+    ExpectedAttention {
+        /// Future positions the rotary rotation is averaged over.
+        #[serde(default = "default_future")]
+        future: usize,
+        /// Leading positions left out of the statistics and always kept.
+        #[serde(default = "default_sinks")]
+        sinks: usize,
+        /// Whether the queries' covariance is used besides their mean.
+        #[serde(default = "default_true")]
+        covariance: bool,
+        /// Whether scores are multiplied by the value's norm.
+        #[serde(default = "default_true")]
+        value_norm: bool,
+    },
+}
+
+fn default_future() -> usize {
+    512
+}
+fn default_sinks() -> usize {
+    4
+}
+fn default_true() -> bool {
+    true
 }
 
 impl ScorerSpec {
     /// Checks ranges; `key` names the policy section in messages.
     pub fn validate(&self, key: &str) -> Result<()> {
+        if let ScorerSpec::ExpectedAttention { future, .. } = *self {
+            if key != "kv" {
+                return Err(Error::InvalidPolicy(format!(
+                    "{key}.scorer: expected-attention scores the prompt once it is cached; use it in [kv]"
+                )));
+            }
+            if future == 0 || future > 1 << 20 {
+                return Err(Error::out_of_range(format!("{key}.scorer.future"), future, "1 to 1048576"));
+            }
+        }
         if let ScorerSpec::Snapkv { window, kernel, .. } = *self {
             if window == 0 {
                 return Err(Error::out_of_range(format!("{key}.scorer.window"), window, "at least 1"));
@@ -267,6 +321,7 @@ impl ScorerSpec {
             ScorerSpec::Vnorm {} => "vnorm",
             ScorerSpec::Recency {} => "recency",
             ScorerSpec::Random { .. } => "random",
+            ScorerSpec::ExpectedAttention { .. } => "expected-attention",
         }
     }
 
@@ -283,6 +338,9 @@ impl ScorerSpec {
             ScorerSpec::Vnorm {} => Box::new(ValueNorm),
             ScorerSpec::Recency {} => Box::new(Recency),
             ScorerSpec::Random { seed } => Box::new(RandomScore { seed }),
+            ScorerSpec::ExpectedAttention { future, sinks, covariance, value_norm } => {
+                Box::new(ExpectedAttention { future, sinks, covariance, value_norm })
+            }
         }
     }
 }
