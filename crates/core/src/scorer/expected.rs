@@ -122,10 +122,8 @@ impl<T: Tensor + Send> Scorer<T> for ExpectedAttention {
                 for &r in &rows {
                     let centred: Vec<f64> = head(r).iter().zip(&mean).map(|(&x, m)| f64::from(x) - m).collect();
                     let c = rotate(&centred, &rot);
-                    for (i, &ci) in c.iter().enumerate() {
-                        for (j, &cj) in c.iter().enumerate() {
-                            cov[i * d + j] += ci * cj;
-                        }
+                    for (row, &ci) in cov.chunks_exact_mut(d).zip(&c) {
+                        row.iter_mut().zip(&c).for_each(|(v, &cj)| *v += ci * cj);
                     }
                 }
                 cov.iter_mut().for_each(|v| *v /= count);
@@ -137,7 +135,11 @@ impl<T: Tensor + Send> Scorer<T> for ExpectedAttention {
                     keys[(kvh * k + i) * d..(kvh * k + i + 1) * d].iter().map(|&x| f64::from(x)).collect();
                 let mut z = key.iter().zip(&mean_rot).map(|(a, b)| a * b).sum::<f64>() / sqrt_d;
                 if self.covariance {
-                    let quad: f64 = (0..d).map(|a| key[a] * (0..d).map(|b| cov[a * d + b] * key[b]).sum::<f64>()).sum();
+                    let quad: f64 = cov
+                        .chunks_exact(d)
+                        .zip(&key)
+                        .map(|(row, &ka)| ka * row.iter().zip(&key).map(|(c, kb)| c * kb).sum::<f64>())
+                        .sum();
                     z += 0.5 * quad / d as f64;
                 }
                 logits.push(z);
