@@ -107,6 +107,9 @@ fn out_of_range_values_name_key_and_range() {
     rejects("[decode]\nbudget = 8\nsinks = 4\nrecent = 4\n", "`decode.budget` = 8");
     rejects("[decode]\nbudget = 64\nevery = 0\n", "`decode.every` = 0");
     rejects("[kv]\nkeep = \"half\"\n", "keep");
+    rejects("[kv]\nkeep = 0.5\n[kv.scorer]\nkind = \"expected-attention\"\nfuture = 0\n", "`kv.scorer.future` = 0");
+    rejects("[decode]\nbudget = 64\n[decode.scorer]\nkind = \"expected-attention\"\n", "use it in [kv]");
+    rejects("[kv]\nkeep = 0.5\n[kv.scorer]\nkind = \"expected-attention\"\nwindow = 8\n", "window");
 }
 
 #[test]
