@@ -46,6 +46,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from fixture_hash import fnv1a64
+
 os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm is imported: no progress bars
 
 import torch  # noqa: E402
@@ -75,14 +77,6 @@ PROBES = [
     "<start_of_turn>user\nHi<end_of_turn>",
 ]
 
-
-def fnv1a64(ids):
-    """FNV-1a over the ids as little-endian u32 bytes (the test computes the same)."""
-    h = 0xCBF29CE484222325
-    for i in ids:
-        for b in int(i).to_bytes(4, "little"):
-            h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return f"{h:016x}"
 
 
 def gemma_tokenizer(gguf_path):

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from fixture_hash import fnv1a64
+
 import kvpress
 import torch
 import transformers
@@ -42,14 +44,6 @@ PRESSES = {
     "expected-attention": lambda r: ExpectedAttentionPress(compression_ratio=r),
 }
 
-
-def fnv1a64(ids):
-    """FNV-1a over the ids as little-endian u32 bytes (the test computes the same)."""
-    h = 0xCBF29CE484222325
-    for i in ids:
-        for b in int(i).to_bytes(4, "little"):
-            h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return f"{h:016x}"
 
 
 def bitset(positions, n):

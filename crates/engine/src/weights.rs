@@ -159,23 +159,10 @@ pub(crate) const HF_NAMES: Naming = Naming {
 
 /// Gemma 3 in Hugging Face's layout: its `post_attention_layernorm` follows attention (the
 /// MLP's input norm is `pre_feedforward_layernorm`), and norm gains are stored minus 1.
-pub(crate) const HF_GEMMA3_NAMES: Naming = Naming {
-    parts: [
-        "input_layernorm.weight",
-        "self_attn.q_proj.weight",
-        "self_attn.k_proj.weight",
-        "self_attn.v_proj.weight",
-        "self_attn.o_proj.weight",
-        "pre_feedforward_layernorm.weight",
-        "mlp.gate_proj.weight",
-        "mlp.up_proj.weight",
-        "mlp.down_proj.weight",
-        "self_attn.q_proj.bias",
-        "self_attn.k_proj.bias",
-        "self_attn.v_proj.bias",
-    ],
-    norm_offset: 1.0,
-    ..HF_NAMES
+pub(crate) const HF_GEMMA3_NAMES: Naming = {
+    let mut names = Naming { norm_offset: 1.0, ..HF_NAMES };
+    names.parts[5] = "pre_feedforward_layernorm.weight";
+    names
 };
 
 /// Reads every weight of `config` from `src` in the form `dtype` asks for, checking
