@@ -103,6 +103,9 @@ pub struct Session<'b, B: Backend> {
     caches: Vec<LayerCache<BTensor<B>>>,
     next_pos: usize,
     decode: Option<DecodeState<BTensor<B>>>,
+    /// Per layer, the position below which a local layer has dropped every entry (0 for
+    /// global layers): a conversation cannot go back past what that leaves visible.
+    window_floor: Vec<usize>,
     /// Statistics of the latest prefill and the steps after it.
     pub stats: RunStats,
 }
@@ -153,6 +156,7 @@ impl<'b, B: Backend> Session<'b, B> {
             backend,
             policy,
             caches: (0..n_layers).map(|_| LayerCache::default()).collect(),
+            window_floor: vec![0; n_layers],
             next_pos: 0,
             decode,
             stats,
@@ -193,8 +197,21 @@ impl<'b, B: Backend> Session<'b, B> {
     }
 
     /// Forgets every token at position `pos` or later, so that a conversation can continue
-    /// from a common prefix.
+    /// from a common prefix. Fails, changing nothing, when a local layer has already dropped
+    /// entries that a token at `pos` would see (the conversation went on for more than a
+    /// window past `pos`): the caller then starts a new session.
     pub fn truncate(&mut self, pos: usize) -> Result<()> {
+        let config = self.backend.config();
+        for (l, &floor) in self.window_floor.iter().enumerate() {
+            if let Some(w) = config.window(l)
+                && pos < self.next_pos
+                && floor > (pos + 1).saturating_sub(w)
+            {
+                return Err(Error::Invalid(format!(
+                    "cannot go back to position {pos}: local layer {l} (window {w}) has dropped the positions before {floor}"
+                )));
+            }
+        }
         for (l, cache) in self.caches.iter_mut().enumerate() {
             let before = cache.len();
             cache.truncate(pos);
@@ -555,6 +572,7 @@ impl<'b, B: Backend> Session<'b, B> {
         let first_seen = (query + 1).saturating_sub(window);
         let heads = if cache.is_per_head() { self.backend.config().n_kv_heads } else { 1 };
         let d = (0..heads).map(|h| cache.head_positions(h).partition_point(|&p| p < first_seen)).min().unwrap_or(0);
+        self.window_floor[l] = self.window_floor[l].max(first_seen);
         if d == 0 {
             return Ok(0);
         }

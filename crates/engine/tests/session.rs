@@ -349,6 +349,26 @@ fn local_layers_evict_only_what_leaves_their_window() {
     assert_eq!(inc.stats.kv_bytes_unpruned, (6 + 30) * per);
 }
 
+/// Going back within the window continues like a fresh session; going back past what a
+/// local layer has dropped is refused and changes nothing.
+#[test]
+fn truncation_respects_what_local_layers_dropped() {
+    let ids = tokens(20);
+    let mut session = Session::new(gemma(), Policy::none()).unwrap();
+    session.prefill(&ids, Logits::Last).unwrap();
+    let e = session.truncate(10).unwrap_err();
+    assert!(e.to_string().contains("cannot go back to position 10"), "{e}");
+    assert_eq!(session.next_position(), 20);
+    // The last query (19) saw 14..=19: a token at 19 sees 14..=19 again.
+    session.truncate(19).unwrap();
+    let mut fed = ids[..19].to_vec();
+    fed.extend([7, 8]);
+    let continued = session.prefill(&fed[19..], Logits::Last).unwrap();
+    let fresh = Session::new(gemma(), Policy::none()).unwrap().prefill(&fed, Logits::Last).unwrap();
+    let diff = continued.last().iter().zip(fresh.last()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-4, "{diff}");
+}
+
 /// A stateful decode scorer (H2O's sums) follows the window's evictions, in a prefill
 /// that follows cached entries and in the steps after it.
 #[test]

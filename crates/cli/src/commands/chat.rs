@@ -20,7 +20,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
     }
     let runtime = super::load_runtime(&args.runtime, &mut model)?;
     {
-        let mut session = Session::new(&runtime, policy)?;
+        let mut session = Session::new(&runtime, policy.clone())?;
         let mut messages = Vec::new();
         if let Some(s) = &args.system {
             messages.push(Message::new("system", s.as_str()));
@@ -43,8 +43,12 @@ pub fn run(args: ChatArgs) -> Result<()> {
             messages.push(Message::new("user", line));
             let ids = model.tokenizer.encode(&model.render_chat(&messages)?)?;
             // Reuse the cached prefix; forget what differs (re-tokenised replies).
-            let common = fed.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
-            session.truncate(common)?;
+            let mut common = fed.iter().zip(&ids).take_while(|(a, b)| a == b).count().min(ids.len() - 1);
+            // A model with local layers cannot go back further than their window: start over.
+            if session.truncate(common).is_err() {
+                session = Session::new(&runtime, policy.clone())?;
+                common = 0;
+            }
             fed.truncate(common);
             let mut out = std::io::stdout().lock();
             let g = sieve_engine::generate(&mut session, &model.tokenizer, &ids[common..], &options, &mut |p| {
