@@ -37,7 +37,14 @@ impl Matrix {
     /// `Weights::check`). Formats with an integer kernel on this CPU are rearranged for it.
     pub fn from_weight(w: HostWeight) -> Self {
         let (rows, cols) = (w.shape[0], w.shape.get(1).copied().unwrap_or(1));
-        match w.packed {
+        // Q5_0 has no integer kernel of its own; as Q8_0 (exact) it uses Q8_0's.
+        let packed = match w.packed {
+            Some(p) if p.dtype == GgmlType::Q5_0 && vnni::supported(GgmlType::Q8_0, cols) => {
+                Some(Packed { dtype: GgmlType::Q8_0, bytes: sieve_backend::quant::q5_0_to_q8_0(&p.bytes) })
+            }
+            other => other,
+        };
+        match packed {
             Some(p) if vnni::supported(p.dtype, cols) => {
                 let bytes = vnni::split(p.dtype, cols, &p.bytes);
                 Self { rows, cols, storage: Storage::Split(Packed { dtype: p.dtype, bytes }) }
