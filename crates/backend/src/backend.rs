@@ -25,11 +25,6 @@ impl Probe {
     /// Nothing to report.
     pub const NONE: Probe = Probe { last_queries: 0, column_sums: false, queries: false };
 
-    /// The last `n` queries' attention.
-    pub const fn last(n: usize) -> Probe {
-        Probe { last_queries: n, ..Probe::NONE }
-    }
-
     /// Whether anything is asked for.
     pub fn any(&self) -> bool {
         self.last_queries > 0 || self.column_sums || self.queries

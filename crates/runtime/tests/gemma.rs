@@ -56,10 +56,8 @@ fn ids(v: &Value) -> Vec<u32> {
 }
 
 fn wikitext() -> String {
-    let data = std::env::var_os("SIEVE_DATA")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
-    let path = sieve_eval::data::wikitext_test_split(&data);
+    let path =
+        sieve_eval::data::wikitext_test_split(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e} (set SIEVE_DATA)", path.display()))
 }
 

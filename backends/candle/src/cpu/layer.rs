@@ -115,35 +115,35 @@ pub fn project(parts: &[Matrix], x: &[f32], n: usize) -> Buf {
 
 /// RMSNorm of each row of `x` (`[n, d]`) with gain `g`.
 pub fn rms_norm(x: &[f32], g: &[f32], eps: f64) -> Buf {
-    let d = g.len();
     let mut y = zeroed(x.len());
-    for (row, out) in x.chunks_exact(d).zip(y.chunks_exact_mut(d)) {
+    y.copy_from_slice(x);
+    rms_norm_in_place(&mut y, g, eps);
+    y
+}
+
+/// [`rms_norm`] written over its input.
+fn rms_norm_in_place(x: &mut [f32], g: &[f32], eps: f64) {
+    let d = g.len();
+    for row in x.chunks_exact_mut(d) {
         let ss: f32 = super::simd::dot(row, row);
         let scale = (1.0 / (f64::from(ss) / d as f64 + eps).sqrt()) as f32;
-        for ((o, &v), &w) in out.iter_mut().zip(row).zip(g) {
-            *o = v * scale * w;
-        }
+        row.iter_mut().zip(g).for_each(|(v, &w)| *v = *v * scale * w);
     }
-    y
 }
 
 /// `act(gate) * up` for rows `[gate | up]` of `gu` (`[n, 2f]`), into `[n, f]`.
 fn gated(gu: &[f32], f: usize, activation: Activation) -> Buf {
-    if activation != Activation::Silu {
-        let n = gu.len() / (2 * f);
-        let mut act = zeroed(n * f);
-        for (row, out) in gu.chunks_exact(2 * f).zip(act.chunks_exact_mut(f)) {
-            let (gate, up) = row.split_at(f);
-            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = activation.apply(g) * u;
-            }
-        }
-        return act;
-    }
     let n = gu.len() / (2 * f);
     let mut act = zeroed(n * f);
     for (row, out) in gu.chunks_exact(2 * f).zip(act.chunks_exact_mut(f)) {
         let (gate, up) = row.split_at(f);
+        if activation != Activation::Silu {
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = activation.apply(g) * u;
+            }
+            continue;
+        }
+        // SiLU with the vectorised exponential: exp(-g) first, then g / (1 + exp(-g)).
         for (o, &g) in out.iter_mut().zip(gate) {
             *o = -g;
         }
@@ -266,8 +266,7 @@ impl CpuLayer {
                 for (x, g) in
                     q.chunks_exact_mut(hd).map(|x| (x, qn)).chain(rest[..kv_out].chunks_exact_mut(hd).map(|x| (x, kn)))
                 {
-                    let y = rms_norm(x, g, c.rms_eps);
-                    x.copy_from_slice(&y);
+                    rms_norm_in_place(x, g, c.rms_eps);
                 }
             }
         }
