@@ -143,4 +143,18 @@ impl Backend for CandleBackend {
             Path::Ops(m) => m.logits(hidden),
         }
     }
+
+    fn layer_batch(
+        &self,
+        calls: &[crate::Call<'_>],
+        caches: &mut [&mut crate::Cache],
+    ) -> Result<Vec<sieve_backend::LayerOutput<CandleTensor>>> {
+        match &self.path {
+            Path::Cpu(m) => m.layer_batch(calls, caches),
+            Path::Ops(_) => {
+                sieve_backend::check_batch(calls, caches.len())?;
+                calls.iter().zip(caches.iter_mut()).map(|(call, cache)| self.layer(*call, cache)).collect()
+            }
+        }
+    }
 }

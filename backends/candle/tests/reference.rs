@@ -106,3 +106,43 @@ fn long_prompts_spanning_several_attention_blocks_match() {
         assert_eq!(argmax(row), argmax(&theirs));
     }
 }
+
+/// Decode steps of several sessions at once (the server's batched decoding) against the
+/// same sessions stepped alone, on the default model's stored blocks. A decode batch (up to
+/// 16 rows) runs every product through the same vector kernel as one row, row by row, and
+/// each sequence's attention alone: the logits are bitwise equal.
+#[test]
+fn batched_decode_steps_match_steps_alone() {
+    let backend = &candle().0;
+    let policies = [
+        "",
+        "[decode]\nbudget = 96\nsinks = 4\nrecent = 16\n[decode.scorer]\nkind = \"h2o\"\n",
+        "[kv]\nkeep = 0.5\nsinks = 4\nrecent = 16\nselection = \"head\"\n[kv.scorer]\nkind = \"snapkv\"\n[decode]\nbudget = 80\nselection = \"head\"\nsinks = 4\nrecent = 16\n[decode.scorer]\nkind = \"knorm\"\n",
+        "[decode]\nbudget = 64\nsinks = 4\nrecent = 16\n[decode.scorer]\nkind = \"tova\"\n",
+        "[prefill]\nlayers = [10]\nkeep = [0.5]\nsinks = 4\nrecent = 8\n",
+    ];
+    let passage = passage_tokens(300);
+    for sessions in [2, 5] {
+        let start = |i: usize| {
+            let mut s = Session::new(backend, Policy::from_toml(policies[i]).unwrap()).unwrap();
+            let logits = s.prefill(&passage[..120 + 30 * i], Logits::Last).unwrap().last().to_vec();
+            (s, argmax(&logits) as u32)
+        };
+        let (mut alone, mut next): (Vec<_>, Vec<_>) = (0..sessions).map(start).unzip();
+        let (mut batched, next_batched): (Vec<_>, Vec<_>) = (0..sessions).map(start).unzip();
+        assert_eq!(next, next_batched);
+        for step in 0..12 {
+            let rows_alone: Vec<Vec<f32>> = alone.iter_mut().zip(&next).map(|(s, &t)| s.step(t).unwrap()).collect();
+            let mut refs: Vec<&mut Session<'_, CandleBackend>> = batched.iter_mut().collect();
+            let rows_batched = Session::step_batch(&mut refs, &next).unwrap();
+            for i in 0..sessions {
+                assert!(
+                    rows_alone[i] == rows_batched[i],
+                    "{sessions} sessions, session {i}, step {step}: logits differ"
+                );
+                assert_eq!(alone[i].caches()[7].positions(), batched[i].caches()[7].positions());
+            }
+            next = rows_alone.iter().map(|r| argmax(r) as u32).collect();
+        }
+    }
+}

@@ -131,4 +131,36 @@ pub trait Backend {
 
     /// Final norm and LM head: logits `[n, vocab]` for hidden states `[n, hidden]`.
     fn logits(&self, hidden: &Self::Tensor) -> Result<Self::Tensor, Self::Error>;
+
+    /// Runs one layer for several independent sequences at once: `calls[i]` on
+    /// `caches[i]`, every call with the same `index`. The outputs are those of
+    /// [`Backend::layer`] on each call alone, up to the rounding of a product computed for
+    /// more rows at a time.
+    ///
+    /// The default runs the calls one after the other. A backend overrides it to read
+    /// each weight matrix once for all the sequences' rows (decode steps of a server's
+    /// sequences), while each sequence attends over its own, differently pruned cache.
+    fn layer_batch(
+        &self,
+        calls: &[LayerCall<'_, Self::Tensor>],
+        caches: &mut [&mut LayerCache<Self::Tensor>],
+    ) -> Result<Vec<LayerOutput<Self::Tensor>>, Self::Error> {
+        check_batch(calls, caches.len())?;
+        calls.iter().zip(caches.iter_mut()).map(|(call, cache)| self.layer(*call, cache)).collect()
+    }
+}
+
+/// Checks a [`Backend::layer_batch`] call: one cache per call, one layer for all.
+pub fn check_batch<T>(calls: &[LayerCall<'_, T>], caches: usize) -> sieve_core::Result<()> {
+    if calls.len() != caches {
+        let detail = format!("{} calls and {caches} caches", calls.len());
+        return Err(sieve_core::Error::Shape { op: "layer_batch", detail });
+    }
+    if calls.windows(2).any(|w| w[0].index != w[1].index) {
+        return Err(sieve_core::Error::Shape {
+            op: "layer_batch",
+            detail: "the calls are for different layers".into(),
+        });
+    }
+    Ok(())
 }

@@ -25,7 +25,7 @@ pub mod reference;
 pub mod synthetic;
 pub mod weights;
 
-pub use backend::{Backend, BackendDevice, BackendTensor, LayerCall, LayerOutput, Probe};
+pub use backend::{Backend, BackendDevice, BackendTensor, LayerCall, LayerOutput, Probe, check_batch};
 pub use cache::LayerCache;
 pub use config::{Activation, Architecture, BlockStyle, Llama3RopeScaling, ModelConfig, SlidingWindow};
 pub use device::DeviceSpec;

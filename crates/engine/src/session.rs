@@ -495,77 +495,139 @@ impl<'b, B: Backend> Session<'b, B> {
     /// Feeds one token and returns the logits of the next.
     pub fn step(&mut self, token: u32) -> Result<Vec<f32>> {
         self.check_input(&[token])?;
-        let config = self.backend.config();
         let err = backend_error(self.backend);
         let positions = [self.next_pos];
         let mut hidden = self.backend.embed(&[token]).map_err(&err)?;
-        let device = self.backend.device();
-        for l in 0..config.n_layers {
-            if let Some(d) = &mut self.decode
-                && self.caches[l].len() >= d.policy.budget
-            {
-                let len = self.caches[l].len();
-                let rows = if d.per_head() { config.n_kv_heads } else { 1 };
-                let scores = d.scores[l]
-                    .take()
-                    .filter(|s| s.len() == rows * len)
-                    .ok_or_else(|| Error::Invalid(format!("layer {l}: no current scores for decode eviction")))?;
-                if d.per_head() {
-                    let kept = scores
-                        .chunks_exact(len)
-                        .map(|row| d.policy.selector.select(row))
-                        .collect::<sieve_core::Result<Vec<_>>>()?;
-                    self.caches[l].retain_heads(&kept)?;
-                    d.scorers[l].retain_heads(&kept)?;
-                } else {
-                    let kept = d.policy.selector.select(&scores)?;
-                    self.caches[l].retain(&kept)?;
-                    d.scorers[l].retain(&kept)?;
-                }
-            }
-            // A local layer forgets what this and later queries cannot see.
-            let len = self.caches[l].len();
-            self.evict_outside_window(l, self.next_pos, len)?;
-            // One query: its attention row is also the sum over this call's queries.
-            let probe = match &self.decode {
-                Some(d) if d.scorers[l].needs().attention_queries > 0 => {
-                    Probe { last_queries: 1, column_sums: false, queries: false }
-                }
-                _ => Probe::NONE,
-            };
+        for l in 0..self.backend.config().n_layers {
+            let probe = self.before_step_layer(l)?;
             let call = LayerCall::new(l, &hidden, &positions, probe);
             let out = self.backend.layer(call, &mut self.caches[l]).map_err(&err)?;
+            self.after_step_layer(l, &out)?;
             hidden = out.hidden;
-            if let Some(d) = &mut self.decode {
-                let cache = &self.caches[l];
-                if d.scorers[l].is_stateful() || cache.len() >= d.policy.budget {
-                    let (keys, values) = (cache.keys()?, cache.values()?);
-                    let obs = Observation {
-                        layer: l,
-                        step: self.next_pos as u64,
-                        kv_heads: config.n_kv_heads,
-                        positions: cache.positions(),
-                        attention: out.attention.as_ref(),
-                        keys: keys.as_ref(),
-                        values: values.as_ref(),
-                        queries: None,
-                        device: device.clone(),
-                    };
-                    d.scores[l] = Some(d.score(l, &obs)?);
-                }
-            }
         }
         self.next_pos += 1;
         self.update_kv_stats();
         Ok(self.backend.logits(&hidden).map_err(&err)?.to_host()?)
     }
 
-    /// Drops the entries of local layer `l` that a query at `query` cannot see, nor any
-    /// later one (positions up to `query - window`), with what the decode scorer knows of
-    /// them (its first `known` entries: it has not seen a call's new
-    /// entries before it observes them). Returns how many entries each head lost (heads
-    /// that keep different entries lose as many as the head with the fewest such entries,
-    /// so that they keep equal counts; the others stay masked until they go).
+    /// One decode step for several sessions of the same backend at once, `tokens[i]`
+    /// fed to `sessions[i]`: each layer runs once for all of them
+    /// ([`Backend::layer_batch`], so the weights are read once per step rather than once
+    /// per session), each session attends over and prunes its own cache as
+    /// [`Session::step`] does. Returns each session's next-token logits.
+    ///
+    /// The sessions must be distinct and share one backend. Inputs are checked for every
+    /// session before any layer runs; a failure inside a layer leaves every session of the
+    /// batch unusable (truncate or drop them).
+    pub fn step_batch(sessions: &mut [&mut Session<'b, B>], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let Some(first) = sessions.first() else { return Ok(Vec::new()) };
+        let backend = first.backend;
+        if sessions.len() != tokens.len() {
+            return Err(Error::Invalid(format!(
+                "{} sessions but {} tokens in a batched step",
+                sessions.len(),
+                tokens.len()
+            )));
+        }
+        if sessions.iter().any(|s| !std::ptr::eq(s.backend, backend)) {
+            return Err(Error::Invalid("a batched step needs sessions of one backend".into()));
+        }
+        for (s, &t) in sessions.iter().zip(tokens) {
+            s.check_input(&[t])?;
+        }
+        let err = backend_error(backend);
+        let positions: Vec<[usize; 1]> = sessions.iter().map(|s| [s.next_pos]).collect();
+        let embedded = backend.embed(tokens).map_err(&err)?;
+        let mut hidden = (0..tokens.len()).map(|i| embedded.narrow(0, i, 1)).collect::<sieve_core::Result<Vec<_>>>()?;
+        for l in 0..backend.config().n_layers {
+            let probes = sessions.iter_mut().map(|s| s.before_step_layer(l)).collect::<Result<Vec<_>>>()?;
+            let calls: Vec<_> = hidden
+                .iter()
+                .zip(&positions)
+                .zip(probes)
+                .map(|((h, p), probe)| LayerCall::new(l, h, p, probe))
+                .collect();
+            let mut caches: Vec<_> = sessions.iter_mut().map(|s| &mut s.caches[l]).collect();
+            let outs = backend.layer_batch(&calls, &mut caches).map_err(&err)?;
+            drop(caches);
+            hidden.clear();
+            for (s, out) in sessions.iter_mut().zip(outs) {
+                s.after_step_layer(l, &out)?;
+                hidden.push(out.hidden);
+            }
+        }
+        for s in sessions.iter_mut() {
+            s.next_pos += 1;
+            s.update_kv_stats();
+        }
+        let rows: Vec<&BTensor<B>> = hidden.iter().collect();
+        let logits = backend.logits(&BTensor::<B>::cat(&rows, 0)?).map_err(&err)?.to_host()?;
+        let vocab = logits.len() / tokens.len();
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// The part of a decode step before layer `l` runs: the decode policy's eviction when
+    /// the cache is at its budget, a local layer's window; returns what the call must probe.
+    fn before_step_layer(&mut self, l: usize) -> Result<Probe> {
+        let config = self.backend.config();
+        if let Some(d) = &mut self.decode
+            && self.caches[l].len() >= d.policy.budget
+        {
+            let len = self.caches[l].len();
+            let rows = if d.per_head() { config.n_kv_heads } else { 1 };
+            let scores = d.scores[l]
+                .take()
+                .filter(|s| s.len() == rows * len)
+                .ok_or_else(|| Error::Invalid(format!("layer {l}: no current scores for decode eviction")))?;
+            if d.per_head() {
+                let kept = scores
+                    .chunks_exact(len)
+                    .map(|row| d.policy.selector.select(row))
+                    .collect::<sieve_core::Result<Vec<_>>>()?;
+                self.caches[l].retain_heads(&kept)?;
+                d.scorers[l].retain_heads(&kept)?;
+            } else {
+                let kept = d.policy.selector.select(&scores)?;
+                self.caches[l].retain(&kept)?;
+                d.scorers[l].retain(&kept)?;
+            }
+        }
+        // A local layer forgets what this and later queries cannot see.
+        let len = self.caches[l].len();
+        self.evict_outside_window(l, self.next_pos, len)?;
+        // One query: its attention row is also the sum over this call's queries.
+        Ok(match &self.decode {
+            Some(d) if d.scorers[l].needs().attention_queries > 0 => {
+                Probe { last_queries: 1, column_sums: false, queries: false }
+            }
+            _ => Probe::NONE,
+        })
+    }
+
+    /// The part of a decode step after layer `l` ran: the decode scorer observes it.
+    fn after_step_layer(&mut self, l: usize, out: &LayerOutput<BTensor<B>>) -> Result<()> {
+        let config = self.backend.config();
+        if let Some(d) = &mut self.decode {
+            let cache = &self.caches[l];
+            if d.scorers[l].is_stateful() || cache.len() >= d.policy.budget {
+                let (keys, values) = (cache.keys()?, cache.values()?);
+                let obs = Observation {
+                    layer: l,
+                    step: self.next_pos as u64,
+                    kv_heads: config.n_kv_heads,
+                    positions: cache.positions(),
+                    attention: out.attention.as_ref(),
+                    keys: keys.as_ref(),
+                    values: values.as_ref(),
+                    queries: None,
+                    device: self.backend.device(),
+                };
+                d.scores[l] = Some(d.score(l, &obs)?);
+            }
+        }
+        Ok(())
+    }
+
     fn evict_outside_window(&mut self, l: usize, query: usize, known: usize) -> Result<usize> {
         let Some(window) = self.backend.config().window(l) else { return Ok(0) };
         let cache = &mut self.caches[l];

@@ -467,3 +467,44 @@ fn inputs_are_checked_before_the_backend_sees_them() {
     let too_deep = policy("[prefill]\nlayers = [30]\nkeep = 0.5\n");
     assert!(Session::new(backend(), too_deep).is_err());
 }
+
+#[test]
+fn batched_steps_equal_steps_one_session_at_a_time() {
+    // Sessions with different policies and contexts, stepped together and alone.
+    let policies = [
+        "",
+        "[decode]\nbudget = 48\nevery = 4\nsinks = 4\nrecent = 8\n[decode.scorer]\nkind = \"h2o\"\n",
+        "[kv]\nkeep = 0.5\nsinks = 4\nrecent = 8\nselection = \"head\"\n[kv.scorer]\nkind = \"snapkv\"\n[decode]\nbudget = 40\nselection = \"head\"\nsinks = 4\nrecent = 8\n[decode.scorer]\nkind = \"knorm\"\n",
+    ];
+    let prompts = [tokens(30), tokens(70), tokens(55)];
+    let start = |i: usize| {
+        let mut s = Session::new(backend(), policy(policies[i])).unwrap();
+        let logits = s.prefill(&prompts[i], Logits::Last).unwrap().last().to_vec();
+        (s, argmax(&logits))
+    };
+    let (mut alone, mut next_alone): (Vec<_>, Vec<_>) = (0..3).map(start).unzip();
+    let (mut batched, mut next_batched): (Vec<_>, Vec<_>) = (0..3).map(start).unzip();
+    for step in 0..24 {
+        let rows_alone: Vec<Vec<f32>> = alone.iter_mut().zip(&next_alone).map(|(s, &t)| s.step(t).unwrap()).collect();
+        let mut refs: Vec<&mut Session<'_, HostBackend>> = batched.iter_mut().collect();
+        let rows_batched = Session::step_batch(&mut refs, &next_batched).unwrap();
+        for i in 0..3 {
+            assert_eq!(rows_alone[i], rows_batched[i], "session {i}, step {step}: logits differ");
+            assert_eq!(
+                alone[i].caches()[5].positions(),
+                batched[i].caches()[5].positions(),
+                "session {i}, step {step}"
+            );
+            assert_eq!(alone[i].kv_bytes(), batched[i].kv_bytes());
+        }
+        next_alone = rows_alone.iter().map(|r| argmax(r)).collect();
+        next_batched = rows_batched.iter().map(|r| argmax(r)).collect();
+    }
+    assert!(batched[1].caches().iter().all(|c| c.len() <= 48), "the decode budget holds in a batch");
+    // A token past the vocabulary is refused before any session changes.
+    let before: Vec<usize> = batched.iter().map(|s| s.next_position()).collect();
+    let mut refs: Vec<&mut Session<'_, HostBackend>> = batched.iter_mut().collect();
+    assert!(Session::step_batch(&mut refs, &[1, 1_000_000, 2]).is_err());
+    assert!(Session::step_batch(&mut refs, &[1, 2]).is_err(), "one token per session");
+    assert_eq!(before, batched.iter().map(|s| s.next_position()).collect::<Vec<_>>());
+}

@@ -109,14 +109,58 @@ where
     let hidden = B::Tensor::borrow(hidden)?;
     let mut inner = std::mem::take(cache).map(B::Tensor::unwrap)?;
     let out = b.layer(LayerCall::new(index, hidden, positions, probe), &mut inner);
-    *cache = inner.map(|t| Ok::<_, std::convert::Infallible>(t.wrap())).unwrap_or_else(|e| match e {});
-    let out = out?;
-    Ok(LayerOutput {
+    *cache = rewrap(inner);
+    Ok(wrap_output(out?))
+}
+
+/// [`layer_on`] for a batch of sequences: every cache handed over and handed back.
+fn layer_batch_on<B>(
+    b: &B,
+    calls: &[LayerCall<'_, RuntimeTensor>],
+    caches: &mut [&mut LayerCache<RuntimeTensor>],
+) -> Result<Vec<LayerOutput<RuntimeTensor>>>
+where
+    B: Backend,
+    B::Tensor: Variant,
+    Error: From<B::Error>,
+{
+    let hidden = calls.iter().map(|c| B::Tensor::borrow(c.hidden)).collect::<sieve_core::Result<Vec<_>>>()?;
+    let mut inner = Vec::with_capacity(caches.len());
+    for cache in caches.iter_mut() {
+        match std::mem::take(*cache).map(B::Tensor::unwrap) {
+            Ok(c) => inner.push(c),
+            Err(e) => {
+                // Hand back what was taken before failing.
+                for (slot, c) in caches.iter_mut().zip(inner) {
+                    **slot = rewrap(c);
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    let inner_calls: Vec<_> =
+        calls.iter().zip(&hidden).map(|(c, h)| LayerCall::new(c.index, *h, c.positions, c.probe)).collect();
+    let out = {
+        let mut refs: Vec<&mut LayerCache<B::Tensor>> = inner.iter_mut().collect();
+        b.layer_batch(&inner_calls, &mut refs)
+    };
+    for (slot, c) in caches.iter_mut().zip(inner) {
+        **slot = rewrap(c);
+    }
+    Ok(out?.into_iter().map(wrap_output).collect())
+}
+
+fn rewrap<T: Variant + sieve_core::Tensor>(cache: LayerCache<T>) -> LayerCache<RuntimeTensor> {
+    cache.map(|t| Ok::<_, std::convert::Infallible>(t.wrap())).unwrap_or_else(|e| match e {})
+}
+
+fn wrap_output<T: Variant>(out: LayerOutput<T>) -> LayerOutput<RuntimeTensor> {
+    LayerOutput {
         hidden: out.hidden.wrap(),
         attention: out.attention.map(Variant::wrap),
         attention_sums: out.attention_sums.map(Variant::wrap),
         queries: out.queries.map(Variant::wrap),
-    })
+    }
 }
 
 impl Backend for Runtime {
@@ -157,5 +201,14 @@ impl Backend for Runtime {
 
     fn logits(&self, hidden: &RuntimeTensor) -> Result<RuntimeTensor> {
         dispatch!(self, b => Ok(b.logits(Variant::borrow(hidden)?)?.wrap()))
+    }
+
+    fn layer_batch(
+        &self,
+        calls: &[LayerCall<'_, RuntimeTensor>],
+        caches: &mut [&mut LayerCache<RuntimeTensor>],
+    ) -> Result<Vec<LayerOutput<RuntimeTensor>>> {
+        sieve_backend::check_batch(calls, caches.len())?;
+        dispatch!(self, b => layer_batch_on(b, calls, caches))
     }
 }

@@ -83,7 +83,45 @@ impl CpuModel {
             .or_else(|_| -> Result<Vec<f32>> { Ok(hidden.0.flatten_all()?.to_vec1::<f32>()?) })?;
         let (cos, sin) = &self.rope[self.config.rope_set(index)];
         let out = layer.forward(&self.config, index, &x, positions, cache, probe, (cos, sin))?;
-        let (n, m, nh) = (positions.len(), cache.len(), self.config.n_heads);
+        self.output(out, positions.len(), cache.len())
+    }
+
+    /// Decoder layer `calls[0].index` for several sequences, each on its own cache, the
+    /// weights read once for all their rows.
+    pub fn layer_batch(
+        &self,
+        calls: &[crate::Call<'_>],
+        caches: &mut [&mut crate::Cache],
+    ) -> Result<Vec<LayerOutput<CandleTensor>>> {
+        sieve_backend::check_batch(calls, caches.len())?;
+        let Some(first) = calls.first() else { return Ok(Vec::new()) };
+        let index = first.index;
+        let layer = self.layers.get(index).ok_or_else(|| sieve_backend::Error::Input(format!("no layer {index}")))?;
+        let mut x = Vec::new();
+        for call in calls {
+            let rows = with_slice(&call.hidden.0, <[f32]>::to_vec)
+                .or_else(|_| -> Result<Vec<f32>> { Ok(call.hidden.0.flatten_all()?.to_vec1::<f32>()?) })?;
+            x.extend_from_slice(&rows);
+        }
+        let mut seqs: Vec<layer::Seq<'_>> = calls
+            .iter()
+            .zip(caches.iter_mut())
+            .map(|(call, cache)| layer::Seq { positions: call.positions, cache, probe: call.probe })
+            .collect();
+        let (cos, sin) = &self.rope[self.config.rope_set(index)];
+        let outs = layer.forward_batch(&self.config, index, &x, &mut seqs, (cos, sin))?;
+        drop(seqs);
+        calls
+            .iter()
+            .zip(outs)
+            .zip(caches.iter())
+            .map(|((call, out), cache)| self.output(out, call.positions.len(), cache.len()))
+            .collect()
+    }
+
+    /// A layer's output as tensors: `n` rows, `m` keys in the cache.
+    fn output(&self, out: layer::Forward, n: usize, m: usize) -> crate::Output {
+        let nh = self.config.n_heads;
         Ok(LayerOutput {
             hidden: to_tensor(out.hidden, &[n, self.config.hidden])?,
             attention: out.attention.map(|(p, rows)| to_tensor(p, &[nh, rows, m])).transpose()?,
@@ -92,13 +130,13 @@ impl CpuModel {
         })
     }
 
-    /// Final norm and LM head.
+    /// Final norm and LM head (rows of a batched decode step through the vector kernel).
     pub fn logits(&self, hidden: &CandleTensor) -> Result<CandleTensor> {
         let x = hidden.0.flatten_all()?.to_vec1::<f32>()?;
         let n = x.len() / self.config.hidden;
         let h = rms_norm(&x, &self.norm, self.config.rms_eps);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        to_tensor(project(std::slice::from_ref(head), &h, n).take(), &[n, self.config.vocab])
+        to_tensor(project(std::slice::from_ref(head), &h, n, layer::DECODE_BATCH).take(), &[n, self.config.vocab])
     }
 
     /// Bytes of weights held.
