@@ -107,6 +107,20 @@ impl<T: Tensor> LayerCache<T> {
         self.values = Some(values);
     }
 
+    /// An independent copy of the live entries, in fresh tensors on the same device (a
+    /// clone would share storage that a backend writes in place).
+    pub fn deep_copy(&self) -> Result<Self> {
+        let copy = |t: Option<T>| -> Result<Option<T>> {
+            t.map(|t| T::from_host(&t.to_host()?, &t.shape(), &t.device())).transpose()
+        };
+        Ok(Self {
+            keys: copy(self.keys()?)?,
+            values: copy(self.values()?)?,
+            positions: self.positions.clone(),
+            per_head: self.per_head.clone(),
+        })
+    }
+
     /// Records entries that the backend wrote into the storage right after the live ones.
     pub fn push_positions(&mut self, positions: &[usize]) {
         self.extend_positions(positions);

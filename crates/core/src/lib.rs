@@ -25,6 +25,6 @@ pub use error::{Error, Result};
 pub use host::HostTensor;
 pub use policy::{Budget, DecodePolicy, KvPolicy, Policy, PrefillKind, PrefillPolicy, Selection};
 pub use schedule::Schedule;
-pub use scorer::{Aggregation, Observation, QueryProbe, Scorer, ScorerSpec};
+pub use scorer::{Aggregation, Observation, QueryProbe, Scorer, ScorerClone, ScorerSpec};
 pub use select::Selector;
 pub use tensor::{Pool, Tensor};

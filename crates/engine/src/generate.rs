@@ -57,6 +57,71 @@ pub struct Generation {
     pub stats: RunStats,
 }
 
+/// Generated ids turned into text as it becomes final: text that could still be the start
+/// of a stop string or of a multi-byte character is held back, and a stop string ends
+/// the text before it.
+#[derive(Debug, Clone)]
+pub struct TextStream {
+    stop: Vec<String>,
+    longest_stop: usize,
+    tokens: Vec<u32>,
+    text: String,
+    emitted: usize,
+    stopped: bool,
+}
+
+impl TextStream {
+    /// A stream that ends before any of `stop`.
+    pub fn new(stop: &[String]) -> Self {
+        let longest_stop = stop.iter().map(String::len).max().unwrap_or(0);
+        Self { stop: stop.to_vec(), longest_stop, tokens: Vec::new(), text: String::new(), emitted: 0, stopped: false }
+    }
+
+    /// Adds a generated id (not eos): returns the text that became final, and whether a
+    /// stop string appeared (the stream then ends; later ids are not expected).
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<(String, bool)> {
+        self.tokens.push(id);
+        self.text = tokenizer.decode(&self.tokens)?;
+        let start = self.emitted;
+        if let Some(cut) = self.stop.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+            self.emitted = cut.max(self.emitted);
+            self.stopped = true;
+            return Ok((self.text[start..self.emitted].to_string(), true));
+        }
+        let mut safe = self.text.len().saturating_sub(self.longest_stop.saturating_sub(1));
+        if self.text.ends_with('\u{FFFD}') {
+            safe = safe.min(self.text.len() - '\u{FFFD}'.len_utf8());
+        }
+        while safe > self.emitted && !self.text.is_char_boundary(safe) {
+            safe -= 1;
+        }
+        self.emitted = safe.max(self.emitted);
+        Ok((self.text[start..self.emitted].to_string(), false))
+    }
+
+    /// Ends the stream: the text held back, unless a stop string ended it.
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        if self.stopped {
+            return Ok(String::new());
+        }
+        self.text = tokenizer.decode(&self.tokens)?;
+        let rest = self.text.get(self.emitted..).unwrap_or_default().to_string();
+        self.emitted = self.text.len();
+        Ok(rest)
+    }
+
+    /// The ids pushed so far.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The final text (up to a stop string) and the ids.
+    pub fn into_parts(mut self) -> (String, Vec<u32>) {
+        self.text.truncate(self.emitted);
+        (self.text, self.tokens)
+    }
+}
+
 /// Generates a continuation of `prompt` (token ids, appended to what the session already
 /// holds), passing printable text to `on_text` as it comes.
 pub fn generate<B: Backend>(
@@ -74,37 +139,21 @@ pub fn generate<B: Backend>(
     let ttft = started.elapsed();
     let decode_started = Instant::now();
     let mut steps = 0usize;
-    let mut tokens = Vec::new();
-    let mut emitted = 0usize;
-    let longest_stop = options.stop.iter().map(String::len).max().unwrap_or(0);
+    let mut text = TextStream::new(&options.stop);
     let context = session.backend().config().context;
     let stop_reason = loop {
         if tokenizer.eos.contains(&next) {
             break StopReason::Eos;
         }
-        tokens.push(next);
         history.push(next);
-        let text = tokenizer.decode(&tokens)?;
-        if let Some(cut) = options.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-            if cut > emitted {
-                on_text(&text[emitted..cut]);
-            }
-            emitted = cut.max(emitted);
+        let (piece, stopped) = text.push(tokenizer, next)?;
+        if !piece.is_empty() {
+            on_text(&piece);
+        }
+        if stopped {
             break StopReason::StopString;
         }
-        // Hold back what could be the start of a stop string or of a multi-byte character.
-        let mut safe = text.len().saturating_sub(longest_stop.saturating_sub(1));
-        if text.ends_with('\u{FFFD}') {
-            safe = safe.min(text.len() - '\u{FFFD}'.len_utf8());
-        }
-        while safe > emitted && !text.is_char_boundary(safe) {
-            safe -= 1;
-        }
-        if safe > emitted {
-            on_text(&text[emitted..safe]);
-            emitted = safe;
-        }
-        if tokens.len() >= options.max_tokens {
+        if text.tokens().len() >= options.max_tokens {
             break StopReason::MaxTokens;
         }
         if session.next_position() >= context {
@@ -114,12 +163,11 @@ pub fn generate<B: Backend>(
         steps += 1;
         next = sampler.sample(&logits, &history)?;
     };
-    let mut text = tokenizer.decode(&tokens)?;
-    if stop_reason == StopReason::StopString {
-        text.truncate(emitted);
-    } else if text.len() > emitted {
-        on_text(&text[emitted..]);
+    let rest = text.finish(tokenizer)?;
+    if !rest.is_empty() {
+        on_text(&rest);
     }
+    let (text, tokens) = text.into_parts();
     let decode_secs = decode_started.elapsed().as_secs_f64();
     let mut stats = session.stats.clone();
     stats.generated_tokens = tokens.len();

@@ -178,6 +178,26 @@ impl<'b, B: Backend> Session<'b, B> {
         self.next_pos
     }
 
+    /// An independent copy of the session (caches copied into fresh tensors, scorers with
+    /// what they learnt): a conversation can go on from a common prefix in both, as when a
+    /// server reuses a document's compressed cache for several questions.
+    pub fn fork(&self) -> Result<Self> {
+        let decode = self.decode.as_ref().map(|d| DecodeState {
+            policy: d.policy.clone(),
+            scorers: d.scorers.iter().map(|s| s.clone_box()).collect(),
+            scores: d.scores.clone(),
+        });
+        Ok(Self {
+            backend: self.backend,
+            policy: self.policy.clone(),
+            caches: self.caches.iter().map(LayerCache::deep_copy).collect::<sieve_core::Result<_>>()?,
+            next_pos: self.next_pos,
+            decode,
+            window_floor: self.window_floor.clone(),
+            stats: self.stats.clone(),
+        })
+    }
+
     /// The per-layer caches.
     pub fn caches(&self) -> &[LayerCache<BTensor<B>>] {
         &self.caches

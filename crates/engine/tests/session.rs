@@ -508,3 +508,27 @@ fn batched_steps_equal_steps_one_session_at_a_time() {
     assert!(Session::step_batch(&mut refs, &[1, 2]).is_err(), "one token per session");
     assert_eq!(before, batched.iter().map(|s| s.next_position()).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_forked_session_and_its_original_go_on_independently() {
+    let text = "[kv]\nkeep = 0.5\nsinks = 4\nrecent = 8\n[kv.scorer]\nkind = \"snapkv\"\n[decode]\nbudget = 40\nsinks = 4\nrecent = 8\n[decode.scorer]\nkind = \"h2o\"\n";
+    let doc = tokens(90);
+    let continue_with = |s: &mut Session<'_, HostBackend>, ids: &[u32]| -> Vec<Vec<f32>> {
+        let mut rows = vec![s.prefill(ids, Logits::Last).unwrap().last().to_vec()];
+        for _ in 0..12 {
+            let next = argmax(rows.last().unwrap());
+            rows.push(s.step(next).unwrap());
+        }
+        rows
+    };
+    let mut original = Session::new(backend(), policy(text)).unwrap();
+    original.prefill(&doc, Logits::Last).unwrap();
+    let mut fork = original.fork().unwrap();
+    let from_fork = continue_with(&mut fork, &[7, 8, 9]);
+    let from_original = continue_with(&mut original, &[20, 21]);
+    for (question, rows) in [(&[7u32, 8, 9][..], &from_fork), (&[20, 21][..], &from_original)] {
+        let mut fresh = Session::new(backend(), policy(text)).unwrap();
+        fresh.prefill(&doc, Logits::Last).unwrap();
+        assert_eq!(&continue_with(&mut fresh, question), rows, "a fork must behave as a session that ran the same way");
+    }
+}

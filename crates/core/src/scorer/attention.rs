@@ -160,7 +160,7 @@ impl<T> AccumulatedAttention<T> {
     }
 }
 
-impl<T: Tensor + Send> Scorer<T> for AccumulatedAttention<T> {
+impl<T: Tensor + Send + 'static> Scorer<T> for AccumulatedAttention<T> {
     fn name(&self) -> &'static str {
         "h2o"
     }

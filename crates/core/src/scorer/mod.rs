@@ -88,9 +88,23 @@ pub struct Needs {
     pub queries: bool,
 }
 
+/// A scorer copied with its state, behind a box (implemented for every `Clone` scorer).
+pub trait ScorerClone<T: Tensor> {
+    /// An independent copy: what one copy observes later does not change the other.
+    fn clone_box(&self) -> Box<dyn Scorer<T>>;
+}
+
+impl<T: Tensor, S: Scorer<T> + Clone + 'static> ScorerClone<T> for S {
+    fn clone_box(&self) -> Box<dyn Scorer<T>> {
+        Box::new(self.clone())
+    }
+}
+
 /// Scores tokens of one layer. A scorer may keep state across calls (H2O's running sum);
 /// [`Scorer::retain`] tells it which tokens survived an eviction so it can compact it.
-pub trait Scorer<T: Tensor>: Send {
+/// Scorers are `Clone` ([`ScorerClone`]) so that a session can be forked with what its
+/// scorers learnt; state must never be changed in place through a shared tensor.
+pub trait Scorer<T: Tensor>: Send + ScorerClone<T> {
     /// Short name, as in policy files.
     fn name(&self) -> &'static str;
 
