@@ -152,10 +152,12 @@ pub fn run<B: Backend>(
             break;
         }
         // Clients that left free their sequence at once.
-        let before = waiting.len();
+        let (before, running) = (waiting.len(), active.len());
         waiting.retain(|j| !j.events.is_closed());
-        engine.metrics.queue_depth.fetch_sub(before - waiting.len(), Ordering::Relaxed);
         active.retain(|s| !s.job.events.is_closed());
+        let left = before - waiting.len();
+        engine.metrics.queue_depth.fetch_sub(left, Ordering::Relaxed);
+        engine.metrics.cancelled.fetch_add((left + running - active.len()) as u64, Ordering::Relaxed);
         if active.len() < engine.config.max_batch
             && let Some(job) = waiting.pop_front()
         {

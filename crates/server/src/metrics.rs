@@ -32,6 +32,8 @@ pub struct Metrics {
     pub kv_live: AtomicUsize,
     /// Bytes the active sequences would hold without pruning, minus the live ones.
     pub kv_saved: AtomicUsize,
+    /// Requests whose client left before the answer was complete.
+    pub cancelled: AtomicU64,
     /// Prefix-cache lookups that found a compressed context.
     pub prefix_hits: AtomicU64,
     /// Prefix-cache lookups that did not.
@@ -109,6 +111,7 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
         let counters = [
+            ("sieve_requests_cancelled_total", "Requests whose client left before the end.", get(&self.cancelled)),
             (
                 "sieve_prefix_cache_hits_total",
                 "Requests whose prefix was a kept compressed context.",
