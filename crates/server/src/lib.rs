@@ -60,6 +60,22 @@ where
     B: Backend,
     F: FnOnce() -> std::result::Result<B, String> + Send + 'static,
 {
+    serve_until(options, model, load, on_ready, shutdown_signal())
+}
+
+/// [`serve`] until `shutdown` resolves (instead of a signal), for programs that embed the
+/// server.
+pub fn serve_until<B, F>(
+    options: ServeOptions,
+    model: Model,
+    load: F,
+    on_ready: impl FnOnce(SocketAddr),
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()>
+where
+    B: Backend,
+    F: FnOnce() -> std::result::Result<B, String> + Send + 'static,
+{
     let model = Arc::new(model);
     let metrics = Arc::new(metrics::Metrics::default());
     let (jobs, queue) = std::sync::mpsc::channel();
@@ -97,8 +113,10 @@ where
         metrics,
         ids: AtomicU64::new(0),
     });
+    // One thread for HTTP: the cores belong to the engine's kernels, and the HTTP work
+    // (parsing, tokenizing, sending events) is small beside a decode step.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .map_err(|e| Error::Startup(format!("starting the async runtime: {e}")))?;
@@ -110,7 +128,7 @@ where
         let local = listener.local_addr().map_err(|e| Error::Startup(e.to_string()))?;
         on_ready(local);
         axum::serve(listener, routes::router(state.clone()))
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(shutdown)
             .await
             .map_err(|e| Error::Startup(format!("serving: {e}")))
     });
