@@ -121,6 +121,15 @@ pub fn split(dtype: GgmlType, cols: usize, bytes: &[u8]) -> Vec<u8> {
 pub fn dequantize(dtype: GgmlType, cols: usize, bytes: &[u8], out: &mut [f32]) {
     let (rb, nb, vb) = (dtype.row_bytes(cols), cols / 32, value_bytes(dtype));
     assert_eq!(out.len() * rb, bytes.len() * cols, "dequantize: {} values from {} bytes", out.len(), bytes.len());
+    #[cfg(target_arch = "x86_64")]
+    if cpu() && cols.is_multiple_of(64) {
+        for (row, dst) in bytes.chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
+            // SAFETY: `cpu` detected avx512f, avx512bw and f16c; `row` is one split row of
+            // `cols` values (a multiple of 64) and `dst` holds `cols` values.
+            unsafe { x86::dequantize_row(dtype, cols, row, dst) };
+        }
+        return;
+    }
     for (row, dst) in bytes.chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
         let (values, rest) = row.split_at(nb * vb);
         let half = |at: usize| f16_to_f32(u16::from_le_bytes([rest[at], rest[at + 1]]));
@@ -266,6 +275,64 @@ mod x86 {
         (d, _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)))
     }
 
+    /// [`super::dequantize`] of one split row, a pair of blocks (64 values) at a time, with
+    /// the scalar code's operations (`d * (q - offset) + m`, no fused multiply-add), so the
+    /// values are the same bit for bit.
+    ///
+    /// # Safety
+    /// avx512f, avx512bw and f16c; `row` is one split row of `cols` values, a multiple of
+    /// 64, and `dst` holds `cols` values.
+    #[target_feature(enable = "avx512f,avx512bw,f16c")]
+    pub unsafe fn dequantize_row(dtype: GgmlType, cols: usize, row: &[u8], dst: &mut [f32]) {
+        let (nb, vb) = (cols / 32, value_bytes(dtype));
+        assert!(cols.is_multiple_of(64) && dst.len() == cols && row.len() == dtype.row_bytes(cols));
+        let (values, rest) = row.split_at(nb * vb);
+        let half = |at: usize| super::f16_to_f32(u16::from_le_bytes([rest[at], rest[at + 1]]));
+        let low = _mm512_set1_epi32(0xf);
+        for p in 0..nb / 2 {
+            let (b0, b1) = (2 * p, 2 * p + 1);
+            let (d0, d1) = (_mm512_set1_ps(half(2 * b0)), _mm512_set1_ps(half(2 * b1)));
+            let (m0, m1, offset) = match dtype {
+                GgmlType::Q4_1 => (_mm512_set1_ps(half(2 * nb + 2 * b0)), _mm512_set1_ps(half(2 * nb + 2 * b1)), 0.0),
+                GgmlType::Q4_0 => (_mm512_setzero_ps(), _mm512_setzero_ps(), 8.0),
+                _ => (_mm512_setzero_ps(), _mm512_setzero_ps(), 0.0),
+            };
+            let offset = _mm512_set1_ps(offset);
+            // The pair's 64 values in lane order: b0[0..16], b1[0..16], b0[16..32], b1[16..32].
+            let q: [__m512; 4] = if dtype == GgmlType::Q8_0 {
+                let at = values[64 * p..64 * p + 64].as_ptr();
+                // SAFETY: 16 bytes at each of `at`, `at + 16`, `at + 32`, `at + 48`.
+                std::array::from_fn(|k| unsafe {
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(at.add(16 * k).cast())))
+                })
+            } else {
+                let at = values[32 * p..32 * p + 32].as_ptr();
+                // SAFETY: 16 bytes at each of `at` and `at + 16`.
+                let (v0, v1) = unsafe {
+                    (
+                        _mm512_cvtepu8_epi32(_mm_loadu_si128(at.cast())),
+                        _mm512_cvtepu8_epi32(_mm_loadu_si128(at.add(16).cast())),
+                    )
+                };
+                [
+                    _mm512_cvtepi32_ps(_mm512_and_si512(v0, low)),
+                    _mm512_cvtepi32_ps(_mm512_and_si512(v1, low)),
+                    _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(v0)),
+                    _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(v1)),
+                ]
+            };
+            let out = dst[64 * p..64 * p + 64].as_mut_ptr();
+            let decode = |q: __m512, d: __m512, m: __m512| _mm512_add_ps(_mm512_mul_ps(d, _mm512_sub_ps(q, offset)), m);
+            // SAFETY: 64 values at `out` (the pair's two blocks).
+            unsafe {
+                _mm512_storeu_ps(out, decode(q[0], d0, m0));
+                _mm512_storeu_ps(out.add(16), decode(q[2], d0, m0));
+                _mm512_storeu_ps(out.add(32), decode(q[1], d1, m1));
+                _mm512_storeu_ps(out.add(48), decode(q[3], d1, m1));
+            }
+        }
+    }
+
     /// # Safety
     /// avx512f, avx512bw, avx512vl, avx512vnni and f16c; rows are split rows of `x.q.len()`
     /// values, a multiple of 64.
@@ -354,8 +421,8 @@ mod tests {
 
     #[test]
     fn the_split_layout_decodes_to_the_same_values() {
-        for dtype in FORMATS {
-            let (n, cols) = (3, 128);
+        for (dtype, cols) in FORMATS.into_iter().flat_map(|d| [(d, 128), (d, 576)]) {
+            let n = 3;
             let gguf = rows(dtype, n, cols);
             let split = split(dtype, cols, &gguf);
             assert_eq!(split.len(), gguf.len());
