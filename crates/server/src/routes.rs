@@ -106,9 +106,8 @@ async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
     let prepared = CompletionRequest::parse(&body).and_then(|r| {
         let settings = r.common.settings(&s.model_id, s.default_max_tokens)?;
         let prompt = s.model.tokenizer.encode(&r.prompt_text()?)?;
-        // A later prompt that continues this one reuses its compressed context.
-        let prefix = prompt.len();
-        Ok((r.common, settings, prompt, prefix))
+        // A raw prompt has no message boundary to keep a compressed prefix at.
+        Ok((r.common, settings, prompt, 0))
     });
     respond(s, Kind::Completion, prepared).await
 }
@@ -137,7 +136,7 @@ fn chat_prompt(model: &Model, r: &ChatRequest) -> Result<(Vec<u32>, usize)> {
 /// Queues a prepared request and answers it.
 async fn respond(s: Arc<AppState>, kind: Kind, prepared: Result<(Common, Settings, Vec<u32>, usize)>) -> Response {
     let submitted =
-        prepared.and_then(|(common, settings, prompt, prefix)| submit(&s, common, settings, prompt, prefix));
+        prepared.and_then(|(common, settings, prompt, prefix)| submit(&s, kind, common, settings, prompt, prefix));
     let (settings, events) = match submitted {
         Ok(x) => x,
         Err(e) => {
@@ -160,6 +159,7 @@ async fn respond(s: Arc<AppState>, kind: Kind, prepared: Result<(Common, Setting
 /// Checks a request against the model and the queue, and hands it to the engine.
 fn submit(
     s: &AppState,
+    kind: Kind,
     common: Common,
     settings: Settings,
     prompt: Vec<u32>,
@@ -167,7 +167,7 @@ fn submit(
 ) -> Result<(Settings, UnboundedReceiver<Event>)> {
     let context = s.model.config.context;
     if prompt.len() > context {
-        let param = if s.model.chat_template.is_some() && prefix != prompt.len() { "messages" } else { "prompt" };
+        let param = if kind == Kind::Chat { "messages" } else { "prompt" };
         return Err(Error::invalid(
             param,
             format!("the prompt is {} tokens; the model's context is {context}", prompt.len()),
