@@ -209,6 +209,68 @@ impl<T: Tensor> LayerCache<T> {
         Ok(())
     }
 
+    /// Gives every entry of head `h` the position `new(h, i, old)` (`i` its index, `old` its
+    /// current position), rotating its key by the difference with the layer's rotary
+    /// frequencies `inv_freq` (rotation by `a` then `b` is rotation by `a + b`, so the key
+    /// becomes what the layer would have cached at the new position). The new positions
+    /// must increase within each head and be the same in every head at each index while
+    /// the heads agree. The keys' storage is replaced by a fresh tensor of the same
+    /// capacity; the values' stays as it is.
+    pub fn renumber(&mut self, inv_freq: &[f64], new: impl Fn(usize, usize, usize) -> usize) -> Result<()> {
+        let Some(keys) = self.keys.as_ref().filter(|_| !self.is_empty()) else { return Ok(()) };
+        let shape = keys.shape();
+        let (heads, capacity, hd, len) = (shape[0], shape[1], shape[2], self.len());
+        let half = inv_freq.len();
+        if hd != 2 * half {
+            return Err(sieve_core::Error::Shape {
+                op: "LayerCache::renumber",
+                detail: format!("{} rotary frequencies for head dim {hd}", inv_freq.len()),
+            });
+        }
+        let mut data = keys.to_host()?;
+        let mut rotations: std::collections::HashMap<i64, Vec<(f64, f64)>> = std::collections::HashMap::new();
+        let mut positions: Vec<Vec<usize>> = Vec::with_capacity(heads);
+        for h in 0..heads {
+            let old = self.head_positions(h).to_vec();
+            let mut moved = Vec::with_capacity(len);
+            for (i, &p) in old.iter().enumerate() {
+                let q = new(h, i, p);
+                moved.push(q);
+                if q == p {
+                    continue;
+                }
+                // Entries moved by the same amount (most of them) share one table.
+                let turn = rotations
+                    .entry(q as i64 - p as i64)
+                    .or_insert_with_key(|&delta| inv_freq.iter().map(|&f| (delta as f64 * f).sin_cos()).collect());
+                let row = &mut data[(h * capacity + i) * hd..(h * capacity + i + 1) * hd];
+                for (j, &(sin, cos)) in turn.iter().enumerate() {
+                    let (a, b) = (f64::from(row[j]), f64::from(row[j + half]));
+                    row[j] = (a * cos - b * sin) as f32;
+                    row[j + half] = (b * cos + a * sin) as f32;
+                }
+            }
+            if moved.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(sieve_core::Error::Shape {
+                    op: "LayerCache::renumber",
+                    detail: format!("head {h}'s new positions do not increase"),
+                });
+            }
+            positions.push(moved);
+        }
+        self.keys = Some(T::from_host(&data, &shape, &keys.device())?);
+        self.positions = positions[0].clone();
+        if self.per_head.is_some() {
+            self.per_head = Some(positions);
+        } else if positions.iter().any(|p| *p != self.positions) {
+            return Err(sieve_core::Error::Shape {
+                op: "LayerCache::renumber",
+                detail: "heads that share their entries got different positions".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// The same cache with its tensors converted by `f` (moved, not copied): how a
     /// dispatching backend hands a cache of its own tensor type to the backend inside.
     pub fn map<U, E>(self, f: impl Fn(T) -> std::result::Result<U, E>) -> std::result::Result<LayerCache<U>, E> {

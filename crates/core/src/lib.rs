@@ -23,7 +23,7 @@ pub mod tensor;
 
 pub use error::{Error, Result};
 pub use host::HostTensor;
-pub use policy::{Budget, DecodePolicy, KvPolicy, Policy, PrefillKind, PrefillPolicy, Selection};
+pub use policy::{Budget, DecodePolicy, KvPolicy, Policy, Positions, PrefillKind, PrefillPolicy, Selection};
 pub use schedule::Schedule;
 pub use scorer::{Aggregation, Observation, QueryProbe, Scorer, ScorerClone, ScorerSpec};
 pub use select::Selector;

@@ -78,6 +78,21 @@ pub enum Selection {
     Head,
 }
 
+/// `positions` in `[decode]`: the rotary positions of the cached entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Positions {
+    /// Each entry keeps its position in the text. When the next token would pass the
+    /// model's context, the kept entries are renumbered to their ranks (their keys rotated
+    /// to match), so a bounded cache can go on past the context.
+    #[default]
+    Original,
+    /// After every eviction the entries are renumbered to their places in the cache, as
+    /// StreamingLLM does: the model never sees a gap, and positions stay below the
+    /// budget plus `every`.
+    Cache,
+}
+
 /// `[prefill]` as written in a file.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -179,6 +194,9 @@ pub struct DecodeFile {
     /// `head` when `[kv]` selects per head.
     #[serde(default)]
     pub selection: Selection,
+    /// `original` (the default) or `cache`: see [`Positions`].
+    #[serde(default)]
+    pub positions: Positions,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +358,8 @@ pub struct DecodePolicy {
     pub every: usize,
     /// One kept set per layer or per KV head.
     pub selection: Selection,
+    /// Positions of the cached entries.
+    pub positions: Positions,
     /// Protection.
     pub selector: Selector,
 }
@@ -484,7 +504,14 @@ impl DecodeFile {
         }
         let selector = Selector::new(Budget::Tokens(self.budget - self.every)).protect(self.sinks, recent);
         selector.validate("decode")?;
-        Ok(DecodePolicy { scorer, budget: self.budget, every: self.every, selection: self.selection, selector })
+        Ok(DecodePolicy {
+            scorer,
+            budget: self.budget,
+            every: self.every,
+            selection: self.selection,
+            positions: self.positions,
+            selector,
+        })
     }
 }
 
@@ -650,6 +677,7 @@ impl Policy {
                 sinks: d.selector.sinks,
                 recent: d.selector.recent,
                 selection: d.selection,
+                positions: d.positions,
             }),
         }
     }

@@ -31,6 +31,7 @@ budget = 256
 every = 8
 sinks = 4
 recent = 32
+positions = "cache"
 [decode.scorer]
 kind = "h2o"
 "#;
@@ -47,6 +48,7 @@ fn a_full_policy_parses_and_round_trips() {
     assert_eq!(kv.schedule, ScheduleKind::Pyramid);
     assert_eq!(kv.beta, 10.0);
     assert_eq!(policy.decode.as_ref().unwrap().budget, 256);
+    assert_eq!(policy.decode.as_ref().unwrap().positions, sieve_core::Positions::Cache);
 
     let text = policy.to_file().to_toml().unwrap();
     let again = Policy::from_toml(&text).unwrap();
@@ -58,6 +60,7 @@ fn defaults_fill_in_the_scorers() {
     let p = Policy::from_toml("[kv]\nkeep = 0.5\n").unwrap();
     assert!(matches!(p.kv.unwrap().scorer, ScorerSpec::Snapkv { window: 32, kernel: 5, .. }));
     let p = Policy::from_toml("[decode]\nbudget = 64\n").unwrap();
+    assert_eq!(p.decode.as_ref().unwrap().positions, sieve_core::Positions::Original);
     assert!(matches!(p.decode.unwrap().scorer, ScorerSpec::H2o { .. }));
     let p = Policy::from_toml("[prefill]\nlayers = [3]\nkeep = 0.5\n").unwrap();
     assert!(matches!(p.prefill.unwrap().scorer, ScorerSpec::LastQuery { .. }));
@@ -86,6 +89,7 @@ fn unknown_keys_are_rejected() {
     rejects("[kv]\nkeep = 0.5\n[kv.scorer]\nkind = \"knorm\"\nwindow = 4\n", "window");
     rejects("[kv]\nkeep = 0.5\n[kv.scorer]\nkind = \"magic\"\n", "magic");
     rejects("[prefetch]\n", "prefetch");
+    rejects("[decode]\nbudget = 64\npositions = \"text\"\n", "original");
 }
 
 #[test]

@@ -140,7 +140,6 @@ pub fn generate<B: Backend>(
     let decode_started = Instant::now();
     let mut steps = 0usize;
     let mut text = TextStream::new(&options.stop);
-    let context = session.backend().config().context;
     let stop_reason = loop {
         if tokenizer.eos.contains(&next) {
             break StopReason::Eos;
@@ -156,7 +155,7 @@ pub fn generate<B: Backend>(
         if text.tokens().len() >= options.max_tokens {
             break StopReason::MaxTokens;
         }
-        if session.next_position() >= context {
+        if !session.can_take(1) {
             break StopReason::Context;
         }
         let logits = session.step(next)?;

@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use sieve_core::policy::{DecodePolicy, PrefillPolicy};
-use sieve_core::{Observation, Policy, PrefillKind, Scorer, Selection, Tensor};
+use sieve_core::{Observation, Policy, Positions, PrefillKind, Scorer, Selection, Tensor};
 
 use sieve_backend::{Backend, BackendTensor as BTensor, LayerCache, LayerCall, LayerOutput, Probe};
 
@@ -101,7 +101,13 @@ pub struct Session<'b, B: Backend> {
     backend: &'b B,
     policy: Policy,
     caches: Vec<LayerCache<BTensor<B>>>,
+    /// Position the next token gets: the number of tokens fed until the cache is
+    /// renumbered ([`Session::renumber`]), below it afterwards.
     next_pos: usize,
+    /// Tokens fed since the session began (or the position truncated to).
+    seen: usize,
+    /// Whether the positions were renumbered, so that they no longer count tokens.
+    renumbered: bool,
     decode: Option<DecodeState<BTensor<B>>>,
     /// Per layer, the position below which a local layer has dropped every entry (0 for
     /// global layers): a conversation cannot go back past what that leaves visible.
@@ -158,6 +164,8 @@ impl<'b, B: Backend> Session<'b, B> {
             caches: (0..n_layers).map(|_| LayerCache::default()).collect(),
             window_floor: vec![0; n_layers],
             next_pos: 0,
+            seen: 0,
+            renumbered: false,
             decode,
             stats,
         })
@@ -173,9 +181,74 @@ impl<'b, B: Backend> Session<'b, B> {
         &self.policy
     }
 
-    /// Position the next token will get.
+    /// Position the next token will get (the number of tokens fed, until the cache is
+    /// renumbered).
     pub fn next_position(&self) -> usize {
         self.next_pos
+    }
+
+    /// Tokens fed since the session began (or since the position it was truncated to).
+    pub fn tokens_seen(&self) -> usize {
+        self.seen
+    }
+
+    /// Whether `n` more tokens fit the model's context: at the next positions, or after
+    /// renumbering the kept entries (which a bounded cache allows indefinitely).
+    pub fn can_take(&self, n: usize) -> bool {
+        let context = self.backend.config().context;
+        self.next_pos + n <= context || self.live_positions().len() + n <= context
+    }
+
+    /// Every position some layer or head still holds, increasing.
+    fn live_positions(&self) -> Vec<usize> {
+        let mut held = vec![false; self.next_pos];
+        let heads = self.backend.config().n_kv_heads;
+        for cache in &self.caches {
+            let heads = if cache.is_per_head() { heads } else { 1 };
+            for h in 0..heads {
+                for &p in cache.head_positions(h) {
+                    if let Some(held) = held.get_mut(p) {
+                        *held = true;
+                    }
+                }
+            }
+        }
+        held.iter().enumerate().filter_map(|(p, &h)| h.then_some(p)).collect()
+    }
+
+    /// Renumbers the cached entries to their ranks among the positions still held by some
+    /// layer or head, rotating each key to its new position, so that the next token gets
+    /// the position just after them: a bounded cache then runs past the model's context.
+    /// Relative distances shrink only across evicted tokens (with one kept set for every
+    /// layer, as StreamingLLM keeps, every layer sees its cache without gaps). Returns
+    /// whether anything moved. Afterwards the session cannot go back ([`Session::truncate`])
+    /// before the tokens already fed.
+    pub fn renumber(&mut self) -> Result<bool> {
+        let live = self.live_positions();
+        if live.len() == self.next_pos {
+            return Ok(false);
+        }
+        let config = self.backend.config();
+        let rank = |p: usize| live.partition_point(|&q| q < p);
+        for (l, cache) in self.caches.iter_mut().enumerate() {
+            cache.renumber(&config.layer_rope_inv_freq(l), |_, _, p| rank(p))?;
+        }
+        for floor in &mut self.window_floor {
+            *floor = rank(*floor);
+        }
+        self.next_pos = live.len();
+        self.renumbered = true;
+        Ok(true)
+    }
+
+    /// Renumbers the cache when the decode policy keeps positions within the cache and an
+    /// eviction left a gap, or when `n` more tokens would pass the context.
+    fn make_room(&mut self, n: usize) -> Result<()> {
+        let in_cache = self.decode.as_ref().is_some_and(|d| d.policy.positions == Positions::Cache);
+        if in_cache || self.next_pos + n > self.backend.config().context {
+            self.renumber()?;
+        }
+        Ok(())
     }
 
     /// An independent copy of the session (caches copied into fresh tensors, scorers with
@@ -192,6 +265,8 @@ impl<'b, B: Backend> Session<'b, B> {
             policy: self.policy.clone(),
             caches: self.caches.iter().map(LayerCache::deep_copy).collect::<sieve_core::Result<_>>()?,
             next_pos: self.next_pos,
+            seen: self.seen,
+            renumbered: self.renumbered,
             decode,
             window_floor: self.window_floor.clone(),
             stats: self.stats.clone(),
@@ -221,6 +296,14 @@ impl<'b, B: Backend> Session<'b, B> {
     /// entries that a token at `pos` would see (the conversation went on for more than a
     /// window past `pos`): the caller then starts a new session.
     pub fn truncate(&mut self, pos: usize) -> Result<()> {
+        if pos >= self.seen {
+            return Ok(());
+        }
+        if self.renumbered {
+            return Err(Error::Invalid(format!(
+                "cannot go back to token {pos}: the cache was renumbered to run past the context (or to keep positions within the cache)"
+            )));
+        }
         let config = self.backend.config();
         for (l, &floor) in self.window_floor.iter().enumerate() {
             if let Some(w) = config.window(l)
@@ -248,6 +331,7 @@ impl<'b, B: Backend> Session<'b, B> {
             }
         }
         self.next_pos = self.next_pos.min(pos);
+        self.seen = self.next_pos;
         Ok(())
     }
 
@@ -288,6 +372,7 @@ impl<'b, B: Backend> Session<'b, B> {
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
         }
+        self.make_room(tokens.len())?;
         self.check_input(tokens)?;
         let config = self.backend.config().clone();
         let err = backend_error(self.backend);
@@ -323,7 +408,7 @@ impl<'b, B: Backend> Session<'b, B> {
             let rows = positions.len();
             stats.tokens_per_layer[l] += rows;
             stats.prefill_flops += layer_flops(&config, rows, causal_pairs(&positions, self.caches[l].positions()));
-            let unpruned_pairs = n * self.next_pos + n * (n + 1) / 2;
+            let unpruned_pairs = n * self.seen + n * (n + 1) / 2;
             stats.prefill_flops_unpruned += layer_flops(&config, n, unpruned_pairs);
             hidden = out.hidden.clone();
             let started = Instant::now();
@@ -437,6 +522,7 @@ impl<'b, B: Backend> Session<'b, B> {
             Logits::All => positions,
         };
         self.next_pos += n;
+        self.seen += n;
         stats.flops_saved = 1.0 - stats.prefill_flops / stats.prefill_flops_unpruned.max(1.0);
         self.stats = stats;
         self.update_kv_stats();
@@ -514,7 +600,7 @@ impl<'b, B: Backend> Session<'b, B> {
 
     /// Feeds one token and returns the logits of the next.
     pub fn step(&mut self, token: u32) -> Result<Vec<f32>> {
-        self.check_input(&[token])?;
+        self.prepare_step(token)?;
         let err = backend_error(self.backend);
         let positions = [self.next_pos];
         let mut hidden = self.backend.embed(&[token]).map_err(&err)?;
@@ -526,6 +612,7 @@ impl<'b, B: Backend> Session<'b, B> {
             hidden = out.hidden;
         }
         self.next_pos += 1;
+        self.seen += 1;
         self.update_kv_stats();
         Ok(self.backend.logits(&hidden).map_err(&err)?.to_host()?)
     }
@@ -552,8 +639,8 @@ impl<'b, B: Backend> Session<'b, B> {
         if sessions.iter().any(|s| !std::ptr::eq(s.backend, backend)) {
             return Err(Error::Invalid("a batched step needs sessions of one backend".into()));
         }
-        for (s, &t) in sessions.iter().zip(tokens) {
-            s.check_input(&[t])?;
+        for (s, &t) in sessions.iter_mut().zip(tokens) {
+            s.prepare_step(t)?;
         }
         let err = backend_error(backend);
         let positions: Vec<[usize; 1]> = sessions.iter().map(|s| [s.next_pos]).collect();
@@ -578,6 +665,7 @@ impl<'b, B: Backend> Session<'b, B> {
         }
         for s in sessions.iter_mut() {
             s.next_pos += 1;
+            s.seen += 1;
             s.update_kv_stats();
         }
         let rows: Vec<&BTensor<B>> = hidden.iter().collect();
@@ -586,9 +674,19 @@ impl<'b, B: Backend> Session<'b, B> {
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 
-    /// The part of a decode step before layer `l` runs: the decode policy's eviction when
-    /// the cache is at its budget, a local layer's window; returns what the call must probe.
-    fn before_step_layer(&mut self, l: usize) -> Result<Probe> {
+    /// What a decode step does before any layer runs: the decode policy's eviction in
+    /// every layer whose cache is at its budget, renumbering if the positions must stay
+    /// within the cache or the context is full, then the checks of the input.
+    fn prepare_step(&mut self, token: u32) -> Result<()> {
+        for l in 0..self.caches.len() {
+            self.evict_for_decode(l)?;
+        }
+        self.make_room(1)?;
+        self.check_input(&[token])
+    }
+
+    /// The decode policy's eviction in layer `l` when its cache is at the budget.
+    fn evict_for_decode(&mut self, l: usize) -> Result<()> {
         let config = self.backend.config();
         if let Some(d) = &mut self.decode
             && self.caches[l].len() >= d.policy.budget
@@ -612,6 +710,12 @@ impl<'b, B: Backend> Session<'b, B> {
                 d.scorers[l].retain(&kept)?;
             }
         }
+        Ok(())
+    }
+
+    /// The part of a decode step before layer `l` runs: a local layer's window; returns
+    /// what the call must probe.
+    fn before_step_layer(&mut self, l: usize) -> Result<Probe> {
         // A local layer forgets what this and later queries cannot see.
         let len = self.caches[l].len();
         self.evict_outside_window(l, self.next_pos, len)?;
@@ -633,7 +737,7 @@ impl<'b, B: Backend> Session<'b, B> {
                 let (keys, values) = (cache.keys()?, cache.values()?);
                 let obs = Observation {
                     layer: l,
-                    step: self.next_pos as u64,
+                    step: self.seen as u64,
                     kv_heads: config.n_kv_heads,
                     positions: cache.positions(),
                     attention: out.attention.as_ref(),
@@ -677,7 +781,7 @@ impl<'b, B: Backend> Session<'b, B> {
         self.stats.kv_bytes = self.kv_bytes();
         self.stats.kv_bytes_allocated = self.kv_bytes_allocated();
         // Unpruned, a local layer holds the last `window` positions.
-        let unpruned = |l: usize| config.window(l).map_or(self.next_pos, |w| self.next_pos.min(w));
+        let unpruned = |l: usize| config.window(l).map_or(self.seen, |w| self.seen.min(w));
         self.stats.kv_bytes_unpruned = (0..self.caches.len()).map(unpruned).sum::<usize>() * per;
     }
 }

@@ -532,3 +532,76 @@ fn a_forked_session_and_its_original_go_on_independently() {
         assert_eq!(&continue_with(&mut fresh, question), rows, "a fork must behave as a session that ran the same way");
     }
 }
+
+/// StreamingLLM's policy with the cache renumbered after every eviction (or, with
+/// `original`, only when the context is full).
+fn streaming(positions: &str) -> Policy {
+    policy(&format!(
+        "[decode]\nbudget = 32\nevery = 8\nsinks = 4\npositions = \"{positions}\"\n[decode.scorer]\nkind = \"recency\"\n"
+    ))
+}
+
+/// A model whose context is 96 positions.
+fn short_context() -> &'static HostBackend {
+    static BACKEND: OnceLock<HostBackend> = OnceLock::new();
+    let config = ModelConfig { context: 96, ..config() };
+    BACKEND.get_or_init(|| HostBackend::new(&config, synthetic::weights(&config, 11, false)).unwrap())
+}
+
+/// Renumbering a cache whose entries are consecutive moves every position by the same
+/// amount, which rotary attention cannot see: the session goes on with the same logits as
+/// its unrenumbered copy, at lower positions. This checks the rotation of the keys.
+#[test]
+fn renumbering_consecutive_entries_changes_no_logit() {
+    let p = policy("[decode]\nbudget = 24\nevery = 8\n[decode.scorer]\nkind = \"recency\"\n");
+    let ids = tokens(80);
+    let mut original = Session::new(backend(), p).unwrap();
+    original.prefill(&ids[..20], Logits::Last).unwrap();
+    for &t in &ids[20..40] {
+        original.step(t).unwrap();
+    }
+    let first = original.caches()[0].positions()[0];
+    assert!(first > 0, "the oldest entries were evicted");
+    let mut moved = original.fork().unwrap();
+    assert!(moved.renumber().unwrap());
+    assert_eq!(moved.next_position(), original.next_position() - first);
+    assert!(moved.caches().iter().all(|c| c.positions() == (0..c.len()).collect::<Vec<_>>()));
+    for (i, &t) in ids[40..].iter().enumerate() {
+        let (a, b) = (original.step(t).unwrap(), moved.step(t).unwrap());
+        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-4, "step {i}: {diff}");
+    }
+    assert_eq!(moved.tokens_seen(), original.tokens_seen());
+}
+
+/// With `positions = "cache"` the entries always sit at their places in the cache, sinks
+/// first, so positions never pass the budget plus `every`, and the text can run three
+/// times past the context; with `original` the session renumbers only when the context is
+/// full. Either way it cannot go back afterwards.
+#[test]
+fn a_streaming_cache_runs_past_the_context() {
+    let ids = tokens(3 * 96);
+    for mode in ["cache", "original"] {
+        let mut session = Session::new(short_context(), streaming(mode)).unwrap();
+        session.prefill(&ids[..1], Logits::Last).unwrap();
+        for (i, &t) in ids.iter().enumerate().skip(1) {
+            session.step(t).unwrap_or_else(|e| panic!("{mode}: token {i}: {e}"));
+            assert!(session.caches().iter().all(|c| c.len() <= 32), "{mode}: token {i}");
+            if mode == "cache" {
+                assert!(session.next_position() <= 32 + 8, "{mode}: token {i}: {}", session.next_position());
+                let c = &session.caches()[0];
+                assert_eq!(c.positions(), (0..c.len()).collect::<Vec<_>>(), "token {i}");
+            }
+        }
+        assert_eq!(session.tokens_seen(), 3 * 96, "{mode}");
+        assert!(session.next_position() < 96, "{mode}");
+        let e = session.truncate(100).unwrap_err();
+        assert!(e.to_string().contains("renumbered"), "{e}");
+    }
+    // Unbounded, the context is the limit, as before.
+    let mut none = Session::new(short_context(), Policy::none()).unwrap();
+    none.prefill(&ids[..95], Logits::Last).unwrap();
+    none.step(ids[95]).unwrap();
+    assert!(!none.can_take(1));
+    assert!(matches!(none.step(ids[96]), Err(Error::ContextOverflow { needed: 97, context: 96 })));
+}

@@ -141,7 +141,9 @@ pub fn compressed_perplexity_with_bos<B: Backend>(
 }
 
 /// Streaming perplexity of the first `length` tokens (after the first) under a policy whose
-/// `[decode]` section holds the cache budget; every token is fed one at a time.
+/// `[decode]` section holds the cache budget; every token is fed one at a time. The text
+/// may run past the model's context: the session renumbers its bounded cache to go on.
+/// One window per context length of text, so that a rise past the context shows.
 pub fn streaming_perplexity<B: Backend>(
     backend: &B,
     policy: &Policy,
@@ -155,28 +157,28 @@ pub fn streaming_perplexity<B: Backend>(
     if n < 2 {
         return Err(Error::Invalid("streaming perplexity needs at least two tokens".into()));
     }
-    if n > backend.config().context {
-        let context = backend.config().context;
+    let context = backend.config().context;
+    if n > context && policy.decode.is_none() {
         return Err(sieve_engine::Error::ContextOverflow { needed: n, context }.into());
     }
     let mut session = Session::new(backend, policy.clone())?;
     let mut logits = session.prefill(&tokens[..1], Logits::Last)?.last().to_vec();
-    let mut total = 0.0;
+    let mut windows = Vec::new();
+    let mut window = WindowScore { start: 0, scored: 0, nll: 0.0, kv_bytes: 0, kv_bytes_unpruned: 0, computed: 1.0 };
     for (i, &token) in tokens.iter().enumerate().take(n).skip(1) {
-        total += nll(&logits, token)?;
+        window.nll += nll(&logits, token)?;
+        window.scored += 1;
         if i + 1 < n {
             logits = session.step(token)?;
         }
+        if (i + 1) % context == 0 || i + 1 == n {
+            window.kv_bytes = session.kv_bytes();
+            window.kv_bytes_unpruned = session.stats.kv_bytes_unpruned;
+            let next = WindowScore { start: i + 1, scored: 0, nll: 0.0, ..window.clone() };
+            windows.push(std::mem::replace(&mut window, next));
+        }
     }
-    let window = WindowScore {
-        start: 0,
-        scored: n - 1,
-        nll: total,
-        kv_bytes: session.kv_bytes(),
-        kv_bytes_unpruned: session.stats.kv_bytes_unpruned,
-        computed: 1.0,
-    };
-    PerplexityReport::new("streaming", &policy.name, vec![window])
+    PerplexityReport::new("streaming", &policy.name, windows)
 }
 
 /// Perplexity by llama.cpp's `llama-perplexity` protocol: non-overlapping chunks of `n_ctx`

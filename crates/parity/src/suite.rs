@@ -66,7 +66,8 @@ fn preset(configs: &std::path::Path, name: &str) -> Result<PolicyFile> {
 
 /// The suite's policies, from the presets in `configs`: none, lazy-prefill at 0.5, snapkv
 /// at 0.25 (one kept set per KV head as in its preset, and one per layer), h2o with a decode budget small
-/// enough to evict during the 32 generated tokens of the chat prompt's cache, adaptive, and
+/// enough to evict during the 32 generated tokens of the chat prompt's cache, streaming with
+/// such a budget (its cache renumbered within itself after each eviction), adaptive, and
 /// gemfilter (its preset, keep 0.5).
 pub fn policies(configs: &std::path::Path) -> Result<Vec<Policy>> {
     let mut out = vec![Policy::none()];
@@ -89,9 +90,15 @@ pub fn policies(configs: &std::path::Path) -> Result<Vec<Policy>> {
         d.recent = 8;
     }
     h2o.name = Some("h2o-decode@40".into());
+    let mut streaming = preset(configs, "streaming")?;
+    if let Some(d) = &mut streaming.decode {
+        d.budget = 40;
+        d.every = 4;
+    }
+    streaming.name = Some("streaming-decode@40".into());
     let adaptive = preset(configs, "adaptive")?;
     let gemfilter = preset(configs, "gemfilter")?;
-    for file in [lazy, snapkv, per_layer, h2o, adaptive, gemfilter] {
+    for file in [lazy, snapkv, per_layer, h2o, streaming, adaptive, gemfilter] {
         out.push(file.validate()?);
     }
     Ok(out)

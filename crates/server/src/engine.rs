@@ -277,7 +277,6 @@ impl<'b, B: Backend> Engine<'b, B> {
     /// Sends the text of `seq.next` and ends the sequence when it should end: returns the
     /// sequence while it goes on.
     fn advance(&self, mut seq: Sequence<'b, B>) -> Option<Sequence<'b, B>> {
-        let context = self.backend.config().context;
         let reason = (|| -> Result<Option<&'static str>, Error> {
             if self.tokenizer.eos.contains(&seq.next) {
                 return Ok(Some("stop"));
@@ -290,7 +289,7 @@ impl<'b, B: Backend> Engine<'b, B> {
             if stopped {
                 return Ok(Some("stop"));
             }
-            if seq.text.tokens().len() >= seq.job.settings.max_tokens || seq.session.next_position() >= context {
+            if seq.text.tokens().len() >= seq.job.settings.max_tokens || !seq.session.can_take(1) {
                 return Ok(Some("length"));
             }
             Ok(None)

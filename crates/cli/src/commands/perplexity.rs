@@ -1,8 +1,8 @@
 //! `sieve perplexity`.
 
 use anyhow::{Context, Result, bail};
-use sieve_core::ScorerSpec;
 use sieve_core::policy::DecodeFile;
+use sieve_core::{Positions, ScorerSpec};
 use sieve_eval::perplexity;
 
 use crate::args::PerplexityArgs;
@@ -29,6 +29,7 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
                         sinks: 4,
                         recent: 0,
                         selection: Default::default(),
+                        positions: Positions::Cache,
                     },
                 ),
             };
@@ -70,6 +71,14 @@ pub fn run(args: PerplexityArgs) -> Result<()> {
             report.policy,
             100.0 * kv as f64 / kv_full.max(1) as f64
         );
+        // A streaming run past the context: one line per context length of text.
+        if report.protocol == "streaming" && report.windows.len() > 1 {
+            for w in &report.windows {
+                let ppl = (w.nll / w.scored.max(1) as f64).exp();
+                let first = w.start.max(1);
+                println!("  tokens {first}..{}: perplexity {ppl:.3}", first + w.scored);
+            }
+        }
     }
     Ok(())
 }
