@@ -101,6 +101,11 @@ pub struct RuntimeArgs {
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu", value_parser = |s: &str| s.parse::<DeviceSpec>().map_err(|e| e.to_string()))]
     pub device: DeviceSpec,
+    /// Positions the model may use, at most its own context: an unpruned cache never grows
+    /// past it, and a cache bounded by a `[decode]` budget renumbers its entries there and
+    /// goes on.
+    #[arg(long)]
+    pub max_context: Option<usize>,
 }
 
 #[derive(Args, Clone)]

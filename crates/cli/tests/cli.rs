@@ -129,6 +129,34 @@ fn prompts_longer_than_the_context_are_refused() {
     assert!(stderr_of(&out).contains("context is 8192 tokens"), "{}", stderr_of(&out));
 }
 
+/// A bounded cache goes on past the context (cut to 64 positions here): 150 tokens
+/// generated, the entries renumbered within the cache; unpruned, the context is the limit.
+#[test]
+fn a_bounded_cache_generates_past_the_context() {
+    let policy = TempPath::with_bytes(
+        "stream.toml",
+        b"name = \"s\"\n[decode]\nbudget = 48\nevery = 8\nsinks = 4\npositions = \"cache\"\n[decode.scorer]\nkind = \"recency\"\n",
+    );
+    let run = |extra: &[&str]| {
+        let out = sieve()
+            .args(["generate", "--raw", "--json", "-n", "150", "--max-context", "64", "Once upon a time"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let record = run(&["--policy", policy.0.to_str().unwrap()]);
+    assert_eq!(record["stop_reason"], "max_tokens", "{record}");
+    assert_eq!(record["generated_tokens"], 150);
+    assert!(record["kv_bytes"].as_u64().unwrap() <= 48 * 30 * 2 * 3 * 64 * 4, "{record}");
+    let unpruned = run(&[]);
+    assert_eq!(unpruned["stop_reason"], "context", "{unpruned}");
+    let out = sieve().args(["generate", "hi", "--max-context", "9000"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("--max-context 9000 is out of range: 1..=8192"), "{}", stderr_of(&out));
+}
+
 #[test]
 fn generation_stops_before_a_stop_string() {
     let out =

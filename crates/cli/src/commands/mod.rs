@@ -8,7 +8,7 @@ pub mod serve;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use sieve_core::Policy;
 use sieve_engine::Model;
 use sieve_runtime::Runtime;
@@ -54,9 +54,22 @@ fn cached_or_fetched(known: sieve_fetch::model::Known) -> Result<std::path::Path
 /// The backend `--backend` and `--device` ask for, on `model`'s weights (moved into the
 /// backend; `model` keeps its configuration and tokenizer).
 pub fn load_runtime(args: &RuntimeArgs, model: &mut Model) -> Result<Runtime> {
+    limit_context(args, model)?;
     let weights = model.take_weights();
     Runtime::load(args.backend, args.device, &model.config, weights)
         .with_context(|| format!("--backend {} --device {}", args.backend, args.device))
+}
+
+/// `--max-context` applied to `model`'s configuration.
+pub fn limit_context(args: &RuntimeArgs, model: &mut Model) -> Result<()> {
+    if let Some(n) = args.max_context {
+        let context = model.config.context;
+        if n == 0 || n > context {
+            bail!("--max-context {n} is out of range: 1..={context} (the model's context)");
+        }
+        model.config.context = n;
+    }
+    Ok(())
 }
 
 /// The policy from `--policy`, with `--keep` and `--scorer` applied.

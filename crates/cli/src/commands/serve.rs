@@ -34,6 +34,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let policy = super::load_policy(&args.policy)?;
     let mut model = super::load_model(&args.runtime.model)?;
     policy.check_model(model.config.n_layers).context("--policy")?;
+    super::limit_context(&args.runtime, &mut model)?;
     let weights = model.take_weights();
     let (kind, device, config) = (args.runtime.backend, args.runtime.device, model.config.clone());
     let options = ServeOptions {
