@@ -574,6 +574,27 @@ fn renumbering_consecutive_entries_changes_no_logit() {
     assert_eq!(moved.tokens_seen(), original.tokens_seen());
 }
 
+/// The same on Gemma's block, whose local layers rotate with a base of their own and hold
+/// only their window.
+#[test]
+fn renumbering_a_gemma_cache_changes_no_logit() {
+    let p = policy("[decode]\nbudget = 12\nevery = 4\n[decode.scorer]\nkind = \"recency\"\n");
+    let ids = tokens(60);
+    let mut original = Session::new(gemma(), p).unwrap();
+    original.prefill(&ids[..10], Logits::Last).unwrap();
+    for &t in &ids[10..30] {
+        original.step(t).unwrap();
+    }
+    let mut moved = original.fork().unwrap();
+    assert!(moved.renumber().unwrap());
+    assert!(moved.next_position() < original.next_position());
+    for (i, &t) in ids[30..].iter().enumerate() {
+        let (a, b) = (original.step(t).unwrap(), moved.step(t).unwrap());
+        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-4, "step {i}: {diff}");
+    }
+}
+
 /// With `positions = "cache"` the entries always sit at their places in the cache, sinks
 /// first, so positions never pass the budget plus `every`, and the text can run three
 /// times past the context; with `original` the session renumbers only when the context is
