@@ -107,13 +107,30 @@ pub(crate) fn matmul_t_at(w: &Matrix, x: &[f32], out: Out, stride: usize, offset
             if r + PREFETCH_ROWS + 4 <= end {
                 w.prefetch_rows(r + PREFETCH_ROWS, 4);
             }
+            if let (Input::Integer(q), Some((dtype, rb, bytes))) = (&input, packed) {
+                // Up to four inputs per pass over the rows' blocks (a decode step of several
+                // sequences), each getting what it would alone.
+                let row = |i: usize| &bytes[clamp(i) * rb..(clamp(i) + 1) * rb];
+                let mut d = [[0f32; 4]; 4];
+                for (c, inputs) in q.chunks(4).enumerate() {
+                    let d = &mut d[..inputs.len()];
+                    vnni::dot4_many(dtype, [row(0), row(1), row(2), row(3)], inputs, d);
+                    for (j, d) in d.iter().enumerate() {
+                        let t = 4 * c + j;
+                        for (i, &v) in d.iter().enumerate().take(take) {
+                            // SAFETY: `t < n` and `offset + r + i < offset + rows <= stride`,
+                            // inside the output the caller gave; this task alone owns rows
+                            // `start..end`.
+                            unsafe { out.set(t * stride + offset + r + i, v) };
+                        }
+                    }
+                }
+                r += take;
+                continue;
+            }
             for t in 0..n {
                 let xt = &x[t * cols..(t + 1) * cols];
                 let d = match (&input, packed) {
-                    (Input::Integer(q), Some((dtype, rb, bytes))) => {
-                        let row = |i: usize| &bytes[clamp(i) * rb..(clamp(i) + 1) * rb];
-                        vnni::dot4(dtype, [row(0), row(1), row(2), row(3)], &q[t])
-                    }
                     (Input::Blocks(sums), Some((dtype, rb, bytes))) => {
                         let row = |i: usize| &bytes[clamp(i) * rb..(clamp(i) + 1) * rb];
                         qdot::dot4(dtype, [row(0), row(1), row(2), row(3)], xt, &sums[t])

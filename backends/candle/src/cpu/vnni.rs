@@ -235,7 +235,33 @@ pub fn dot4(dtype: GgmlType, rows: [&[u8]; 4], x: &Quantized) -> [f32; 4] {
     // SAFETY: `supported` detected avx512f, avx512bw, avx512vl, avx512vnni and f16c; every row is
     // one split row of `cols` values (a multiple of 64), asserted above.
     unsafe {
-        x86::dot4(dtype, rows, x)
+        x86::dots(dtype, rows, [x])[0]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("supported() is false off x86-64")
+}
+
+/// [`dot4`] for up to four inputs at once (`out[t]` for `xs[t]`), each block of the rows
+/// widened once for all of them: the same values as separate calls, for a decode step of
+/// several sequences.
+///
+/// # Panics
+/// As [`dot4`], or if `xs` holds more than four inputs or inputs of different lengths.
+pub fn dot4_many(dtype: GgmlType, rows: [&[u8]; 4], xs: &[Quantized], out: &mut [[f32; 4]]) {
+    let cols = xs.first().map_or(0, |x| x.q.len());
+    assert!(supported(dtype, cols), "no integer kernel for {dtype:?} rows of {cols} on this CPU");
+    assert!(rows.iter().all(|r| r.len() == dtype.row_bytes(cols)));
+    assert!(xs.iter().all(|x| x.q.len() == cols) && out.len() == xs.len());
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in `dot4`; every input has `cols` values (asserted above).
+    unsafe {
+        match xs {
+            [a] => out[0] = x86::dots(dtype, rows, [a])[0],
+            [a, b] => out.copy_from_slice(&x86::dots(dtype, rows, [a, b])),
+            [a, b, c] => out.copy_from_slice(&x86::dots(dtype, rows, [a, b, c])),
+            [a, b, c, d] => out.copy_from_slice(&x86::dots(dtype, rows, [a, b, c, d])),
+            _ => panic!("dot4_many takes one to four inputs, not {}", xs.len()),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("supported() is false off x86-64")
@@ -333,30 +359,32 @@ mod x86 {
         }
     }
 
+    /// `rows[r] · xs[t]` for four rows and `T` inputs of the same length: each block of
+    /// the rows is widened once for every input, and each input's sums are formed in the
+    /// same order as with one input, so the results are those of `T` separate calls.
+    ///
     /// # Safety
-    /// avx512f, avx512bw, avx512vl, avx512vnni and f16c; rows are split rows of `x.q.len()`
-    /// values, a multiple of 64.
+    /// avx512f, avx512bw, avx512vl, avx512vnni and f16c; rows are split rows of the inputs'
+    /// length, a multiple of 64.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    pub unsafe fn dot4(dtype: GgmlType, rows: [&[u8]; 4], x: &Quantized) -> [f32; 4] {
-        let nb = x.q.len() / 32;
+    pub unsafe fn dots<const T: usize>(dtype: GgmlType, rows: [&[u8]; 4], xs: [&Quantized; T]) -> [[f32; 4]; T] {
+        let nb = xs[0].q.len() / 32;
         let vb = value_bytes(dtype);
         let (values, scales) = (rows.map(<[u8]>::as_ptr), rows.map(|r| r[nb * vb..].as_ptr()));
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut acc_min = [_mm512_setzero_ps(); 4];
+        let mut acc = [[_mm512_setzero_ps(); 4]; T];
+        let mut acc_min = [[_mm512_setzero_ps(); 4]; T];
         let low = _mm512_set1_epi16(0xf);
         let zero = _mm512_setzero_si512();
         for c in (0..nb).step_by(16) {
             let blocks = (nb - c).min(16);
             let mask: __mmask16 = if blocks == 16 { 0xffff } else { (1u16 << blocks) - 1 };
-            // SAFETY (all reads): blocks `c..c + blocks` exist in `x` and in every row;
-            // masked loads touch no byte past them.
-            let (dx, sx) = unsafe {
-                (_mm512_maskz_loadu_ps(mask, x.d.as_ptr().add(c)), _mm512_maskz_loadu_ps(mask, x.s.as_ptr().add(c)))
-            };
-            // Per row, the product of the weight and input scales of each block of the
-            // chunk; the minimums (Q4_1) or offsets (Q4_0: -8 d) times the input's sums.
-            let mut scale = [_mm512_setzero_ps(); 4];
+            // Per row and input, the product of the weight and input scales of each block
+            // of the chunk; the minimums (Q4_1) or offsets (Q4_0: -8 d) times the input's
+            // sums.
+            let mut scale = [[_mm512_setzero_ps(); 4]; T];
             for r in 0..4 {
+                // SAFETY (all reads): blocks `c..c + blocks` exist in every input and row;
+                // masked loads touch no byte past them.
                 let d = _mm512_cvtph_ps(unsafe { _mm256_maskz_loadu_epi16(mask, scales[r].add(2 * c).cast()) });
                 let m = match dtype {
                     GgmlType::Q4_1 => {
@@ -365,42 +393,61 @@ mod x86 {
                     GgmlType::Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
                     _ => _mm512_setzero_ps(),
                 };
-                acc_min[r] = _mm512_fmadd_ps(m, sx, acc_min[r]);
-                scale[r] = _mm512_mul_ps(d, dx);
+                for t in 0..T {
+                    let (dx, sx) = unsafe {
+                        (
+                            _mm512_maskz_loadu_ps(mask, xs[t].d.as_ptr().add(c)),
+                            _mm512_maskz_loadu_ps(mask, xs[t].s.as_ptr().add(c)),
+                        )
+                    };
+                    acc_min[t][r] = _mm512_fmadd_ps(m, sx, acc_min[t][r]);
+                    scale[t][r] = _mm512_mul_ps(d, dx);
+                }
             }
             // Pair k of the chunk: lanes 0-7 of the products are block 2k, lanes 8-15 block
             // 2k + 1, each with its own scale.
             for k in 0..blocks / 2 {
                 let pair = c / 2 + k;
-                let x0 = unsafe { _mm512_loadu_si512(x.q.as_ptr().add(64 * pair).cast()) };
-                let x1 = unsafe { _mm512_loadu_si512(x.q.as_ptr().add(64 * pair + 32).cast()) };
+                let mut x0 = [zero; T];
+                let mut x1 = [zero; T];
+                for t in 0..T {
+                    // SAFETY: pair `pair` (64 values) is inside every input.
+                    unsafe {
+                        x0[t] = _mm512_loadu_si512(xs[t].q.as_ptr().add(64 * pair).cast());
+                        x1[t] = _mm512_loadu_si512(xs[t].q.as_ptr().add(64 * pair + 32).cast());
+                    }
+                }
                 let at = _mm512_mask_blend_epi32(
                     0xff00,
                     _mm512_set1_epi32(2 * k as i32),
                     _mm512_set1_epi32(2 * k as i32 + 1),
                 );
                 for r in 0..4 {
-                    let dot = if dtype == GgmlType::Q8_0 {
-                        let (w0, w1) = unsafe {
+                    // SAFETY: pair `pair` of row `r` is inside the row.
+                    let (w0, w1) = if dtype == GgmlType::Q8_0 {
+                        unsafe {
                             (
-                                _mm256_loadu_si256(values[r].add(64 * pair).cast()),
-                                _mm256_loadu_si256(values[r].add(64 * pair + 32).cast()),
+                                _mm512_cvtepi8_epi16(_mm256_loadu_si256(values[r].add(64 * pair).cast())),
+                                _mm512_cvtepi8_epi16(_mm256_loadu_si256(values[r].add(64 * pair + 32).cast())),
                             )
-                        };
-                        let dot = _mm512_dpwssd_epi32(zero, _mm512_cvtepi8_epi16(w0), x0);
-                        _mm512_dpwssd_epi32(dot, _mm512_cvtepi8_epi16(w1), x1)
+                        }
                     } else {
                         let v = _mm512_cvtepu8_epi16(unsafe { _mm256_loadu_si256(values[r].add(32 * pair).cast()) });
-                        let dot = _mm512_dpwssd_epi32(zero, _mm512_and_si512(v, low), x0);
-                        _mm512_dpwssd_epi32(dot, _mm512_srli_epi16::<4>(v), x1)
+                        (_mm512_and_si512(v, low), _mm512_srli_epi16::<4>(v))
                     };
-                    acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(at, scale[r]), acc[r]);
+                    for t in 0..T {
+                        let dot = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(zero, w0, x0[t]), w1, x1[t]);
+                        acc[t][r] =
+                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_permutexvar_ps(at, scale[t][r]), acc[t][r]);
+                    }
                 }
             }
         }
-        let mut out = [0f32; 4];
-        for r in 0..4 {
-            out[r] = _mm512_reduce_add_ps(acc[r]) + _mm512_reduce_add_ps(acc_min[r]);
+        let mut out = [[0f32; 4]; T];
+        for t in 0..T {
+            for r in 0..4 {
+                out[t][r] = _mm512_reduce_add_ps(acc[t][r]) + _mm512_reduce_add_ps(acc_min[t][r]);
+            }
         }
         out
     }
@@ -413,6 +460,34 @@ mod tests {
     use super::*;
 
     const FORMATS: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+
+    /// Several inputs in one pass give, bit for bit, what each gives alone.
+    #[test]
+    fn several_inputs_at_once_equal_each_alone() {
+        for dtype in FORMATS {
+            let cols = 576;
+            if !supported(dtype, cols) {
+                eprintln!("skipped {dtype:?}: no integer kernel on this CPU");
+                return;
+            }
+            let split = split(dtype, cols, &rows(dtype, 4, cols));
+            let rb = dtype.row_bytes(cols);
+            let row = |r: usize| &split[r * rb..(r + 1) * rb];
+            let xs: Vec<Quantized> = (0..4)
+                .map(|t| {
+                    Quantized::new(&(0..cols).map(|i| ((i * (29 + t) % 17) as f32 - 8.0) / 9.0).collect::<Vec<_>>())
+                })
+                .collect();
+            for n in 1..=4 {
+                let mut out = vec![[0f32; 4]; n];
+                dot4_many(dtype, [row(0), row(1), row(2), row(3)], &xs[..n], &mut out);
+                for (t, got) in out.iter().enumerate() {
+                    let alone = dot4(dtype, [row(0), row(1), row(2), row(3)], &xs[t]);
+                    assert_eq!(got.map(f32::to_bits), alone.map(f32::to_bits), "{dtype:?}, {n} inputs, input {t}");
+                }
+            }
+        }
+    }
 
     fn rows(dtype: GgmlType, n: usize, cols: usize) -> Vec<u8> {
         let values: Vec<f32> = (0..n * cols).map(|i| ((i * 7 + i / cols * 31) % 23) as f32 / 5.0 - 2.1).collect();
