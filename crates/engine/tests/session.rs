@@ -548,29 +548,47 @@ fn short_context() -> &'static HostBackend {
     BACKEND.get_or_init(|| HostBackend::new(&config, synthetic::weights(&config, 11, false)).unwrap())
 }
 
+/// Feeds `ids` to both sessions, which must give the same logits (within 1e-4) each step.
+fn same_steps(a: &mut Session<'_, HostBackend>, b: &mut Session<'_, HostBackend>, ids: &[u32]) {
+    for (i, &t) in ids.iter().enumerate() {
+        let (x, y) = (a.step(t).unwrap(), b.step(t).unwrap());
+        let diff = x.iter().zip(&y).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-4, "step {i}: {diff}");
+    }
+}
+
+/// A session with a recency budget of `budget` entries (evicting a third at a time) fed
+/// `ids` (the first `prompt` as a prefill, then step by step), and a renumbered copy of it.
+fn renumbered_copy(
+    backend: &'static HostBackend,
+    budget: usize,
+    ids: &[u32],
+    prompt: usize,
+) -> (Session<'static, HostBackend>, Session<'static, HostBackend>) {
+    let p =
+        policy(&format!("[decode]\nbudget = {budget}\nevery = {}\n[decode.scorer]\nkind = \"recency\"\n", budget / 3));
+    let mut original = Session::new(backend, p).unwrap();
+    original.prefill(&ids[..prompt], Logits::Last).unwrap();
+    for &t in &ids[prompt..] {
+        original.step(t).unwrap();
+    }
+    let mut moved = original.fork().unwrap();
+    assert!(moved.renumber().unwrap());
+    (original, moved)
+}
+
 /// Renumbering a cache whose entries are consecutive moves every position by the same
 /// amount, which rotary attention cannot see: the session goes on with the same logits as
 /// its unrenumbered copy, at lower positions. This checks the rotation of the keys.
 #[test]
 fn renumbering_consecutive_entries_changes_no_logit() {
-    let p = policy("[decode]\nbudget = 24\nevery = 8\n[decode.scorer]\nkind = \"recency\"\n");
     let ids = tokens(80);
-    let mut original = Session::new(backend(), p).unwrap();
-    original.prefill(&ids[..20], Logits::Last).unwrap();
-    for &t in &ids[20..40] {
-        original.step(t).unwrap();
-    }
+    let (mut original, mut moved) = renumbered_copy(backend(), 24, &ids[..40], 20);
     let first = original.caches()[0].positions()[0];
     assert!(first > 0, "the oldest entries were evicted");
-    let mut moved = original.fork().unwrap();
-    assert!(moved.renumber().unwrap());
     assert_eq!(moved.next_position(), original.next_position() - first);
     assert!(moved.caches().iter().all(|c| c.positions() == (0..c.len()).collect::<Vec<_>>()));
-    for (i, &t) in ids[40..].iter().enumerate() {
-        let (a, b) = (original.step(t).unwrap(), moved.step(t).unwrap());
-        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(diff < 1e-4, "step {i}: {diff}");
-    }
+    same_steps(&mut original, &mut moved, &ids[40..]);
     assert_eq!(moved.tokens_seen(), original.tokens_seen());
 }
 
@@ -578,21 +596,10 @@ fn renumbering_consecutive_entries_changes_no_logit() {
 /// only their window.
 #[test]
 fn renumbering_a_gemma_cache_changes_no_logit() {
-    let p = policy("[decode]\nbudget = 12\nevery = 4\n[decode.scorer]\nkind = \"recency\"\n");
     let ids = tokens(60);
-    let mut original = Session::new(gemma(), p).unwrap();
-    original.prefill(&ids[..10], Logits::Last).unwrap();
-    for &t in &ids[10..30] {
-        original.step(t).unwrap();
-    }
-    let mut moved = original.fork().unwrap();
-    assert!(moved.renumber().unwrap());
+    let (mut original, mut moved) = renumbered_copy(gemma(), 12, &ids[..30], 10);
     assert!(moved.next_position() < original.next_position());
-    for (i, &t) in ids[30..].iter().enumerate() {
-        let (a, b) = (original.step(t).unwrap(), moved.step(t).unwrap());
-        let diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(diff < 1e-4, "step {i}: {diff}");
-    }
+    same_steps(&mut original, &mut moved, &ids[30..]);
 }
 
 /// With `positions = "cache"` the entries always sit at their places in the cache, sinks
