@@ -29,6 +29,12 @@ enum Command {
     SetupLlamacpp,
     /// Build the `sieve` binary with the libtorch backend (sets up libtorch first).
     BuildTch,
+    /// Install nvcc 13.0 from PyPI into the cache, with stub CUDA libraries to link against
+    /// without a GPU; prints the environment of a `--features cuda` build.
+    SetupCuda,
+    /// Build `sieve` with candle's `cuda` feature and run the CUDA tests (they skip without
+    /// a GPU); sets up CUDA first.
+    BuildCuda,
     /// sieve against llama.cpp on the same weights (prefill 512/2,048, decode at depth 0 and
     /// 2,048, perplexity), every backend, alternating, with ratios; arguments go to the
     /// `peers` benchmark (e.g. `--repeats 5 --json peers.json`). Sets up llama.cpp,
@@ -65,6 +71,8 @@ fn main() -> anyhow::Result<()> {
         Command::SetupOrt => commands::onnxruntime::run(),
         Command::SetupLlamacpp => commands::llamacpp::run(),
         Command::BuildTch => commands::libtorch::build(),
+        Command::SetupCuda => commands::cuda::run(),
+        Command::BuildCuda => commands::cuda::build(),
         Command::Peers { args } => commands::parity::peers(&args),
         Command::ScoringBench => commands::parity::scoring_bench(),
         Command::Parity { args } => commands::parity::run(&args),

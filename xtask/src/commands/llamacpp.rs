@@ -207,7 +207,7 @@ fn install_tools(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let log = root.join("tools.log");
     eprintln!("llama.cpp {TAG}: installing {} from PyPI with pip (log: {})", TOOLS.join(", "), log.display());
     let staging = tools.with_extension("partial");
-    remove_if_there(&staging)?;
+    super::remove_if_there(&staging)?;
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let mut pip = Command::new(&python);
     pip.args(["-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "--target"])
@@ -221,7 +221,7 @@ fn install_tools(root: &Path) -> Result<(PathBuf, PathBuf)> {
         }
     }
     fs::write(staging.join(marker), &wanted).with_context(|| format!("writing {}", staging.join(marker).display()))?;
-    remove_if_there(&tools)?;
+    super::remove_if_there(&tools)?;
     fs::rename(&staging, &tools).with_context(|| format!("moving {} to {}", staging.display(), tools.display()))?;
     Ok(executables(&tools))
 }
@@ -242,8 +242,8 @@ fn extract_source(sdist: &Path, root: &Path) -> Result<PathBuf> {
     }
     eprintln!("llama.cpp {TAG}: extracting the source into {}", done.display());
     let staging = root.join("src.partial");
-    remove_if_there(&staging)?;
-    remove_if_there(&done)?;
+    super::remove_if_there(&staging)?;
+    super::remove_if_there(&done)?;
     fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let mut tar = Command::new("tar");
     tar.arg("-xzf").arg(sdist).arg("-C").arg(&staging).args(["--strip-components=1", SDIST_MEMBER]);
@@ -310,14 +310,4 @@ fn quoted_args(command: &Command) -> String {
         if a.contains(' ') { format!("'{a}'") } else { a.into_owned() }
     };
     command.get_args().map(quote).collect::<Vec<_>>().join(" ")
-}
-
-/// Removes a folder left by an interrupted run, if there is one.
-fn remove_if_there(path: &Path) -> Result<()> {
-    match fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", path.display()))
-        }
-        _ => Ok(()),
-    }
 }

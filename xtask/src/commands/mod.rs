@@ -1,4 +1,5 @@
 pub mod ci;
+pub mod cuda;
 pub mod fetch;
 pub mod fuzz;
 pub mod libtorch;
@@ -49,4 +50,14 @@ pub fn target_dir() -> std::path::PathBuf {
 pub fn workspace_root() -> std::path::PathBuf {
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     here.parent().unwrap_or(here).to_path_buf()
+}
+
+/// Removes a folder and what it holds, if it is there.
+pub fn remove_if_there(path: &std::path::Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
