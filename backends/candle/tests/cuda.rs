@@ -9,6 +9,15 @@ use sieve_backend::{ModelConfig, Weights, conformance, synthetic};
 use sieve_candle::{CandleBackend, CandleDevice, CandleTensor};
 use sieve_engine::{Logits, Policy, Session};
 
+/// Runs each case `module::case::<T>(arg)`, failing with the case's name.
+macro_rules! cases {
+    ($module:ident, $t:ty, $arg:expr; $($case:ident),+ $(,)?) => {
+        $(
+            $module::$case::<$t>($arg).unwrap_or_else(|e| panic!("{} on CUDA: {e}", stringify!($case)));
+        )+
+    };
+}
+
 /// Whether a CUDA device is there; without one, checks the error and says the test skipped.
 fn gpu(test: &str) -> bool {
     match CandleDevice::Cuda(0).open() {
@@ -31,23 +40,8 @@ fn backend_conformance_on_cuda() {
     if !gpu("backend_conformance_on_cuda") {
         return;
     }
-    type Case = fn(conformance::Make<'_, CandleBackend>) -> sieve_backend::Result<()>;
-    let cases: [(&str, Case); 11] = [
-        ("embed", conformance::embed::<CandleBackend>),
-        ("prefill", conformance::prefill::<CandleBackend>),
-        ("gapped_positions", conformance::gapped_positions::<CandleBackend>),
-        ("decode_steps", conformance::decode_steps::<CandleBackend>),
-        ("probes", conformance::probes::<CandleBackend>),
-        ("compacted_caches", conformance::compacted_caches::<CandleBackend>),
-        ("per_head_caches", conformance::per_head_caches::<CandleBackend>),
-        ("long_prefill", conformance::long_prefill::<CandleBackend>),
-        ("block_options", conformance::block_options::<CandleBackend>),
-        ("sliding_window", conformance::sliding_window::<CandleBackend>),
-        ("packed_weights", conformance::packed_weights::<CandleBackend>),
-    ];
-    for (name, case) in cases {
-        case(&on_gpu).unwrap_or_else(|e| panic!("{name} on CUDA: {e}"));
-    }
+    cases!(conformance, CandleBackend, &on_gpu; embed, prefill, gapped_positions, decode_steps, probes,
+        compacted_caches, per_head_caches, long_prefill, block_options, sliding_window, packed_weights);
 }
 
 #[test]
@@ -57,24 +51,8 @@ fn tensor_cases_on_cuda() {
     }
     use sieve_core::conformance as core;
     let device = CandleDevice::Cuda(0).open().expect("CUDA device");
-    type Case = fn(&candle_core::Device) -> sieve_core::Result<()>;
-    let cases: [(&str, Case); 12] = [
-        ("host_transfer", core::host_transfer::<CandleTensor>),
-        ("reductions", core::reductions::<CandleTensor>),
-        ("indexing", core::indexing::<CandleTensor>),
-        ("softmax_matmul", core::softmax_matmul::<CandleTensor>),
-        ("elementwise", core::elementwise::<CandleTensor>),
-        ("pooling", core::pooling::<CandleTensor>),
-        ("top_k", core::top_k::<CandleTensor>),
-        ("scorer_last_query", core::scorer_last_query::<CandleTensor>),
-        ("scorer_snapkv", core::scorer_snapkv::<CandleTensor>),
-        ("scorer_h2o", core::scorer_h2o::<CandleTensor>),
-        ("scorer_attention_free", core::scorer_attention_free::<CandleTensor>),
-        ("aggregation", core::aggregation::<CandleTensor>),
-    ];
-    for (name, case) in cases {
-        case(&device).unwrap_or_else(|e| panic!("{name} on CUDA: {e}"));
-    }
+    cases!(core, CandleTensor, &device; host_transfer, reductions, indexing, softmax_matmul, elementwise,
+        pooling, top_k, scorer_last_query, scorer_snapkv, scorer_h2o, scorer_attention_free, aggregation);
 }
 
 /// A synthetic model (the default model's block at a small size) prefilled and decoded under
