@@ -209,14 +209,12 @@ impl<T: Tensor> LayerCache<T> {
         Ok(())
     }
 
-    /// Gives every entry of head `h` the position `new(h, i, old)` (`i` its index, `old` its
-    /// current position), rotating its key by the difference with the layer's rotary
-    /// frequencies `inv_freq` (rotation by `a` then `b` is rotation by `a + b`, so the key
-    /// becomes what the layer would have cached at the new position). The new positions
-    /// must increase within each head and be the same in every head at each index while
-    /// the heads agree. The keys' storage is replaced by a fresh tensor of the same
-    /// capacity; the values' stays as it is.
-    pub fn renumber(&mut self, inv_freq: &[f64], new: impl Fn(usize, usize, usize) -> usize) -> Result<()> {
+    /// Moves every entry from its position `p` to `new(p)`, rotating its key by the
+    /// difference with the layer's rotary frequencies `inv_freq` (rotation by `a` then `b`
+    /// is rotation by `a + b`, so the key becomes what the layer would have cached at the
+    /// new position). `new` must keep the positions increasing. The keys' storage is
+    /// replaced by a fresh tensor of the same capacity; the values' stays as it is.
+    pub fn renumber(&mut self, inv_freq: &[f64], new: impl Fn(usize) -> usize) -> Result<()> {
         let Some(keys) = self.keys.as_ref().filter(|_| !self.is_empty()) else { return Ok(()) };
         let shape = keys.shape();
         let (heads, capacity, hd, len) = (shape[0], shape[1], shape[2], self.len());
@@ -234,7 +232,7 @@ impl<T: Tensor> LayerCache<T> {
             let old = self.head_positions(h).to_vec();
             let mut moved = Vec::with_capacity(len);
             for (i, &p) in old.iter().enumerate() {
-                let q = new(h, i, p);
+                let q = new(p);
                 moved.push(q);
                 if q == p {
                     continue;
@@ -262,11 +260,6 @@ impl<T: Tensor> LayerCache<T> {
         self.positions = positions[0].clone();
         if self.per_head.is_some() {
             self.per_head = Some(positions);
-        } else if positions.iter().any(|p| *p != self.positions) {
-            return Err(sieve_core::Error::Shape {
-                op: "LayerCache::renumber",
-                detail: "heads that share their entries got different positions".into(),
-            });
         }
         Ok(())
     }

@@ -47,7 +47,7 @@ impl<B: Backend> Session<'_, B> {
         let config = self.backend.config();
         let rank = |p: usize| live.partition_point(|&q| q < p);
         for (l, cache) in self.caches.iter_mut().enumerate() {
-            cache.renumber(&config.layer_rope_inv_freq(l), |_, _, p| rank(p))?;
+            cache.renumber(&config.layer_rope_inv_freq(l), rank)?;
         }
         for floor in &mut self.window_floor {
             *floor = rank(*floor);
