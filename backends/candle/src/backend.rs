@@ -93,9 +93,19 @@ impl CandleBackend {
         let device = device.open()?;
         let path = match (kernels, &device) {
             (Kernels::Auto, Device::Cpu) => Path::Cpu(CpuModel::new(config, weights)),
-            _ => Path::Ops(OpsModel::new(config, weights.into_f32(), device.clone())?),
+            _ => Path::Ops(OpsModel::new(config, weights, device.clone())?),
         };
         Ok(Self { config: config.clone(), device, path })
+    }
+
+    /// What the layers' matrices compute in: `f32`, or `f16`/`bf16` on the candle-ops path
+    /// when every matrix is stored in that format. The CPU kernels compute
+    /// in `f32` on any format.
+    pub fn compute_dtype(&self) -> candle_core::DType {
+        match &self.path {
+            Path::Cpu(_) => candle_core::DType::F32,
+            Path::Ops(m) => m.dtype(),
+        }
     }
 
     /// Which kernels run the layers: `cpu` (sieve's) or `ops` (candle's).

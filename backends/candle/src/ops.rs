@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use sieve_backend::mask::MaskCache;
+use sieve_backend::quant::GgmlType;
 use sieve_backend::{Activation, Block, HostWeight, LayerCall, LayerOutput, ModelConfig, Probe, Weights};
 
 use crate::error::{Error, Result};
@@ -14,17 +15,42 @@ fn err(e: candle_core::Error) -> Error {
     Error::from(e)
 }
 
+/// The candle type a matrix in `format` computes in: `f16` and `bf16` as themselves, every
+/// other format decoded to `f32`.
+pub fn compute_dtype(format: Option<GgmlType>) -> DType {
+    match format {
+        Some(GgmlType::F16) => DType::F16,
+        Some(GgmlType::BF16) => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
 fn upload(w: HostWeight, device: &Device) -> Result<Tensor> {
-    // On the CPU this takes the vector over without copying.
-    Tensor::from_vec(w.data, w.shape.as_slice(), device).map_err(err)
+    match &w.packed {
+        Some(p) if compute_dtype(Some(p.dtype)) != DType::F32 => {
+            Tensor::from_raw_buffer(&p.bytes, compute_dtype(Some(p.dtype)), &w.shape, device).map_err(err)
+        }
+        Some(_) => upload(w.into_f32(), device),
+        // On the CPU this takes the vector over without copying.
+        None => Tensor::from_vec(w.data, w.shape.as_slice(), device).map_err(err),
+    }
 }
 
 type Layer = Block<Tensor>;
 
-/// A Llama-family decoder as candle ops (`f32`), for any candle device.
+/// A Llama-family decoder as candle ops, for any candle device.
+///
+/// Matrices compute in `f16` or `bf16` when every one of them is stored in that format (a
+/// model loaded with `--dtype f16` or `bf16`): activations are cast to it before each
+/// product, which accumulates in `f32` (cuBLAS' default compute type for both), and the
+/// result is cast back. Everything else is `f32`: norms, rotary, attention with its
+/// softmax (so the scores pruning reads) and the KV cache. Weights in any other mix of
+/// formats are decoded to `f32` at load.
 pub struct OpsModel {
     config: ModelConfig,
     device: Device,
+    /// What the matrices compute in.
+    dtype: DType,
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -37,6 +63,8 @@ pub struct OpsModel {
 impl OpsModel {
     /// Moves `weights` to `device`; on the CPU without a copy.
     pub fn new(config: &ModelConfig, weights: Weights, device: Device) -> Result<Self> {
+        let dtype = compute_dtype(weights.matrix_format());
+        let weights = if dtype == DType::F32 { weights.into_f32() } else { weights };
         let up = |w: HostWeight| upload(w, &device);
         let layers = weights.layers.into_iter().map(|l| l.try_map(&up)).collect::<Result<Vec<_>>>()?;
         let embed = up(weights.embed)?;
@@ -56,7 +84,22 @@ impl OpsModel {
             .collect::<candle_core::Result<Vec<_>>>()
             .map_err(err)?;
         let norm = up(weights.norm)?;
-        Ok(Self { config: config.clone(), device, embed, layers, norm, lm_head, rope, mask: MaskCache::default() })
+        Ok(Self {
+            config: config.clone(),
+            device,
+            dtype,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            mask: MaskCache::default(),
+        })
+    }
+
+    /// What the matrices compute in (`F32`, `F16` or `BF16`).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     fn positions_tensor(&self, positions: &[usize]) -> Result<Tensor> {
@@ -164,14 +207,18 @@ impl OpsModel {
     }
 }
 
+/// `x w^T` in `w`'s type, returned as `f32`.
 fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    x.matmul(&w.t()?)
+    match w.dtype() {
+        DType::F32 => x.matmul(&w.t()?),
+        dtype => x.to_dtype(dtype)?.matmul(&w.t()?)?.to_dtype(DType::F32),
+    }
 }
 
 impl OpsModel {
     pub fn embed(&self, tokens: &[u32]) -> Result<CandleTensor> {
         let ids = Tensor::from_slice(tokens, tokens.len(), &self.device).map_err(err)?;
-        let x = self.embed.index_select(&ids, 0).map_err(err)?;
+        let x = self.embed.index_select(&ids, 0).and_then(|x| x.to_dtype(DType::F32)).map_err(err)?;
         let scale = self.config.style.embed_scale;
         let x = if scale == 1.0 { x } else { x.affine(f64::from(scale), 0.0).map_err(err)? };
         Ok(CandleTensor(x))

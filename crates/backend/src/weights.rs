@@ -59,6 +59,21 @@ impl HostWeight {
         }
     }
 
+    /// A matrix re-encoded as `to` (from its decoded values; kept as it is when it is in
+    /// `to` already, decoded to `f32` when `to` has no encoder); vectors become `f32`.
+    pub fn converted(self, to: GgmlType) -> Self {
+        if self.shape.len() != 2 {
+            return self.into_f32();
+        }
+        if self.packed.as_ref().is_some_and(|p| p.dtype == to) {
+            return self;
+        }
+        match crate::quant::quantize(to, &self.to_f32()) {
+            Some(bytes) => Self::packed(to, bytes, self.shape),
+            None => self.into_f32(),
+        }
+    }
+
     /// The same tensor as `f32` values (decoded when packed).
     pub fn into_f32(self) -> Self {
         match self.packed {
@@ -199,11 +214,7 @@ impl Weights {
 
     /// Whether any tensor is packed.
     pub fn is_packed(&self) -> bool {
-        [&self.embed, &self.norm]
-            .into_iter()
-            .chain(self.lm_head.iter())
-            .chain(self.layers.iter().flat_map(|l| l.tensors()))
-            .any(|w| w.packed.is_some())
+        self.tensors().any(|w| w.packed.is_some())
     }
 
     /// `self` as `f32` values, borrowed when nothing is packed, decoded into `slot`
@@ -215,17 +226,44 @@ impl Weights {
     /// The storage formats of the weights, each with its tensor count (e.g. `Q4_1 x210`).
     pub fn formats(&self) -> Vec<(&'static str, usize)> {
         let mut counts: Vec<(&'static str, usize)> = Vec::new();
-        let all = [&self.embed, &self.norm]
-            .into_iter()
-            .chain(self.lm_head.iter())
-            .chain(self.layers.iter().flat_map(|l| l.tensors()));
-        for w in all {
+        for w in self.tensors() {
             match counts.iter_mut().find(|(n, _)| *n == w.dtype_name()) {
                 Some((_, c)) => *c += 1,
                 None => counts.push((w.dtype_name(), 1)),
             }
         }
         counts
+    }
+
+    /// The format every matrix (every 2-D tensor) is packed in, when they all share one;
+    /// `None` when some matrix is `f32` or the formats differ.
+    pub fn matrix_format(&self) -> Option<GgmlType> {
+        let mut matrices = self.tensors().filter(|w| w.shape.len() == 2);
+        let first = matrices.next()?.packed.as_ref()?.dtype;
+        matrices.all(|w| w.packed.as_ref().is_some_and(|p| p.dtype == first)).then_some(first)
+    }
+
+    /// Every matrix converted to `to` (vectors stay `f32`); for tests and tools that build
+    /// weights in memory.
+    pub fn with_matrices_in(self, to: GgmlType) -> Self {
+        let convert = |w: HostWeight| w.converted(to);
+        Weights {
+            embed: convert(self.embed),
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| l.try_map(|w| Ok::<_, std::convert::Infallible>(convert(w))).unwrap_or_else(|e| match e {}))
+                .collect(),
+            norm: self.norm.into_f32(),
+            lm_head: self.lm_head.map(convert),
+        }
+    }
+
+    fn tensors(&self) -> impl Iterator<Item = &HostWeight> {
+        [&self.embed, &self.norm]
+            .into_iter()
+            .chain(self.lm_head.iter())
+            .chain(self.layers.iter().flat_map(|l| l.tensors()))
     }
 
     /// The LM head matrix (the embedding when tied).

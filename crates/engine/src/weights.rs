@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use sieve_backend::quant::{GgmlType, quantize};
+use sieve_backend::quant::GgmlType;
 pub use sieve_backend::weights::{HostWeight, LayerWeights, Weights};
 
 use crate::config::{Architecture, ModelConfig};
@@ -64,21 +64,11 @@ impl std::fmt::Display for Dtype {
 /// A matrix in the form `dtype` asks for: packed blocks kept (`native`), decoded
 /// (`f32`), or converted (`f16`, `bf16`). Vectors are always `f32`.
 fn convert(w: HostWeight, dtype: Dtype) -> HostWeight {
-    if w.shape.len() != 2 {
-        return w.into_f32();
-    }
-    let to = match dtype {
-        Dtype::Native => return w,
-        Dtype::F32 => return w.into_f32(),
-        Dtype::F16 => GgmlType::F16,
-        Dtype::BF16 => GgmlType::BF16,
-    };
-    if w.packed.as_ref().is_some_and(|p| p.dtype == to) {
-        return w;
-    }
-    match quantize(to, &w.to_f32()) {
-        Some(bytes) => HostWeight::packed(to, bytes, w.shape),
-        None => w.into_f32(),
+    match dtype {
+        Dtype::Native if w.shape.len() == 2 => w,
+        Dtype::Native | Dtype::F32 => w.into_f32(),
+        Dtype::F16 => w.converted(GgmlType::F16),
+        Dtype::BF16 => w.converted(GgmlType::BF16),
     }
 }
 
