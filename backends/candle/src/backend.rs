@@ -108,6 +108,18 @@ impl CandleBackend {
         }
     }
 
+    /// Bytes of device memory in use on a CUDA device, as its driver counts them (total
+    /// minus free, after the device's queue has finished); `None` on the CPU.
+    pub fn device_memory_in_use(&self) -> Option<u64> {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(cuda) = &self.device {
+            self.device.synchronize().ok()?;
+            let (free, total) = cuda.cuda_stream().context().mem_get_info().ok()?;
+            return Some((total - free) as u64);
+        }
+        None
+    }
+
     /// Which kernels run the layers: `cpu` (sieve's) or `ops` (candle's).
     pub fn kernels(&self) -> &'static str {
         match self.path {

@@ -28,6 +28,25 @@ pub fn tiny_config() -> ModelConfig {
     }
 }
 
+/// The shapes of the default model, SmolLM2-135M: 30 layers, hidden 576, 9 query heads
+/// over 3 KV heads of dim 64, MLP 1536, vocabulary 49152, context 8192, rotary base 100000.
+/// With [`weights`] it stands in for the model where its file is not there (a GPU machine
+/// without the network, in the device check).
+pub fn smollm2_135m_config() -> ModelConfig {
+    ModelConfig {
+        n_layers: 30,
+        n_heads: 9,
+        n_kv_heads: 3,
+        hidden: 576,
+        ffn: 1536,
+        head_dim: 64,
+        vocab: 49152,
+        rope_theta: 100_000.0,
+        context: 8192,
+        ..tiny_config()
+    }
+}
+
 /// [`tiny_config`] with q/k/v biases (Qwen2's block) and Llama-3 rotary scaling, to cover
 /// the optional parts of the block.
 pub fn tiny_config_with_options() -> ModelConfig {

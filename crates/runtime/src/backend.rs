@@ -34,6 +34,16 @@ macro_rules! dispatch {
 }
 
 impl Runtime {
+    /// Bytes of device memory in use, where the backend can say (candle on CUDA).
+    pub fn device_memory_in_use(&self) -> Option<u64> {
+        match self {
+            #[cfg(feature = "candle")]
+            Runtime::Candle(b) => b.device_memory_in_use(),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// Builds the backend `kind` on `device` from `weights` (moved in: on the CPU, candle
     /// keeps them without a copy). ONNX Runtime is loaded from the path `sieve-fetch`
     /// names (`$SIEVE_ORT_LIB`, `$ORT_DYLIB_PATH`, or the cache).

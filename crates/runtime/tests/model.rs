@@ -59,6 +59,12 @@ fn gguf_tokenizer_reproduces_reference_ids() {
     assert!(!m.tokenizer.add_bos);
 }
 
+/// The device check's stand-in for the model has the model's shapes.
+#[test]
+fn the_synthetic_stand_in_has_the_models_shapes() {
+    assert_eq!(sieve_backend::synthetic::smollm2_135m_config(), model().config);
+}
+
 #[test]
 fn chat_template_renders_chatml() {
     let m = model();
