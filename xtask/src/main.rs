@@ -33,7 +33,8 @@ enum Command {
     /// without a GPU; prints the environment of a `--features cuda` build.
     SetupCuda,
     /// Build `sieve` with candle's `cuda` feature and run the CUDA tests (they skip without
-    /// a GPU); sets up CUDA first.
+    /// a GPU); sets up CUDA first. Leaves the binary, compressed, in target/gpu-check/ for
+    /// scripts/gpu-check.sh.
     BuildCuda,
     /// sieve against llama.cpp on the same weights (prefill 512/2,048, decode at depth 0 and
     /// 2,048, perplexity), every backend, alternating, with ratios; arguments go to the

@@ -42,7 +42,10 @@ impl CandleDevice {
                 if !candle_core::utils::cuda_is_available() {
                     return Err(Error::NoCuda);
                 }
-                Device::new_cuda(ordinal).map_err(err)
+                Device::new_cuda(ordinal).map_err(|e| {
+                    let detail = e.to_string().lines().map(str::trim).collect::<Vec<_>>().join(" ");
+                    Error::NoDevice { ordinal, detail }
+                })
             }
         }
     }

@@ -11,6 +11,10 @@ pub enum Error {
     #[error("candle was built without CUDA; rebuild sieve with the `cuda` feature on a machine with nvcc")]
     NoCuda,
 
+    /// A `cuda` build found no usable CUDA device at that ordinal.
+    #[error("no CUDA device {ordinal} here: {detail}")]
+    NoDevice { ordinal: usize, detail: String },
+
     /// The weights or configuration do not fit together.
     #[error(transparent)]
     Contract(#[from] sieve_backend::Error),

@@ -64,8 +64,10 @@ pub struct Agreement {
     pub steps: usize,
     /// Largest relative error `|a - b| / |b|` (Euclidean) of a logits row.
     pub logits_error: f64,
-    /// The tolerance for `logits_error` at this weight type.
+    /// The tolerance for `logits_error` at this weight type ([`tolerance`]).
     pub tolerance: f64,
+    /// The least `kept_overlap` that passes ([`min_overlap`]).
+    pub min_overlap: f64,
     /// Fraction of caches (layers, or layer-heads for per-head policies) whose kept
     /// positions are identical on both.
     pub kept_identical: f64,
@@ -82,6 +84,17 @@ pub fn tolerance(dtype: &str) -> f64 {
         "f16" => 1e-2,
         "bf16" => 5e-2,
         _ => 1e-3,
+    }
+}
+
+/// Smallest share of kept positions both sides must agree on ([`Agreement::kept_overlap`]):
+/// scores that nearly tie may fall either way under other summation orders or rounding,
+/// so a few positions at the cut may differ, more where the products are rounded.
+pub fn min_overlap(dtype: &str) -> f64 {
+    match dtype {
+        "f16" => 0.97,
+        "bf16" => 0.95,
+        _ => 0.99,
     }
 }
 
@@ -140,8 +153,9 @@ pub fn agreement<A: Backend, R: Backend>(
         both += common;
         either += a.len() + b.len() - common;
     }
-    let tolerance = tolerance(dtype);
+    let (tolerance, min_overlap) = (tolerance(dtype), min_overlap(dtype));
     let kept_identical = identical as f64 / kept_want.len().max(1) as f64;
+    let kept_overlap = both as f64 / either.max(1) as f64;
     Ok(Agreement {
         dtype: dtype.into(),
         policy: policy.name.clone(),
@@ -149,9 +163,10 @@ pub fn agreement<A: Backend, R: Backend>(
         steps,
         logits_error,
         tolerance,
+        min_overlap,
         kept_identical,
-        kept_overlap: both as f64 / either.max(1) as f64,
-        passed: logits_error <= tolerance && kept_got.len() == kept_want.len(),
+        kept_overlap,
+        passed: logits_error <= tolerance && kept_got.len() == kept_want.len() && kept_overlap >= min_overlap,
     })
 }
 
@@ -292,12 +307,12 @@ impl DeviceReport {
             let _ = writeln!(s, "- **{}** fails: {}", c.case, c.detail);
         }
         s.push_str("\n## Agreement with the CPU\n\n");
-        s.push_str("| dtype | policy | tokens | logits error | tolerance | identical kept sets | kept overlap | |\n");
-        s.push_str("|---|---|---:|---:|---:|---:|---:|---|\n");
+        s.push_str("| dtype | policy | tokens | logits error | tolerance | identical kept sets | kept overlap | least overlap | |\n");
+        s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---|\n");
         for a in &self.agreement {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} + {} | {:.2e} | {:.0e} | {:.1}% | {:.2}% | {} |",
+                "| {} | {} | {} + {} | {:.2e} | {:.0e} | {:.1}% | {:.2}% | {:.0}% | {} |",
                 a.dtype,
                 a.policy,
                 a.prompt_tokens,
@@ -306,6 +321,7 @@ impl DeviceReport {
                 a.tolerance,
                 100.0 * a.kept_identical,
                 100.0 * a.kept_overlap,
+                100.0 * a.min_overlap,
                 if a.passed { "ok" } else { "**FAIL**" }
             );
         }
@@ -345,5 +361,33 @@ impl DeviceReport {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The FLOP count per token is twice the layers' matrix parameters, counted here from
+    /// the weights themselves; attention adds `2 n^2` per query channel and layer.
+    #[test]
+    fn flops_follow_the_weights() {
+        let config = ModelConfig { n_layers: 3, ..synthetic::smollm2_135m_config() };
+        let weights = synthetic::weights(&config, 1, false);
+        let matrices: usize =
+            weights.layers.iter().flat_map(|l| l.tensors()).filter(|w| w.shape.len() == 2).map(|w| w.data.len()).sum();
+        let head = 2.0 * (config.vocab * config.hidden) as f64;
+        assert_eq!(prefill_flops(&config, 1) - head - 2.0 * 3.0 * 576.0, 2.0 * matrices as f64);
+        let quadratic = prefill_flops(&config, 20) - 20.0 * (prefill_flops(&config, 1) - head) - head;
+        assert!((quadratic - 2.0 * 3.0 * 576.0 * (400.0 - 20.0)).abs() < 1e-6, "{quadratic}");
+        assert_eq!(decode_flops(&config, 0), prefill_flops(&config, 1) - 2.0 * 3.0 * 576.0);
+    }
+
+    #[test]
+    fn synthetic_tokens_are_fixed_and_in_the_vocabulary() {
+        let t = tokens(100, 1000);
+        assert_eq!(t, tokens(100, 1000));
+        assert!(t.iter().all(|&x| x < 100));
+        assert!(t.iter().collect::<std::collections::HashSet<_>>().len() > 90);
     }
 }

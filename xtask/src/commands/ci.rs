@@ -1,6 +1,6 @@
 //! `cargo xtask ci`: the checks CI runs, cheapest first, stopping at the first failure.
 //! It installs what the tests need first: the default model, libtorch and the ONNX Runtime
-//! library (all from PyPI).
+//! library (all from PyPI); the CUDA compiler (PyPI too) comes just before the `cuda` build.
 
 use super::cargo;
 
@@ -23,6 +23,9 @@ pub fn run() -> anyhow::Result<()> {
     super::cargo_with(&["test", "--workspace", "--locked", "--release"], &[("SIEVE_REQUIRE_TCH", "1")])?;
     // The three backends against each other; the table goes to the log.
     super::parity::run(&[])?;
+    // candle's `cuda` feature: nvcc from PyPI, stub CUDA libraries, the build and its tests
+    // (which skip, saying so: CI has no GPU).
+    super::cuda::test()?;
     // A short bounded fuzz run of the GGUF reader and the policy parser (`cargo xtask fuzz`
     // runs them longer).
     super::fuzz::run(CI_FUZZ_SECONDS, &[])?;

@@ -124,17 +124,58 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask build-cuda`: the CLI and the CUDA tests built with the `cuda` feature, then
-/// those tests run (they skip, saying so, without a GPU).
+/// `cargo xtask build-cuda`: `sieve` and its CUDA tests (`crates/cli/tests/cuda.rs`) built
+/// with the `cuda` feature and run (they skip, saying so, without a GPU); then the binary,
+/// stripped and compressed, in `target/gpu-check/` for `scripts/gpu-check.sh` on a GPU
+/// machine. One cargo invocation over the whole workspace, so that every crate CUDA does not
+/// touch is the one the workspace's tests already built.
 pub fn build() -> Result<()> {
+    test()?;
+    bundle()
+}
+
+/// The `cuda` build of `sieve` and its CUDA tests, run: what CI does.
+pub fn test() -> Result<()> {
     let home = setup()?;
     let env = env(&home);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    super::cargo_with(&["build", "--release", "--locked", "-p", "sieve-cli", "--features", "cuda"], &env)?;
     super::cargo_with(
-        &["test", "--release", "--locked", "-p", "sieve-candle", "--features", "cuda", "--test", "cuda"],
+        &[
+            "test",
+            "--release",
+            "--locked",
+            "--workspace",
+            "--features",
+            "sieve-cli/cuda",
+            "--test",
+            "cuda",
+            "--",
+            "--nocapture",
+        ],
         &env,
     )
+}
+
+/// `target/gpu-check/sieve.gz`: the `cuda` build of `sieve`, without debug information,
+/// compressed to travel to a GPU machine (at most 64 MiB go with a call).
+fn bundle() -> Result<()> {
+    let release = super::target_dir().join("release");
+    let out = super::target_dir().join("gpu-check");
+    fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let stripped = out.join("sieve");
+    let status =
+        Command::new("strip").arg("-o").arg(&stripped).arg(release.join("sieve")).status().context("running strip")?;
+    if !status.success() {
+        bail!("strip failed ({status})");
+    }
+    let _ = fs::remove_file(out.join("sieve.gz"));
+    let status = Command::new("gzip").arg("-9").arg(&stripped).status().context("running gzip")?;
+    if !status.success() {
+        bail!("gzip failed ({status})");
+    }
+    let size = fs::metadata(out.join("sieve.gz"))?.len();
+    eprintln!("{}: {:.1} MiB", out.join("sieve.gz").display(), size as f64 / 1048576.0);
+    Ok(())
 }
 
 /// One stub library per entry of [`STUBS`] in `dir`, with a `lib*.so` link for the linker.

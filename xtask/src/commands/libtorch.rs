@@ -82,16 +82,21 @@ pub fn run() -> Result<()> {
 /// `cargo xtask build-tch`: libtorch, then `target/release/sieve-tch` (the CLI with the
 /// `tch` feature, an rpath to the cached libtorch) beside the default `target/release/sieve`,
 /// which hands `--backend tch` to it.
+///
+/// Both binaries are built as `cargo test --workspace` builds them (with the CLI's tests,
+/// not run): the same features for every dependency, so that the workspace's tests reuse
+/// all of it instead of compiling most crates a second time under other features.
 pub fn build() -> Result<()> {
     setup()?;
-    super::cargo(&["build", "--release", "--locked", "-p", "sieve-cli", "--features", "tch"])?;
+    let cli = ["test", "--release", "--locked", "--workspace", "--no-run", "--test", "cli"];
+    super::cargo(&[&cli[..], &["--features", "sieve-cli/tch"]].concat())?;
     let release = super::target_dir().join("release");
     let (built, tch) = (release.join("sieve"), release.join("sieve-tch"));
     // Copy through a temporary name so that a running sieve-tch is never half-written.
     let partial = release.join("sieve-tch.partial");
     fs::copy(&built, &partial).with_context(|| format!("copying {} to {}", built.display(), partial.display()))?;
     fs::rename(&partial, &tch)?;
-    super::cargo(&["build", "--release", "--locked", "-p", "sieve-cli"])?;
+    super::cargo(&cli)?;
     eprintln!("built {} (libtorch) beside {}; `sieve --backend tch` runs it", tch.display(), built.display());
     Ok(())
 }
