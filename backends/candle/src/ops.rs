@@ -116,6 +116,30 @@ impl OpsModel {
     }
 }
 
+impl OpsModel {
+    /// The additive mask `[rows, keys]` of queries at `q_pos` over keys at positions `kp`
+    /// (`[1, keys]` on the device, as `f32`: exact below 2^24): 0 where the key is visible
+    /// (at or before the query, and inside `window`), -inf elsewhere, as
+    /// [`sieve_backend::mask::windowed_mask`] gives it.
+    fn block_mask(&self, q_pos: &[usize], kp: &Tensor, window: Option<usize>) -> Result<Tensor> {
+        let rows = q_pos.len();
+        let keys = kp.dim(1).map_err(err)?;
+        let qp = Tensor::from_vec(q_pos.iter().map(|&p| p as f32).collect::<Vec<_>>(), (rows, 1), &self.device);
+        let build = || -> candle_core::Result<Tensor> {
+            let qp = qp?;
+            let mut hidden = kp.broadcast_gt(&qp)?.to_dtype(DType::F32)?;
+            if let Some(w) = window {
+                let early = kp.affine(1.0, w as f64)?.broadcast_le(&qp)?.to_dtype(DType::F32)?;
+                hidden = (hidden + early)?;
+            }
+            let minus_inf = Tensor::full(f32::NEG_INFINITY, (rows, keys), &self.device)?;
+            let zero = Tensor::zeros((rows, keys), DType::F32, &self.device)?;
+            hidden.gt(0.0)?.where_cond(&minus_inf, &zero)
+        };
+        build().map_err(err)
+    }
+}
+
 /// Query rows per attention block. Blocks only read the keys their last query may see,
 /// which skips most of the masked half of causal attention in a long prefill.
 const QUERY_BLOCK: usize = 256;
@@ -143,6 +167,15 @@ impl OpsModel {
         let mut outs = Vec::new();
         let mut probes = Vec::new();
         let mut sums: Option<Tensor> = None;
+        // Several blocks: each builds its own mask on the device from the positions, so that
+        // no `[n, m]` mask (the size of the attention square) is ever made.
+        let key_positions = match n > QUERY_BLOCK && k_pos.last().is_some_and(|&p| p < 1 << 24) {
+            true => Some(
+                Tensor::from_vec(k_pos.iter().map(|&p| p as f32).collect::<Vec<_>>(), (1, m), &self.device)
+                    .map_err(err)?,
+            ),
+            false => None,
+        };
         let mut start = 0;
         while start < n {
             let rows = QUERY_BLOCK.min(n - start);
@@ -158,8 +191,14 @@ impl OpsModel {
             let mut att = qb.matmul(&kb.t().map_err(err)?).map_err(err)?;
             let needs_mask = visible > 0 && (k_pos[end - 1] > q_pos[start] || k_pos[k0].saturating_add(w) <= last_pos);
             if needs_mask {
-                let mask = self.mask(q_pos, k_pos, window)?;
-                let mb = mask.narrow(0, start, rows).and_then(|t| t.narrow(1, k0, visible)).map_err(err)?;
+                let mb = match &key_positions {
+                    // One block: the mask of the whole call, cached across layers.
+                    None => self.mask(q_pos, k_pos, window)?.narrow(1, k0, visible).map_err(err)?,
+                    Some(kp) => {
+                        let kp = kp.narrow(1, k0, visible).map_err(err)?;
+                        self.block_mask(&q_pos[start..start + rows], &kp, window)?
+                    }
+                };
                 att = att
                     .reshape((nkv, g, rows, visible))
                     .and_then(|a| a.broadcast_add(&mb))
@@ -305,5 +344,26 @@ impl OpsModel {
         let h = candle_nn::ops::rms_norm(&hidden.0, &self.norm, self.config.rms_eps as f32).map_err(err)?;
         let logits = linear(&h, &self.lm_head).map_err(err)?;
         logits.to_dtype(DType::F32).map(CandleTensor).map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The device-built block mask is the host's mask, with and without a window, over
+    /// gapped positions.
+    #[test]
+    fn block_masks_equal_the_host_mask() {
+        let config = sieve_backend::synthetic::tiny_config();
+        let model = OpsModel::new(&config, sieve_backend::synthetic::weights(&config, 0, false), Device::Cpu).unwrap();
+        let keys: Vec<usize> = (0..200).filter(|p| p % 7 != 3).collect();
+        let queries: Vec<usize> = keys[100..].to_vec();
+        let kp = Tensor::from_vec(keys.iter().map(|&p| p as f32).collect::<Vec<_>>(), (1, keys.len()), &Device::Cpu)
+            .unwrap();
+        for window in [None, Some(1), Some(16), Some(500)] {
+            let got = model.block_mask(&queries, &kp, window).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got, sieve_backend::mask::windowed_mask(&queries, &keys, window), "window {window:?}");
+        }
     }
 }
