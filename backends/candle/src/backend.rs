@@ -9,10 +9,6 @@ use crate::error::{Error, Result};
 use crate::ops::OpsModel;
 use crate::tensor::CandleTensor;
 
-fn err(e: candle_core::Error) -> Error {
-    Error::from(e)
-}
-
 /// Where candle runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CandleDevice {
@@ -43,6 +39,12 @@ impl CandleDevice {
                     return Err(Error::NoCuda);
                 }
                 Device::new_cuda(ordinal).map_err(|e| {
+                    // The driver's reason, without the backtrace candle attaches when
+                    // RUST_BACKTRACE is set.
+                    let e = match e {
+                        candle_core::Error::WithBacktrace { inner, .. } => *inner,
+                        e => e,
+                    };
                     let detail = e.to_string().lines().map(str::trim).collect::<Vec<_>>().join(" ");
                     Error::NoDevice { ordinal, detail }
                 })

@@ -22,6 +22,7 @@ fn gpu(test: &str) -> bool {
         Err(e) => {
             let message = e.to_string();
             assert!(message.starts_with("no CUDA device 0 here: "), "unclear error: {message}");
+            assert!(!message.contains("backtrace") && !message.contains(" 0: "), "a backtrace in: {message}");
             eprintln!("{test}: skipped, no CUDA device here ({message})");
             false
         }

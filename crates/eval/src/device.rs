@@ -39,17 +39,16 @@ where
         CaseResult { case: name.to_string(), passed: detail.is_empty(), detail }
     }
     macro_rules! run {
-        ($out:ident, $module:ident, $t:ty, $arg:expr; $($case:ident),+ $(,)?) => {
-            $( $out.push(one(stringify!($case), $module::$case::<$t>($arg))); )+
+        ($module:ident, $t:ty, $arg:expr; $($case:ident),+ $(,)?) => {
+            vec![$( one(stringify!($case), $module::$case::<$t>($arg)) ),+]
         };
     }
-    let mut out = Vec::new();
-    run!(out, cases, B, make; embed, prefill, gapped_positions, decode_steps, probes, compacted_caches,
+    let mut out = run!(cases, B, make; embed, prefill, gapped_positions, decode_steps, probes, compacted_caches,
         per_head_caches, long_prefill, block_options, sliding_window, packed_weights);
     let config = synthetic::tiny_config();
     let device = make(&config, synthetic::weights(&config, 0, false)).device();
-    run!(out, tensor_cases, B::Tensor, &device; host_transfer, reductions, indexing, softmax_matmul, elementwise,
-        pooling, top_k, scorer_last_query, scorer_snapkv, scorer_h2o, scorer_attention_free, aggregation);
+    out.extend(run!(tensor_cases, B::Tensor, &device; host_transfer, reductions, indexing, softmax_matmul,
+        elementwise, pooling, top_k, scorer_last_query, scorer_snapkv, scorer_h2o, scorer_attention_free, aggregation));
     out
 }
 
@@ -110,18 +109,15 @@ fn kept<B: Backend>(session: &Session<'_, B>) -> Vec<Vec<usize>> {
     session.caches().iter().flat_map(|c| heads(c, n_kv)).collect()
 }
 
-/// Logits rows and kept positions of a prefill of `tokens` and `steps` greedy decode steps.
-fn trace<B: Backend>(
-    backend: &B,
-    policy: &Policy,
-    tokens: &[u32],
-    steps: usize,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<usize>>)> {
+/// Logits rows, and kept positions per cache.
+type Trace = (Vec<Vec<f32>>, Vec<Vec<usize>>);
+
+/// Logits rows and kept positions of a prefill of `tokens` and `steps` decode steps (the
+/// prompt's tokens again, so that both sides feed the same tokens).
+fn trace<B: Backend>(backend: &B, policy: &Policy, tokens: &[u32], steps: usize) -> Result<Trace> {
     let mut session = Session::new(backend, policy.clone())?;
     let mut rows = vec![session.prefill(tokens, Logits::Last)?.last().to_vec()];
     for i in 0..steps {
-        // The prompt's tokens again, so that both sides feed the same tokens whatever
-        // their argmax.
         let row = session.step(tokens[i % tokens.len()])?;
         rows.push(row);
     }
