@@ -26,7 +26,7 @@ libs=""
 for py in python3 /opt/torch/.venv/bin/python3; do
     site=$("$py" -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null) || continue
     for s in $site; do
-        for d in "$s"/nvidia/*/lib "$s"/nvidia/cu13/lib; do
+        for d in "$s"/nvidia/*/lib; do
             [ -d "$d" ] && libs="$libs:$d"
         done
     done
