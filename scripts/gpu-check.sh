@@ -33,7 +33,8 @@ for py in python3 /opt/torch/.venv/bin/python3; do
     [ -n "$libs" ] && break
 done
 for d in /usr/local/cuda/lib64 /usr/local/nvidia/lib64; do [ -d "$d" ] && libs="$libs:$d"; done
-export LD_LIBRARY_PATH="${libs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+path="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="${path#:}"
 echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 if ldd "$bin" | grep "not found"; then
