@@ -42,6 +42,8 @@ pub fn smollm2_135m_config() -> ModelConfig {
         head_dim: 64,
         vocab: 49152,
         rope_theta: 100_000.0,
+        // As its files store it: an f32.
+        rms_eps: f64::from(1e-5f32),
         context: 8192,
         ..tiny_config()
     }
