@@ -157,6 +157,7 @@ impl OpsModel {
         values: &Tensor,
         q_pos: &[usize],
         k_pos: &[usize],
+        padding: Option<&[usize]>,
         probe_spec: Probe,
         window: Option<usize>,
     ) -> Result<(Tensor, Option<CandleTensor>, Option<CandleTensor>)> {
@@ -202,6 +203,14 @@ impl OpsModel {
                 att = att
                     .reshape((nkv, g, rows, visible))
                     .and_then(|a| a.broadcast_add(&mb))
+                    .and_then(|a| a.reshape((nkv, g * rows, visible)))
+                    .map_err(err)?;
+            }
+            if let Some(bias) = sieve_backend::mask::padding_bias(padding, k0, visible) {
+                let bias = Tensor::from_vec(bias, (nkv, 1, 1, visible), &self.device).map_err(err)?;
+                att = att
+                    .reshape((nkv, g, rows, visible))
+                    .and_then(|a| a.broadcast_add(&bias))
                     .and_then(|a| a.reshape((nkv, g * rows, visible)))
                     .map_err(err)?;
             }
@@ -312,7 +321,7 @@ impl OpsModel {
         // Grouped attention: the g query heads of a KV head attend together.
         let q = q.affine(c.query_scale(), 0.0).and_then(|q| q.reshape((nkv, g, n, hd))).map_err(err)?;
         let (out, attention, attention_sums) =
-            self.attention(&q, &keys, &values, positions, cache.positions(), probe, c.window(index))?;
+            self.attention(&q, &keys, &values, positions, cache.positions(), cache.padding(), probe, c.window(index))?;
         let out = out
             .reshape((nh, n, hd))
             .and_then(|o| o.transpose(0, 1))

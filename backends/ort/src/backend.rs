@@ -146,6 +146,18 @@ impl Backend for OrtBackend {
             }
         };
         let probe_start = n - probe.last_queries.min(n);
+        // Each query head's KV head's padding rows, masked (heads keeping different counts).
+        let key_bias = match cache.padding() {
+            None => float_value(&[0.0], &[1, 1, 1]),
+            Some(padding) => {
+                let (m, g) = (cache.len() + n, c.n_heads / c.n_kv_heads);
+                let bias: Vec<f32> = (0..c.n_heads)
+                    .flat_map(|h| (0..m).map(move |j| if j < padding[h / g] { f32::NEG_INFINITY } else { 0.0 }))
+                    .collect();
+                float_value(&bias, &[c.n_heads, 1, m])
+            }
+        }
+        .map_err(Error::ort("key bias"))?;
         let inputs = [
             SessionInputValue::from(hidden.value()),
             SessionInputValue::from(ints(positions)?),
@@ -155,6 +167,7 @@ impl Backend for OrtBackend {
             SessionInputValue::from(past_keys),
             SessionInputValue::from(past_values),
             SessionInputValue::from(ints(&[probe_start])?),
+            SessionInputValue::from(key_bias),
         ];
         let what = format!("decoder layer {index}");
         let mut session = lock(session);

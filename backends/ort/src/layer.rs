@@ -11,8 +11,8 @@ use sieve_backend::{Activation, HostWeight, LayerWeights, ModelConfig, Weights};
 use crate::graph::{Attr, Dim, FLOAT, Graph, INT64};
 
 /// Names of a decoder-layer graph's inputs, in the order the backend passes them.
-pub const LAYER_INPUTS: [&str; 8] =
-    ["hidden", "positions", "cos", "sin", "past_positions", "past_keys", "past_values", "probe_start"];
+pub const LAYER_INPUTS: [&str; 9] =
+    ["hidden", "positions", "cos", "sin", "past_positions", "past_keys", "past_values", "probe_start", "key_bias"];
 /// Names of a decoder-layer graph's outputs.
 pub const LAYER_OUTPUTS: [&str; 6] = ["hidden_out", "keys", "values", "attention", "attention_sums", "queries"];
 
@@ -71,7 +71,9 @@ fn split_heads(g: &mut Graph, x: &str, heads: usize, head_dim: usize) -> String 
 /// Inputs: `hidden` `[n, hidden]`; `positions` (int64 `[n]`, original token positions);
 /// `cos`/`sin` `[n, head_dim/2]` of those positions; `past_positions` (int64 `[m]`) with
 /// `past_keys`/`past_values` `[kv_heads, m, head_dim]`, the layer's cache (m may be 0); and
-/// `probe_start` (int64 `[1]`), the first query row whose attention is returned.
+/// `probe_start` (int64 `[1]`), the first query row whose attention is returned; and
+/// `key_bias` `[heads, 1, m + n]`, added to the mask (-inf on a head's padding rows when the
+/// heads keep different numbers of entries), or `[1, 1, 1]` zero.
 ///
 /// Outputs: `hidden_out` `[n, hidden]`; `keys`/`values` `[kv_heads, m + n, head_dim]`, the
 /// cache with this call's tokens appended (keys after RoPE); `attention`
@@ -93,6 +95,7 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
     let past_keys = g.input("past_keys", FLOAT, Some(&cache_dims));
     let past_values = g.input("past_values", FLOAT, Some(&cache_dims));
     let probe_start = g.input("probe_start", INT64, Some(&[Dim::Fixed(1)]));
+    let key_bias = g.input("key_bias", FLOAT, Some(&[Dim::Named("b"), Dim::Fixed(1), Dim::Named("mb")]));
 
     // Attention.
     let h = rms_norm(&mut g, &hidden, &p("attn_norm"), &w.attn_norm, c.rms_eps);
@@ -128,6 +131,7 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
     }
     let (zero, neg_inf) = (g.scalar(0.0), g.scalar(f32::NEG_INFINITY));
     let mask = g.node("Where", &[&visible, &zero, &neg_inf], &[]);
+    let mask = g.node("Add", &[&mask, &key_bias], &[]);
 
     // Grouped-query attention: query heads kv-major, [kv_heads, group * n, head_dim].
     let scale = g.scalar(c.query_scale() as f32);

@@ -130,6 +130,7 @@ impl TchBackend {
         values: &Tensor,
         q_pos: &[usize],
         k_pos: &[usize],
+        padding: Option<&[usize]>,
         probe_spec: Probe,
         window: Option<usize>,
     ) -> Result<(Tensor, Option<TchTensor>, Option<TchTensor>)> {
@@ -159,6 +160,17 @@ impl TchBackend {
                 att = att
                     .f_reshape([nkv, g, r, visible])
                     .and_then(|a| a.f_add(&mb))
+                    .and_then(|a| a.f_reshape([nkv, g * r, visible]))
+                    .map_err(err)?;
+            }
+            if let Some(bias) = sieve_backend::mask::padding_bias(padding, k0, end - k0) {
+                let bias = Tensor::f_from_slice(&bias)
+                    .and_then(|b| b.f_reshape([nkv, 1, 1, visible]))
+                    .and_then(|b| b.f_to(self.device))
+                    .map_err(err)?;
+                att = att
+                    .f_reshape([nkv, g, r, visible])
+                    .and_then(|a| a.f_add(&bias))
                     .and_then(|a| a.f_reshape([nkv, g * r, visible]))
                     .map_err(err)?;
             }
@@ -271,7 +283,7 @@ impl Backend for TchBackend {
 
         let q = q.f_mul_scalar(c.query_scale()).and_then(|q| q.f_reshape([nkv, g, ni, hd])).map_err(err)?;
         let (out, attention, attention_sums) =
-            self.attention(&q, &keys, &values, positions, cache.positions(), probe, c.window(index))?;
+            self.attention(&q, &keys, &values, positions, cache.positions(), cache.padding(), probe, c.window(index))?;
         let out = out
             .f_reshape([nh, ni, hd])
             .and_then(|o| o.f_transpose(0, 1))

@@ -15,29 +15,54 @@ use sieve_core::{Result, Tensor};
 /// uses [`LayerCache::append`], which keeps capacity equal to the length. Readers see only
 /// the live rows ([`LayerCache::keys`], [`LayerCache::values`]).
 ///
-/// Every KV head holds the same number of entries, but after [`LayerCache::retain_heads`]
-/// not necessarily the same ones: each head then has its own positions
-/// ([`LayerCache::head_positions`]).
+/// After [`LayerCache::retain_heads`] the KV heads need not keep the same entries: each
+/// head then has its own positions ([`LayerCache::head_positions`]). Heads may even keep
+/// different numbers of entries (Ada-KV budgets): the tensors stay rectangular, `[kv_heads,
+/// rows, head_dim]`, and a head with fewer entries starts with *padding* rows
+/// ([`LayerCache::padding`]) that hold no entry. Every backend's attention masks a head's
+/// padding rows; entries appended later follow the last row in every head, so each head's
+/// live entries are always one contiguous run of rows, `padding(h)..len()`.
 #[derive(Debug, Clone)]
 pub struct LayerCache<T> {
     keys: Option<T>,
     values: Option<T>,
-    /// The first head's positions (every head's while they agree).
+    /// The position of each row: the positions of a head without padding (every head's
+    /// while they agree).
     positions: Vec<usize>,
-    /// Each head's positions, once heads keep different entries.
+    /// Each head's positions (its live rows only), once heads keep different entries.
     per_head: Option<Vec<Vec<usize>>>,
+    /// Each head's leading rows that hold no entry, once heads keep different counts.
+    padding: Option<Vec<usize>>,
 }
 
 impl<T> Default for LayerCache<T> {
     fn default() -> Self {
-        Self { keys: None, values: None, positions: Vec::new(), per_head: None }
+        Self { keys: None, values: None, positions: Vec::new(), per_head: None, padding: None }
     }
 }
 
 impl<T: Tensor> LayerCache<T> {
-    /// Number of live entries.
+    /// Number of rows: live entries, plus any head's padding ([`LayerCache::padding`]).
     pub fn len(&self) -> usize {
         self.positions.len()
+    }
+
+    /// Each KV head's leading rows that hold no entry, when heads keep different numbers of
+    /// entries; `None` while every row of every head is live. Attention must not read a
+    /// head's first `padding[h]` rows.
+    pub fn padding(&self) -> Option<&[usize]> {
+        self.padding.as_deref()
+    }
+
+    /// Head `h`'s padding rows (0 without padding).
+    pub fn head_padding(&self, h: usize) -> usize {
+        self.padding.as_ref().and_then(|p| p.get(h).copied()).unwrap_or(0)
+    }
+
+    /// Live entries summed over the KV heads (`kv_heads * len()` without padding).
+    pub fn live_entries(&self) -> usize {
+        let heads = self.keys.as_ref().and_then(|k| k.shape().first().copied()).unwrap_or(0);
+        heads * self.len() - self.padding.as_ref().map_or(0, |p| p.iter().sum())
     }
 
     /// Whether nothing is cached.
@@ -45,9 +70,10 @@ impl<T: Tensor> LayerCache<T> {
         self.positions.is_empty()
     }
 
-    /// Original position of each live entry of the first KV head, increasing: every head's
-    /// while the heads agree. Entries of earlier calls precede the current call's tokens in
-    /// every head, so a causal mask built from these positions is right for every head.
+    /// Original position of each row, increasing: every head's while the heads agree,
+    /// otherwise those of a head without padding. Entries of earlier calls precede the
+    /// current call's tokens in every head, so a causal mask built from these positions is
+    /// right for every head (with each head's padding masked besides).
     pub fn positions(&self) -> &[usize] {
         &self.positions
     }
@@ -57,7 +83,8 @@ impl<T: Tensor> LayerCache<T> {
         self.per_head.is_some()
     }
 
-    /// Original positions of head `h`'s live entries, increasing.
+    /// Original positions of head `h`'s live entries (rows `head_padding(h)..len()`),
+    /// increasing.
     pub fn head_positions(&self, h: usize) -> &[usize] {
         self.per_head.as_ref().and_then(|p| p.get(h)).map_or(&self.positions, Vec::as_slice)
     }
@@ -118,6 +145,7 @@ impl<T: Tensor> LayerCache<T> {
             values: copy(self.values()?)?,
             positions: self.positions.clone(),
             per_head: self.per_head.clone(),
+            padding: self.padding.clone(),
         })
     }
 
@@ -144,6 +172,10 @@ impl<T: Tensor> LayerCache<T> {
     /// tensors are dropped, so their memory is freed; the new storage holds exactly the
     /// kept entries.
     pub fn retain(&mut self, kept: &[usize]) -> Result<()> {
+        if self.padding.is_some() {
+            let heads = self.keys.as_ref().map_or(Ok(0), |k| k.dim(0))?;
+            return self.retain_heads(&vec![kept.to_vec(); heads]).map(drop);
+        }
         if kept.len() == self.len() && self.capacity() == self.len() {
             return Ok(());
         }
@@ -167,10 +199,20 @@ impl<T: Tensor> LayerCache<T> {
         Ok(())
     }
 
-    /// Keeps, in each KV head `h`, only the entries at `kept[h]` (sorted indices into its
-    /// live entries), the same count in every head. The storage becomes exactly the kept
-    /// entries, as with [`LayerCache::retain`].
-    pub fn retain_heads(&mut self, kept: &[Vec<usize>]) -> Result<()> {
+    /// Position of row `i` of head `h` (a live row: `i >= head_padding(h)`).
+    fn row_position(&self, h: usize, i: usize) -> usize {
+        self.head_positions(h)[i - self.head_padding(h)]
+    }
+
+    /// Keeps, in each KV head `h`, only the rows at `kept[h]` (increasing indices into the
+    /// rows; a head's padding rows are skipped, they hold nothing). Heads may keep different
+    /// numbers of entries: a head with fewer than the most is padded at the front
+    /// ([`LayerCache::padding`]). The storage becomes exactly the kept rows, as with
+    /// [`LayerCache::retain`].
+    ///
+    /// Returns, per head, the old row behind each new row (padding rows repeat a kept one),
+    /// for state kept row by row beside the cache (a scorer's running sums) to follow.
+    pub fn retain_heads(&mut self, kept: &[Vec<usize>]) -> Result<Vec<Vec<usize>>> {
         let op = "LayerCache::retain_heads";
         let heads = self.keys.as_ref().map_or(Ok(0), |k| k.dim(0))?;
         if kept.len() != heads {
@@ -179,34 +221,50 @@ impl<T: Tensor> LayerCache<T> {
                 detail: format!("{} kept lists for {heads} KV heads", kept.len()),
             });
         }
-        let Some(first) = kept.first() else { return Ok(()) };
-        if kept.iter().any(|k| k.len() != first.len()) {
-            return Err(sieve_core::Error::Shape {
-                op,
-                detail: "every head must keep the same number of entries".into(),
-            });
-        }
-        if kept.iter().all(|k| k == first) {
-            return self.retain(first);
-        }
         if let Some(&bad) = kept.iter().flatten().find(|&&i| i >= self.len()) {
             return Err(sieve_core::Error::Index { op, index: bad, size: self.len() });
         }
-        let gather = |t: &T| -> Result<T> {
-            let parts = kept
+        if kept.iter().any(|k| k.windows(2).any(|w| w[0] >= w[1])) {
+            return Err(sieve_core::Error::Shape { op, detail: "kept rows must increase".into() });
+        }
+        let kept: Vec<Vec<usize>> = kept
+            .iter()
+            .enumerate()
+            .map(|(h, k)| k.iter().copied().filter(|&i| i >= self.head_padding(h)).collect())
+            .collect();
+        let rows = kept.iter().map(Vec::len).max().unwrap_or(0);
+        if rows == 0 {
+            *self = Self::default();
+            return Ok(kept);
+        }
+        if self.padding.is_none() && kept.iter().all(|k| k == &kept[0]) {
+            self.retain(&kept[0])?;
+            return Ok(kept);
+        }
+        let gather: Vec<Vec<usize>> = kept
+            .iter()
+            .map(|k| {
+                std::iter::repeat_n(k.first().copied().unwrap_or(0), rows - k.len()).chain(k.iter().copied()).collect()
+            })
+            .collect();
+        let take = |t: &T| -> Result<T> {
+            let parts = gather
                 .iter()
                 .enumerate()
                 .map(|(h, k)| t.narrow(0, h, 1)?.index_select(1, k))
                 .collect::<Result<Vec<T>>>()?;
             T::cat(&parts.iter().collect::<Vec<_>>(), 0)
         };
-        self.keys = self.keys.as_ref().map(gather).transpose()?;
-        self.values = self.values.as_ref().map(gather).transpose()?;
+        self.keys = self.keys.as_ref().map(take).transpose()?;
+        self.values = self.values.as_ref().map(take).transpose()?;
         let per_head: Vec<Vec<usize>> =
-            kept.iter().enumerate().map(|(h, k)| k.iter().map(|&i| self.head_positions(h)[i]).collect()).collect();
-        self.positions = per_head[0].clone();
+            kept.iter().enumerate().map(|(h, k)| k.iter().map(|&i| self.row_position(h, i)).collect()).collect();
+        let padding: Vec<usize> = kept.iter().map(|k| rows - k.len()).collect();
+        let full = padding.iter().position(|&p| p == 0).unwrap_or(0);
+        self.positions = per_head[full].clone();
         self.per_head = Some(per_head);
-        Ok(())
+        self.padding = padding.iter().any(|&p| p > 0).then_some(padding);
+        Ok(gather)
     }
 
     /// Moves every entry from its position `p` to `new(p)`, rotating its key by the
@@ -217,7 +275,7 @@ impl<T: Tensor> LayerCache<T> {
     pub fn renumber(&mut self, inv_freq: &[f64], new: impl Fn(usize) -> usize) -> Result<()> {
         let Some(keys) = self.keys.as_ref().filter(|_| !self.is_empty()) else { return Ok(()) };
         let shape = keys.shape();
-        let (heads, capacity, hd, len) = (shape[0], shape[1], shape[2], self.len());
+        let (heads, capacity, hd) = (shape[0], shape[1], shape[2]);
         let half = inv_freq.len();
         if hd != 2 * half {
             return Err(sieve_core::Error::Shape {
@@ -230,7 +288,7 @@ impl<T: Tensor> LayerCache<T> {
         let mut positions: Vec<Vec<usize>> = Vec::with_capacity(heads);
         for h in 0..heads {
             let old = self.head_positions(h).to_vec();
-            let mut moved = Vec::with_capacity(len);
+            let mut moved = Vec::with_capacity(old.len());
             for (i, &p) in old.iter().enumerate() {
                 let q = new(p);
                 moved.push(q);
@@ -241,7 +299,8 @@ impl<T: Tensor> LayerCache<T> {
                 let turn = rotations
                     .entry(q as i64 - p as i64)
                     .or_insert_with_key(|&delta| inv_freq.iter().map(|&f| (delta as f64 * f).sin_cos()).collect());
-                let row = &mut data[(h * capacity + i) * hd..(h * capacity + i + 1) * hd];
+                let r = h * capacity + self.head_padding(h) + i;
+                let row = &mut data[r * hd..(r + 1) * hd];
                 for (j, &(sin, cos)) in turn.iter().enumerate() {
                     let (a, b) = (f64::from(row[j]), f64::from(row[j + half]));
                     row[j] = (a * cos - b * sin) as f32;
@@ -257,7 +316,8 @@ impl<T: Tensor> LayerCache<T> {
             positions.push(moved);
         }
         self.keys = Some(T::from_host(&data, &shape, &keys.device())?);
-        self.positions = positions[0].clone();
+        let full = (0..heads).find(|&h| self.head_padding(h) == 0).unwrap_or(0);
+        self.positions = positions[full].clone();
         if self.per_head.is_some() {
             self.per_head = Some(positions);
         }
@@ -272,23 +332,31 @@ impl<T: Tensor> LayerCache<T> {
             values: self.values.map(&f).transpose()?,
             positions: self.positions,
             per_head: self.per_head,
+            padding: self.padding,
         })
     }
 
     /// Forgets every entry at position `pos` or later. Positions increase, so those are
-    /// the last entries; the storage is kept for the entries that follow. When the heads
-    /// keep different entries, every head keeps as many as the head with the fewest before
+    /// the last rows; the storage is kept for the entries that follow. When the heads keep
+    /// different entries, every head keeps as many rows as the head with the fewest before
     /// `pos` (a head with more loses its latest ones before `pos` too), so that the heads
     /// stay the same length.
     pub fn truncate(&mut self, pos: usize) {
         let keep = match &self.per_head {
             None => self.positions.partition_point(|&p| p < pos),
-            Some(heads) => heads.iter().map(|h| h.partition_point(|&p| p < pos)).min().unwrap_or(0),
+            Some(heads) => heads
+                .iter()
+                .enumerate()
+                .map(|(h, ps)| self.head_padding(h) + ps.partition_point(|&p| p < pos))
+                .min()
+                .unwrap_or(0),
         };
+        let padding: Option<Vec<usize>> = self.padding.as_ref().map(|p| p.iter().map(|&p| p.min(keep)).collect());
         self.positions.truncate(keep);
-        for head in self.per_head.iter_mut().flatten() {
-            head.truncate(keep);
+        for (h, head) in self.per_head.iter_mut().flatten().enumerate() {
+            head.truncate(keep - padding.as_ref().map_or(0, |p| p[h]));
         }
+        self.padding = padding.filter(|p| p.iter().any(|&p| p > 0));
         if keep == 0 {
             *self = Self::default();
         }
@@ -358,12 +426,47 @@ mod tests {
         c.retain(&[0, 2])?;
         assert_eq!((c.head_positions(0), c.head_positions(1)), (&[0, 4][..], &[1, 4][..]));
         assert_eq!(c.keys()?.unwrap().to_host()?, vec![1., 9., 6., 10.]);
-        // Different counts, or a list per head missing, are refused.
-        assert!(c.retain_heads(&[vec![0], vec![0, 1]]).is_err());
+        // A list per head missing, or rows out of order, are refused.
         assert!(c.retain_heads(&[vec![0]]).is_err());
+        assert!(c.retain_heads(&[vec![1, 0], vec![0, 1]]).is_err());
         // Truncating at 2: head 0 has one entry before it, head 1 one: both keep one.
         c.truncate(2);
         assert_eq!((c.head_positions(0), c.head_positions(1)), (&[0][..], &[1][..]));
+        Ok(())
+    }
+
+    /// Heads keep different numbers of entries: the shorter is padded at the front, the
+    /// padding is skipped by later selections, and appends, truncation and renumbering
+    /// keep every head's live rows contiguous at the end.
+    #[test]
+    fn heads_keep_different_counts() -> Result<()> {
+        let two_heads = |a: &[f32], b: &[f32]| HostTensor::new([a, b].concat(), &[2, a.len(), 1]).unwrap();
+        let mut c = LayerCache::default();
+        c.append(two_heads(&[1., 2., 3., 4.], &[5., 6., 7., 8.]), two_heads(&[0.; 4], &[0.; 4]), &[0, 1, 2, 3])?;
+        let gather = c.retain_heads(&[vec![2], vec![0, 1, 3]])?;
+        assert_eq!(gather, vec![vec![2, 2, 2], vec![0, 1, 3]]);
+        assert_eq!((c.len(), c.padding(), c.live_entries()), (3, Some(&[2, 0][..]), 4));
+        assert_eq!((c.head_positions(0), c.head_positions(1)), (&[2][..], &[0, 1, 3][..]));
+        assert_eq!(c.positions(), &[0, 1, 3], "rows take the positions of the head without padding");
+        assert_eq!(c.keys()?.unwrap().to_host()?, vec![3., 3., 3., 5., 6., 8.]);
+        c.append(two_heads(&[9.], &[10.]), two_heads(&[0.], &[0.]), &[4])?;
+        assert_eq!((c.head_positions(0), c.head_positions(1)), (&[2, 4][..], &[0, 1, 3, 4][..]));
+        assert_eq!(c.live_entries(), 6);
+        // A shared selection never keeps a head's padding rows.
+        let gather = c.retain_heads(&[vec![0, 1, 3], vec![0, 1, 3]])?;
+        assert_eq!(gather, vec![vec![3, 3, 3], vec![0, 1, 3]]);
+        assert_eq!((c.head_positions(0), c.head_positions(1)), (&[4][..], &[0, 1, 4][..]));
+        assert_eq!(c.padding(), Some(&[2, 0][..]));
+        assert_eq!(c.positions(), &[0, 1, 4]);
+        // Truncating before 1: head 1 keeps one row; head 0 has only padding there.
+        c.truncate(1);
+        assert_eq!((c.len(), c.padding(), c.live_entries()), (1, Some(&[1, 0][..]), 1));
+        assert_eq!((c.head_positions(0), c.head_positions(1)), (&[][..], &[0][..]));
+        // Equal counts again: the padding is gone.
+        c.append(two_heads(&[1.], &[2.]), two_heads(&[0.], &[0.]), &[20])?;
+        c.retain_heads(&[vec![1], vec![0, 1]])?;
+        c.retain_heads(&[vec![1], vec![1]])?;
+        assert_eq!((c.padding(), c.len(), c.head_positions(0)), (None, 1, &[20][..]));
         Ok(())
     }
 }

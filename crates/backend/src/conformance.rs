@@ -279,6 +279,58 @@ pub fn per_head_caches<B: Backend>(make: Make<'_, B>) -> Result<()> {
     pair.logits("per head", &out, &want)
 }
 
+/// Caches whose KV heads keep different numbers of entries (Ada-KV budgets): a head with
+/// fewer is padded at the front, and attention must skip each head's padding rows, in
+/// decode steps and in a call long enough to be split into blocks. The reference's probes
+/// are checked to be zero on the padding and to sum to one elsewhere, so a reference that
+/// read the padding would fail too.
+pub fn ragged_caches<B: Backend>(make: Make<'_, B>) -> Result<()> {
+    let config = ModelConfig { context: 512, ..synthetic::tiny_config() };
+    let mut pair = Pair::new(make, &config, 4, false)?;
+    pair.forward("ragged", &tokens(12, 64, 13), &(0..12).collect::<Vec<_>>(), Probe::NONE)?;
+    let (heads, group) = (config.n_kv_heads, config.n_heads / config.n_kv_heads);
+    // Head h keeps every (h + 1)-th entry: 12, 6, ... entries.
+    let kept: Vec<Vec<usize>> = (0..heads).map(|h| (0..12).step_by(h + 1).collect()).collect();
+    for l in 0..pair.caches.len() {
+        pair.caches[l].retain_heads(&kept)?;
+        pair.reference_caches[l].retain_heads(&kept)?;
+    }
+    let padding: Vec<usize> = (0..heads).map(|h| pair.reference_caches[0].head_padding(h)).collect();
+    if padding.iter().all(|&p| p == 0) {
+        return Err(mismatch("ragged", "the heads were not padded".into()));
+    }
+    let probe = Probe { last_queries: 1, column_sums: true, queries: false };
+    for (i, t) in [4u32, 9].into_iter().enumerate() {
+        let (out, want) = pair.forward("ragged, then a step", &[t], &[12 + i], probe)?;
+        let (Some(a), Some(w)) = (&out.attention, &want.attention) else {
+            return Err(mismatch("ragged", "attention probe missing".into()));
+        };
+        compare("ragged: probes", a, w)?;
+        let m = w.shape()[2];
+        for (qh, row) in w.data().chunks_exact(m).enumerate() {
+            let pad = padding[qh / group];
+            let live: f32 = row[pad..].iter().sum();
+            if row[..pad].iter().any(|&p| p != 0.0) || (live - 1.0).abs() > 1e-5 {
+                return Err(mismatch("ragged", format!("reference head {qh} reads its padding: {row:?}")));
+            }
+        }
+    }
+    // A shared selection over every row keeps no padding row.
+    for l in 0..pair.caches.len() {
+        let all: Vec<usize> = (1..pair.caches[l].len()).collect();
+        pair.caches[l].retain_heads(&vec![all.clone(); heads])?;
+        pair.reference_caches[l].retain_heads(&vec![all; heads])?;
+    }
+    let n = 270;
+    let probe = Probe { last_queries: 3, column_sums: true, queries: false };
+    let (out, want) =
+        pair.forward("ragged, then a long call", &tokens(n, 64, 14), &(20..20 + n).collect::<Vec<_>>(), probe)?;
+    if let (Some(g), Some(w)) = (&out.attention_sums, &want.attention_sums) {
+        compare("ragged: sums", g, w)?;
+    }
+    pair.logits("ragged", &out, &want)
+}
+
 /// A prefill longer than the blocks backends split attention into (300 rows), with probes.
 pub fn long_prefill<B: Backend>(make: Make<'_, B>) -> Result<()> {
     let config = ModelConfig { context: 512, ..synthetic::tiny_config() };
@@ -365,8 +417,8 @@ pub fn packed_weights<B: Backend>(make: Make<'_, B>) -> Result<()> {
 macro_rules! backend_conformance {
     ($backend:ty, $make:expr) => {
         $crate::backend_conformance!(@cases $backend, $make;
-            embed, prefill, gapped_positions, decode_steps, probes, compacted_caches, per_head_caches, long_prefill,
-            block_options, sliding_window, packed_weights);
+            embed, prefill, gapped_positions, decode_steps, probes, compacted_caches, per_head_caches, ragged_caches,
+            long_prefill, block_options, sliding_window, packed_weights);
 
         mod tensor {
             #[allow(unused_imports)]

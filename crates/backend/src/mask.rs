@@ -18,6 +18,19 @@ pub fn windowed_mask(queries: &[usize], keys: &[usize], window: Option<usize>) -
     data
 }
 
+/// The additive mask `[kv_heads * visible]` of the keys `k0..k0 + visible` that masks each
+/// KV head's padding rows (a cache whose heads keep different counts); `None` when no
+/// padding row is among them.
+pub fn padding_bias(padding: Option<&[usize]>, k0: usize, visible: usize) -> Option<Vec<f32>> {
+    let padding = padding.filter(|p| p.iter().any(|&p| p > k0))?;
+    Some(
+        padding
+            .iter()
+            .flat_map(|&p| (k0..k0 + visible).map(move |j| if j < p { f32::NEG_INFINITY } else { 0.0 }))
+            .collect(),
+    )
+}
+
 /// The last mask a backend built for each window (global layers: none), kept for the
 /// next layers, which see the same positions unless pruning changed them.
 pub struct MaskCache<T> {
@@ -69,6 +82,14 @@ impl<T: Clone> MaskCache<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padding_bias_masks_each_heads_leading_rows() {
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(padding_bias(None, 0, 3), None);
+        assert_eq!(padding_bias(Some(&[0, 2]), 2, 2), None, "padding before the keys read");
+        assert_eq!(padding_bias(Some(&[0, 2]), 1, 3), Some(vec![0.0, 0.0, 0.0, inf, 0.0, 0.0]));
+    }
 
     #[test]
     fn masks_by_position_and_caches_the_last() {

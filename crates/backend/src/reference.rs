@@ -202,7 +202,8 @@ impl Backend for HostBackend {
             for (r, &p) in positions.iter().enumerate() {
                 let qr = &q[(r * nh + head) * hd..(r * nh + head + 1) * hd];
                 let visible = key_pos.partition_point(|&kp| kp <= p);
-                let first = key_pos.partition_point(|&kp| kp.saturating_add(window) <= p);
+                // A head's padding rows hold no entry (heads keeping different counts).
+                let first = key_pos.partition_point(|&kp| kp.saturating_add(window) <= p).max(cache.head_padding(kv));
                 let logits: Vec<f64> = (first..visible)
                     .map(|j| dot(qr, &keys[(kv * m + j) * hd..(kv * m + j + 1) * hd]) * scale)
                     .collect();

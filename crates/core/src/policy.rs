@@ -76,6 +76,17 @@ pub enum Selection {
     /// One kept set per KV head (the query heads of its group averaged), the same count in
     /// every head of a layer, so the cache stays one rectangular tensor.
     Head,
+    /// Ada-KV budgets (`[kv]` only): one kept set per KV head, the layer's budget split
+    /// across its heads by score ([`crate::Selector::select_ada`]), so heads hold different
+    /// counts; a head with fewer entries is padded in the cache, and the padding is masked.
+    Ada,
+}
+
+impl Selection {
+    /// Whether each KV head keeps its own entries.
+    pub fn is_per_head(self) -> bool {
+        matches!(self, Selection::Head | Selection::Ada)
+    }
 }
 
 /// `positions` in `[decode]`: the rotary positions of the cached entries.
@@ -157,9 +168,13 @@ pub struct KvFile {
     /// `layer` (the default) or `context`: what `keep` is a fraction of.
     #[serde(default)]
     pub relative_to: KeepBasis,
-    /// `layer` (the default) or `head`: one kept set per layer or per KV head.
+    /// `layer` (the default), `head` or `ada`: one kept set per layer, per KV head, or per
+    /// KV head with the layer's budget split across heads by score (Ada-KV).
     #[serde(default)]
     pub selection: Selection,
+    /// With `selection = "ada"`: the share of its nominal budget each head keeps by its
+    /// own ranking before the rest is split by score across heads (default 0.2).
+    pub safeguard: Option<f64>,
     /// First tokens never evicted.
     #[serde(default)]
     pub sinks: usize,
@@ -294,8 +309,10 @@ pub struct KvPolicy {
     pub beta: f64,
     /// What a fraction is a fraction of.
     pub relative_to: KeepBasis,
-    /// One kept set per layer or per KV head.
+    /// One kept set per layer or per KV head, or Ada-KV budgets.
     pub selection: Selection,
+    /// Ada-KV: each head's share of its nominal budget kept by its own ranking.
+    pub safeguard: f64,
     /// Protection and clamps.
     pub selector: Selector,
 }
@@ -463,11 +480,20 @@ impl KvFile {
         let recent = self.recent.max(scorer.keeps_last());
         let selector = Selector::new(budget).protect(self.sinks, recent).clamp(self.min_keep, self.max_keep);
         selector.validate("kv")?;
-        if self.selection == Selection::Head && matches!(budget, Budget::Mass(_)) {
+        if self.selection.is_per_head() && matches!(budget, Budget::Mass(_)) {
             return Err(Error::InvalidPolicy(
-                "kv: selection = \"head\" needs `keep` or `tokens` (every head keeps the same count), not `mass`"
-                    .into(),
+                "kv: selection = \"head\" or \"ada\" needs `keep` or `tokens` (a count per head), not `mass`".into(),
             ));
+        }
+        let safeguard = match (self.selection, self.safeguard) {
+            (Selection::Ada, s) => s.unwrap_or(0.2),
+            (_, None) => 0.2,
+            (_, Some(_)) => {
+                return Err(Error::InvalidPolicy("kv: `safeguard` only applies to selection = \"ada\"".into()));
+            }
+        };
+        if !(0.0..=1.0).contains(&safeguard) {
+            return Err(Error::out_of_range("kv.safeguard", safeguard, "[0, 1]"));
         }
         Ok(KvPolicy {
             scorer,
@@ -476,6 +502,7 @@ impl KvFile {
             beta,
             relative_to: self.relative_to,
             selection: self.selection,
+            safeguard,
             selector,
         })
     }
@@ -577,11 +604,16 @@ impl PolicyFile {
     /// Range-checks every value and builds the runtime policy.
     pub fn validate(&self) -> Result<Policy> {
         if let (Some(kv), Some(d)) = (&self.kv, &self.decode)
-            && kv.selection == Selection::Head
+            && kv.selection.is_per_head()
             && d.selection == Selection::Layer
         {
             return Err(Error::InvalidPolicy(
                 "decode: [kv] selects per KV head, so [decode] must too (selection = \"head\")".into(),
+            ));
+        }
+        if self.decode.as_ref().is_some_and(|d| d.selection == Selection::Ada) {
+            return Err(Error::InvalidPolicy(
+                "decode: selection = \"ada\" applies to [kv] only; use \"head\" or \"layer\"".into(),
             ));
         }
         Ok(Policy {
@@ -664,6 +696,7 @@ impl Policy {
                     beta: (k.schedule == ScheduleKind::Pyramid).then_some(k.beta),
                     relative_to: k.relative_to,
                     selection: k.selection,
+                    safeguard: (k.selection == Selection::Ada).then_some(k.safeguard),
                     sinks: k.selector.sinks,
                     recent: k.selector.recent,
                     min_keep: k.selector.min_keep,

@@ -115,8 +115,17 @@ impl Selector {
     pub fn select_with(&self, scores: &[f32], budget: Budget) -> Result<Vec<usize>> {
         let this = Selector { budget, ..self.clone() };
         this.validate("selector")?;
-        let n = scores.len();
         let order = rank_protected(scores, self.sinks, self.recent)?;
+        let count = self.count(scores, &order, budget);
+        let mut kept = order;
+        kept.truncate(count);
+        kept.sort_unstable();
+        Ok(kept)
+    }
+
+    /// How many of `scores.len()` tokens ranked in `order` the budget keeps.
+    fn count(&self, scores: &[f32], order: &[usize], budget: Budget) -> usize {
+        let n = scores.len();
         let protected = protected_count(n, self.sinks, self.recent);
         let target = match budget {
             Budget::Ratio(r) => ((r * n as f64) - 1e-9).ceil().max(0.0) as usize,
@@ -127,9 +136,50 @@ impl Selector {
         if let Some(max) = self.max_keep {
             count = count.min(max);
         }
-        let mut kept = order;
-        kept.truncate(count.min(n));
-        kept.sort_unstable();
+        count.min(n)
+    }
+
+    /// Ada-KV (Feng et al., 2024): one layer's selection over its KV heads, `rows[h]` the
+    /// scores of head `h` (every row as long). The layer keeps what [`Selector::select_with`]
+    /// would keep in all heads together, `heads × count`, but splits it by score: each head
+    /// first keeps its protected tokens and its best `safeguard` share of the rest of its
+    /// nominal count; the remainder of the layer's budget then goes to the highest scores
+    /// left in any head (ties: lower head, then lower index). Heads end with different
+    /// counts. Sorted, unique indices per head.
+    pub fn select_ada(&self, rows: &[&[f32]], budget: Budget, safeguard: f64) -> Result<Vec<Vec<usize>>> {
+        let this = Selector { budget, ..self.clone() };
+        this.validate("selector")?;
+        if !(0.0..=1.0).contains(&safeguard) {
+            return Err(Error::out_of_range("kv.safeguard", safeguard, "[0, 1]"));
+        }
+        let Some(n) = rows.first().map(|r| r.len()) else { return Ok(Vec::new()) };
+        if rows.iter().any(|r| r.len() != n) {
+            return Err(Error::InvalidPolicy("ada: every head must score the same tokens".into()));
+        }
+        if let Budget::Mass(_) = budget {
+            return Err(Error::InvalidPolicy("ada: a layer budget needs `keep` or `tokens`, not `mass`".into()));
+        }
+        let protected = protected_count(n, self.sinks, self.recent);
+        let mut kept: Vec<Vec<usize>> = Vec::with_capacity(rows.len());
+        let mut pool: Vec<(f32, usize, usize)> = Vec::new();
+        let mut total = 0;
+        for (h, row) in rows.iter().enumerate() {
+            let order = rank_protected(row, self.sinks, self.recent)?;
+            let count = self.count(row, &order, budget);
+            total += count;
+            let safe = protected + (safeguard * count.saturating_sub(protected) as f64).floor() as usize;
+            let safe = safe.min(count);
+            kept.push(order[..safe].to_vec());
+            pool.extend(order[safe..].iter().map(|&i| (row[i], h, i)));
+        }
+        let left = total - kept.iter().map(Vec::len).sum::<usize>();
+        pool.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        for &(_, h, i) in pool.iter().take(left) {
+            kept[h].push(i);
+        }
+        for k in &mut kept {
+            k.sort_unstable();
+        }
         Ok(kept)
     }
 }
@@ -212,6 +262,29 @@ mod tests {
         let s = [0.5, 0.5, 0.5, 0.5];
         assert_eq!(Selector::new(Budget::Tokens(2)).select(&s).unwrap(), vec![0, 1]);
         assert_eq!(rank_by_score(&[1.0, 2.0, 2.0]).unwrap(), vec![1, 2, 0]);
+    }
+
+    /// Ada-KV: the layer keeps heads × count entries; each head its protected tokens and
+    /// safeguard share, the rest to the best scores of any head.
+    #[test]
+    fn ada_splits_the_layer_budget_by_score() {
+        // Head 0 is peaked (two high scores), head 1 flat and low.
+        let h0 = [0.0, 0.9, 0.8, 0.7, 0.6, 0.0, 0.0, 0.0];
+        let h1 = [0.0, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1];
+        let sel = Selector::new(Budget::Tokens(4)).protect(1, 1);
+        // Count 4 per head, 8 in all: each head keeps sinks + recent (2) and 0.5 x 2 = 1
+        // more; the other 2 go to head 0's next best.
+        let kept = sel.select_ada(&[&h0, &h1], Budget::Tokens(4), 0.5).unwrap();
+        assert_eq!(kept, vec![vec![0, 1, 2, 3, 7], vec![0, 1, 7]]);
+        assert_eq!(kept.iter().map(Vec::len).sum::<usize>(), 8);
+        // Safeguard 1: every head keeps its own count, as per-head selection does.
+        let even = sel.select_ada(&[&h0, &h1], Budget::Tokens(4), 1.0).unwrap();
+        assert_eq!(even, vec![sel.select(&h0).unwrap(), sel.select(&h1).unwrap()]);
+        // Safeguard 0 and no protection: the best 8 scores of the layer.
+        let free = Selector::new(Budget::Ratio(0.5)).select_ada(&[&h0, &h1], Budget::Ratio(0.5), 0.0).unwrap();
+        assert_eq!(free, vec![vec![1, 2, 3, 4], vec![1, 2, 3, 4]]);
+        assert!(sel.select_ada(&[&h0, &h1], Budget::Tokens(4), 1.5).is_err());
+        assert!(sel.select_ada(&[&h0, &h1[..4]], Budget::Tokens(4), 0.2).is_err());
     }
 
     #[test]

@@ -146,8 +146,8 @@ impl<'b, B: Backend> Session<'b, B> {
         policy.check_model(n_layers)?;
         // Backends mask a local layer's window by the first KV head's positions, which are
         // every head's only while heads keep the same entries.
-        let per_head = policy.kv.as_ref().is_some_and(|k| k.selection == Selection::Head)
-            || policy.decode.as_ref().is_some_and(|d| d.selection == Selection::Head);
+        let per_head = policy.kv.as_ref().is_some_and(|k| k.selection.is_per_head())
+            || policy.decode.as_ref().is_some_and(|d| d.selection.is_per_head());
         if per_head && config.n_kv_heads > 1 && config.style.sliding_window.is_some() {
             return Err(Error::Invalid(format!(
                 "policy `{}` selects per KV head, which sieve does not support on a model with sliding-window layers and {} KV heads; use selection = \"layer\"",
@@ -221,10 +221,12 @@ impl<'b, B: Backend> Session<'b, B> {
         &self.caches
     }
 
-    /// Bytes of the live KV entries.
+    /// Bytes of the live KV entries (a head's padding rows, when heads keep different
+    /// counts, are allocated but not live).
     pub fn kv_bytes(&self) -> usize {
-        let per = self.backend.config().kv_bytes_per_token_layer();
-        self.caches.iter().map(|c| c.len() * per).sum()
+        let config = self.backend.config();
+        let per_head = config.kv_bytes_per_token_layer() / config.n_kv_heads.max(1);
+        self.caches.iter().map(|c| c.live_entries() * per_head).sum()
     }
 
     /// Bytes the KV storage has allocated: the live entries and the room a backend reserved
@@ -428,22 +430,27 @@ impl<'b, B: Backend> Session<'b, B> {
                                     .collect::<sieve_core::Result<Vec<_>>>()?,
                             );
                         }
+                        Selection::Ada => {
+                            let scores = scorer.score_kv_heads(&obs)?.to_host()?;
+                            let rows: Vec<&[f32]> = scores.chunks_exact(cache.len()).map(|r| &r[old..]).collect();
+                            let kept = selector.select_ada(&rows, budget, kv.safeguard)?;
+                            kept_heads = Some(kept.into_iter().map(with_old).collect());
+                        }
                     }
                 }
                 let cache_len = self.caches[l].len();
                 if let Some(kept) = &kept_kv {
                     self.caches[l].retain(kept)?;
                 }
-                if let Some(kept) = &kept_heads {
-                    self.caches[l].retain_heads(kept)?;
-                }
+                // The rows behind each head's new rows (its padding repeats a kept one).
+                let kept_rows = kept_heads.as_ref().map(|kept| self.caches[l].retain_heads(kept)).transpose()?;
                 if let Some(d) = &mut self.decode {
                     let mut s = decode_scores.unwrap_or_default();
                     if let Some(kept) = &kept_kv {
                         d.scorers[l].retain(kept)?;
                         s = keep_scores(&s, cache_len, std::slice::from_ref(kept));
                     }
-                    if let Some(kept) = &kept_heads {
+                    if let Some(kept) = &kept_rows {
                         d.scorers[l].retain_heads(kept)?;
                         s = keep_scores(&s, cache_len, kept);
                     }
@@ -641,12 +648,18 @@ impl<'b, B: Backend> Session<'b, B> {
                 .filter(|s| s.len() == rows * len)
                 .ok_or_else(|| Error::Invalid(format!("layer {l}: no current scores for decode eviction")))?;
             if d.per_head() {
+                // A head's padding rows (heads keeping different counts) are not candidates.
+                let cache = &self.caches[l];
                 let kept = scores
                     .chunks_exact(len)
-                    .map(|row| d.policy.selector.select(row))
-                    .collect::<sieve_core::Result<Vec<_>>>()?;
-                self.caches[l].retain_heads(&kept)?;
-                d.scorers[l].retain_heads(&kept)?;
+                    .enumerate()
+                    .map(|(h, row)| {
+                        let pad = cache.head_padding(h);
+                        Ok(d.policy.selector.select(&row[pad..])?.into_iter().map(|i| i + pad).collect())
+                    })
+                    .collect::<sieve_core::Result<Vec<Vec<usize>>>>()?;
+                let rows = self.caches[l].retain_heads(&kept)?;
+                d.scorers[l].retain_heads(&rows)?;
             } else {
                 let kept = d.policy.selector.select(&scores)?;
                 self.caches[l].retain(&kept)?;

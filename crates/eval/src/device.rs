@@ -44,7 +44,7 @@ where
         };
     }
     let mut out = run!(cases, B, make; embed, prefill, gapped_positions, decode_steps, probes, compacted_caches,
-        per_head_caches, long_prefill, block_options, sliding_window, packed_weights);
+        per_head_caches, ragged_caches, long_prefill, block_options, sliding_window, packed_weights);
     let config = synthetic::tiny_config();
     let device = make(&config, synthetic::weights(&config, 0, false)).device();
     out.extend(run!(tensor_cases, B::Tensor, &device; host_transfer, reductions, indexing, softmax_matmul,

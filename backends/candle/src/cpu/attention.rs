@@ -31,7 +31,7 @@ const INLINE_WORK: usize = 1 << 18;
 
 /// The shapes of one attention call.
 #[derive(Debug, Clone, Copy)]
-pub struct Shape {
+pub struct Shape<'a> {
     /// Query heads.
     pub heads: usize,
     /// Key/value heads (each serves `heads / kv_heads` query heads).
@@ -43,6 +43,8 @@ pub struct Shape {
     /// A local layer's window: a query at `p` sees keys after `p - window` (`usize::MAX`
     /// for a global layer).
     pub window: usize,
+    /// Each KV head's leading cache rows that hold no entry (empty: none), never read.
+    pub padding: &'a [usize],
 }
 
 /// What the scorers asked to see of the probabilities.
@@ -78,7 +80,7 @@ pub fn attention(
     keys: &[f32],
     values: &[f32],
     k_pos: &[usize],
-    s: Shape,
+    s: Shape<'_>,
     out: &mut [f32],
     probe: ProbeOut<'_>,
 ) {
@@ -139,6 +141,8 @@ pub fn attention(
                     let row = &mut scores[(gi * rows + r) * visible..(gi * rows + r + 1) * visible];
                     let seen = k_pos[..visible].partition_point(|&p| p <= q_pos[t]);
                     let lo = k_pos[..seen].partition_point(|&p| p.saturating_add(s.window) <= q_pos[t]);
+                    // The head's padding rows, if any, are masked like keys outside a window.
+                    let lo = lo.max(s.padding.get(kv).map_or(0, |&p| p.saturating_sub(k0)).min(seen));
                     let (head, masked) = row.split_at_mut(seen);
                     masked.fill(0.0);
                     let (early, live) = head.split_at_mut(lo);

@@ -410,7 +410,8 @@ impl CpuLayer {
         let probe_rows = s.probe.last_queries.min(n);
         let mut probs = (probe_rows > 0).then(|| vec![0f32; nh * probe_rows * m]);
         let mut sums = s.probe.column_sums.then(|| vec![0f32; nh * m]);
-        let shape = Shape { heads: nh, kv_heads: nkv, head_dim: hd, capacity: keys.dim(1)?, window };
+        let padding = cache.padding().unwrap_or(&[]);
+        let shape = Shape { heads: nh, kv_heads: nkv, head_dim: hd, capacity: keys.dim(1)?, window, padding };
         with_slice(&keys, |k| {
             with_slice(&values, |v| {
                 let probe = ProbeOut { rows: probe_rows, probs: probs.as_deref_mut(), sums: sums.as_deref_mut() };
