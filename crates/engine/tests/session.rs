@@ -127,6 +127,81 @@ fn per_head_selection_keeps_a_set_per_kv_head() {
     assert!(err.to_string().contains("selection = \"head\""), "{err}");
 }
 
+/// `selection = "ada"` (Ada-KV): each layer keeps heads × its per-head budget in all, split
+/// across its KV heads by score, every head with its sinks, window and safeguard share; the
+/// shorter heads are padded, the statistics tell live bytes from allocated ones, and the
+/// session goes on (decode eviction per head, a second turn) over the padded cache. With a
+/// safeguard of 1 every head keeps its own budget: the same as `selection = "head"`.
+#[test]
+fn ada_budgets_split_each_layer_across_heads() {
+    let ids = tokens(400);
+    let config = config();
+    let per_head_entry = config.kv_bytes_per_token_layer() / config.n_kv_heads;
+    let text = "[kv]\nkeep = 0.25\nselection = \"ada\"\nsinks = 4\n[kv.scorer]\nkind = \"snapkv\"\nwindow = 8\n";
+    let (rows, session) = run(policy(text), &ids, 3);
+    assert!(rows.iter().flatten().all(|x| x.is_finite()));
+    let heads = config.n_kv_heads;
+    let mut uneven = 0;
+    for (l, cache) in session.caches().iter().enumerate() {
+        // 100 entries per head before the 3 decode steps, 3 more in each head after.
+        assert_eq!(cache.live_entries(), heads * 103, "layer {l}");
+        let counts: Vec<usize> = (0..heads).map(|h| cache.head_positions(h).len()).collect();
+        for (h, &n) in counts.iter().enumerate() {
+            assert_eq!(cache.head_padding(h) + n, cache.len(), "layer {l} head {h}");
+            // Sinks, the window and 20% of the rest of the nominal 100: at least 30.
+            assert!(n >= 12 + 17 + 3, "layer {l} head {h} keeps {n}");
+            let pos = cache.head_positions(h);
+            assert!(pos.windows(2).all(|w| w[0] < w[1]), "layer {l} head {h}");
+            for p in (0..4).chain(392..403) {
+                assert!(pos.contains(&p), "layer {l} head {h} lost position {p}");
+            }
+        }
+        uneven += usize::from(counts.iter().any(|&n| n != counts[0]));
+    }
+    assert!(uneven > LAYERS / 2, "heads kept equal counts in most layers ({uneven} of {LAYERS} uneven)");
+    assert_eq!(session.kv_bytes(), LAYERS * heads * 103 * per_head_entry);
+    assert!(session.kv_bytes_allocated() > session.kv_bytes(), "the padding is allocated");
+
+    // Safeguard 1: every head keeps its own budget, exactly as per-head selection.
+    let (even_rows, even) = run(policy(&text.replace("\"ada\"", "\"ada\"\nsafeguard = 1.0")), &ids, 3);
+    let (head_rows, head) = run(policy(&text.replace("\"ada\"", "\"head\"")), &ids, 3);
+    assert_eq!(even_rows, head_rows);
+    for (a, b) in even.caches().iter().zip(head.caches()) {
+        assert!(a.padding().is_none());
+        assert!((0..heads).all(|h| a.head_positions(h) == b.head_positions(h)));
+    }
+
+    // A decode budget per head after the ragged cut, and a second turn, go on over it.
+    let decode = format!("{text}[decode]\nbudget = 64\nevery = 8\nsinks = 4\nrecent = 8\nselection = \"head\"\n");
+    let mut session = Session::new(backend(), policy(&decode)).unwrap();
+    let mut logits = session.prefill(&ids[..200], Logits::Last).unwrap().last().to_vec();
+    assert!(session.caches().iter().any(|c| c.padding().is_some()));
+    for step in 0..30 {
+        logits = session.step(argmax(&logits)).unwrap();
+        assert!(logits.iter().all(|x| x.is_finite()));
+        for (l, cache) in session.caches().iter().enumerate() {
+            assert!(cache.len() <= 64, "step {step}, layer {l}: {} rows", cache.len());
+        }
+    }
+    let before: Vec<usize> = session.caches().iter().map(|c| c.live_entries()).collect();
+    let more = session.prefill(&ids[200..300], Logits::Last).unwrap();
+    assert!(more.last().iter().all(|x| x.is_finite()));
+    for (l, cache) in session.caches().iter().enumerate() {
+        // The second turn's 100 tokens are cut to 25 per head; what was kept stays.
+        assert_eq!(cache.live_entries(), before[l] + heads * 25, "layer {l}");
+    }
+
+    // Bad settings are refused with the key named.
+    for bad in [
+        "[kv]\nmass = 0.9\nselection = \"ada\"\n",
+        "[kv]\nkeep = 0.5\nsafeguard = 0.3\n",
+        "[kv]\nkeep = 0.5\nselection = \"ada\"\nsafeguard = 1.5\n",
+        "[kv]\nkeep = 0.5\n[decode]\nbudget = 64\nselection = \"ada\"\n",
+    ] {
+        assert!(Policy::from_toml(bad).is_err(), "{bad}");
+    }
+}
+
 /// A decode budget per KV head (after a per-head cut of the prompt, with H2O's normalised
 /// sums): never exceeded, every head keeps its sinks and recent tokens and its own choice
 /// of the rest, and the running sums follow each head's evictions.

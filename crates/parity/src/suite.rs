@@ -65,7 +65,8 @@ fn preset(configs: &std::path::Path, name: &str) -> Result<PolicyFile> {
 }
 
 /// The suite's policies, from the presets in `configs`: none, lazy-prefill at 0.5, snapkv
-/// at 0.25 (one kept set per KV head as in its preset, and one per layer), h2o with a decode budget small
+/// at 0.25 (one kept set per KV head as in its preset, one per layer, and Ada-KV budgets
+/// across heads), expected-attention at 0.25, h2o with a decode budget small
 /// enough to evict during the 32 generated tokens of the chat prompt's cache, streaming with
 /// such a budget (its cache renumbered within itself after each eviction), adaptive, and
 /// gemfilter (its preset, keep 0.5).
@@ -83,6 +84,15 @@ pub fn policies(configs: &std::path::Path) -> Result<Vec<Policy>> {
         kv.selection = sieve_core::Selection::Layer;
     }
     per_layer.name = Some("snapkv-per-layer@0.25".into());
+    // Ada-KV budgets: the heads of a layer keep different counts (a padded cache).
+    let mut ada = snapkv.clone();
+    if let Some(kv) = &mut ada.kv {
+        kv.selection = sieve_core::Selection::Ada;
+    }
+    ada.name = Some("snapkv-ada@0.25".into());
+    let mut expected = preset(configs, "expected-attention")?;
+    expected.override_keep(0.25);
+    expected.name = Some("expected-attention@0.25".into());
     let mut h2o = preset(configs, "h2o")?;
     if let Some(d) = &mut h2o.decode {
         d.budget = 40;
@@ -98,7 +108,7 @@ pub fn policies(configs: &std::path::Path) -> Result<Vec<Policy>> {
     streaming.name = Some("streaming-decode@40".into());
     let adaptive = preset(configs, "adaptive")?;
     let gemfilter = preset(configs, "gemfilter")?;
-    for file in [lazy, snapkv, per_layer, h2o, streaming, adaptive, gemfilter] {
+    for file in [lazy, snapkv, per_layer, ada, expected, h2o, streaming, adaptive, gemfilter] {
         out.push(file.validate()?);
     }
     Ok(out)
