@@ -22,13 +22,14 @@ pub fn print_stats(g: &Generation) {
         s.ttft_ms, s.decode_tok_s, s.prune_ms
     );
     eprintln!(
-        "[sieve] prefill computed {:.1}% of token-layers | FLOPs saved {:.1}% | KV {} entries/layer avg, {:.2} MiB ({:.1}% of unpruned {:.2} MiB)",
+        "[sieve] prefill computed {:.1}% of token-layers | FLOPs saved {:.1}% | KV {} entries/layer avg, {:.2} MiB ({:.1}% of unpruned {:.2} MiB; {:.2} MiB allocated)",
         100.0 * computed as f64 / (s.prompt_tokens * layers).max(1) as f64,
         100.0 * s.flops_saved,
         entries / layers,
         mib(s.kv_bytes),
         100.0 * s.kv_bytes as f64 / s.kv_bytes_unpruned.max(1) as f64,
         mib(s.kv_bytes_unpruned),
+        mib(s.kv_bytes_allocated),
     );
     eprintln!(
         "[sieve] weights {:.1} MiB | peak RSS {:.1} MiB",

@@ -733,7 +733,9 @@ impl<'b, B: Backend> Session<'b, B> {
     fn update_kv_stats(&mut self) {
         let config = self.backend.config();
         let per = config.kv_bytes_per_token_layer();
-        self.stats.kv_entries = self.caches.iter().map(|c| c.len()).collect();
+        // Live entries per KV head (a layer's rows when its heads keep the same count).
+        let heads = config.n_kv_heads.max(1);
+        self.stats.kv_entries = self.caches.iter().map(|c| c.live_entries().div_ceil(heads)).collect();
         self.stats.kv_bytes = self.kv_bytes();
         self.stats.kv_bytes_allocated = self.kv_bytes_allocated();
         // Unpruned, a local layer holds the last `window` positions.

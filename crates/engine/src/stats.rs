@@ -17,7 +17,8 @@ pub struct RunStats {
     pub generated_tokens: usize,
     /// Prompt tokens each layer computed during prefill.
     pub tokens_per_layer: Vec<usize>,
-    /// KV entries per layer at the end of the run.
+    /// KV entries per layer at the end of the run (per KV head, averaged over the heads
+    /// when they keep different counts).
     pub kv_entries: Vec<usize>,
     /// Bytes of the live KV entries at the end of the run.
     pub kv_bytes: usize,
