@@ -27,7 +27,7 @@ const DIRECT_KEYS: usize = 512;
 
 /// Below this many multiply-adds in all, the tasks run on the calling thread (a decode
 /// step on a short cache), without waking the pool.
-const INLINE_WORK: usize = 1 << 18;
+pub const INLINE_WORK: usize = 1 << 18;
 
 /// The shapes of one attention call.
 #[derive(Debug, Clone, Copy)]

@@ -1,10 +1,12 @@
 //! One decoder layer on the CPU with sieve's own kernels: fused q/k/v and gate/up
 //! projections, the attention of [`super::attention`], the KV cache written in place.
 
+use std::sync::{Mutex, PoisonError};
+
 use candle_core::{Device, Tensor};
 use sieve_backend::{Activation, Block, HostWeight, LayerCache, ModelConfig, Probe};
 
-use super::attention::{ProbeOut, Shape, attention};
+use super::attention::{INLINE_WORK, ProbeOut, Shape, attention};
 use super::exp::exp_shifted_sum;
 use super::gemm::{View, matmul_into};
 use super::matvec::{Out, matmul_t_at};
@@ -332,20 +334,47 @@ impl CpuLayer {
         }
         let mut attn = zeroed(n * q_out);
         let window = c.window(index).unwrap_or(usize::MAX);
-        let mut row0 = 0;
+        // Each sequence's attention over its own cache. When each is too small to be split
+        // across the pool (decode steps on short caches), the sequences run side by side
+        // instead; otherwise one after the other, each split by heads and query blocks.
+        let small = |s: &Seq<'_>| {
+            let rows = s.positions.len();
+            rows * (s.cache.len() + rows) * nh * hd < INLINE_WORK
+        };
+        let side_by_side = seqs.len() > 1 && seqs.iter().all(small);
+        let mut jobs = Vec::with_capacity(seqs.len());
+        let (mut rest, mut row0) = (&mut attn[..], 0);
         for (s, p) in seqs.iter_mut().zip(&mut probes) {
-            let rows = row0..row0 + s.positions.len();
-            row0 = rows.end;
-            let (a, b) = (rows.start * width, rows.end * width);
-            self.attend(
+            let rows = s.positions.len();
+            let (out, tail) = std::mem::take(&mut rest).split_at_mut(rows * q_out);
+            rest = tail;
+            jobs.push(Mutex::new((s, p, out, row0)));
+            row0 += rows;
+        }
+        let results: Vec<Mutex<Result<()>>> = jobs.iter().map(|_| Mutex::new(Ok(()))).collect();
+        let task = |i: usize| {
+            let mut job = jobs[i].lock().unwrap_or_else(PoisonError::into_inner);
+            let (s, p, out, r0) = &mut *job;
+            let rows = *r0..*r0 + s.positions.len();
+            let done = self.attend(
                 c,
                 window,
-                &qkv[a..b],
+                &qkv[rows.start * width..rows.end * width],
                 &q[rows.start * q_out..rows.end * q_out],
                 s,
                 p,
-                &mut attn[rows.start * q_out..rows.end * q_out],
-            )?;
+                out,
+            );
+            *results[i].lock().unwrap_or_else(PoisonError::into_inner) = done;
+        };
+        if side_by_side {
+            Pool::global().run(jobs.len(), &task);
+        } else {
+            (0..jobs.len()).for_each(task);
+        }
+        drop(jobs);
+        for r in results {
+            r.into_inner().unwrap_or_else(PoisonError::into_inner)?;
         }
         drop(q);
         drop(qkv);
