@@ -98,8 +98,10 @@ pub struct LayerOutput<T> {
 ///
 /// Positions are original token positions: after pruning they may have gaps, and the
 /// rotary embedding and causal mask must use them, not row indices (a query at position
-/// `p` attends to the cached keys whose position is at most `p`). Keys are cached after
-/// the rotary embedding. [`crate::conformance`] checks all of this against
+/// `p` attends to the cached keys whose position is at most `p`). When the cache's KV
+/// heads keep different numbers of entries, head `h`'s first
+/// [`crate::LayerCache::head_padding`]`(h)` rows hold no entry and must get no attention.
+/// Keys are cached after the rotary embedding. [`crate::conformance`] checks all of this against
 /// [`crate::reference::HostBackend`].
 pub trait Backend {
     /// The backend's tensor, which the pruning core scores with.
