@@ -147,13 +147,14 @@ impl Backend for OrtBackend {
         };
         let probe_start = n - probe.last_queries.min(n);
         // Each query head's KV head's padding rows, masked (heads keeping different counts).
-        let key_bias = match cache.padding() {
+        let m = cache.len() + n;
+        let key_bias = match sieve_backend::mask::padding_bias(cache.padding(), 0, m) {
             None => float_value(&[0.0], &[1, 1, 1]),
-            Some(padding) => {
-                let (m, g) = (cache.len() + n, c.n_heads / c.n_kv_heads);
-                let bias: Vec<f32> = (0..c.n_heads)
-                    .flat_map(|h| (0..m).map(move |j| if j < padding[h / g] { f32::NEG_INFINITY } else { 0.0 }))
-                    .collect();
+            Some(per_kv) => {
+                // The KV heads' rows, each repeated for the query heads of its group.
+                let g = c.n_heads / c.n_kv_heads;
+                let bias: Vec<f32> =
+                    per_kv.chunks_exact(m).flat_map(|row| std::iter::repeat_n(row, g)).flatten().copied().collect();
                 float_value(&bias, &[c.n_heads, 1, m])
             }
         }
