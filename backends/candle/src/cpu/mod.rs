@@ -16,6 +16,7 @@ pub mod exp;
 pub mod gemm;
 pub mod layer;
 pub mod matvec;
+pub mod nibble;
 pub mod pool;
 pub mod qdot;
 pub mod scratch;

@@ -10,20 +10,19 @@
 //! activations) would halve the work again, but measurably change the default model's
 //! answers (it no longer names Paris as France's capital); sixteen bits do not.
 //!
-//! The kernels read a layout of their own, made once at load ([`split`]). Blocks go in
-//! pairs, and a pair's 64 values in *lane order*: the first 16 values of the first block,
-//! the first 16 of the second, then the last 16 of each. Widened to 16 bits, the first 32
-//! of them fill one register whose products land in lanes 0-7 (first block) and 8-15
-//! (second block) of `vpdpwssd`'s output, and the last 32 accumulate into the same lanes:
-//! one conversion, one scale and one multiply-add per pair instead of per block. 8-bit
-//! values are stored in lane order; 4-bit values take 32 bytes per pair, lane-order value
-//! `j` in the low half of byte `j` and value `j + 32` in its high half, so that one
-//! widening load and a mask or a shift give each half. The input is quantized in the same
-//! order. After the values of all pairs come the blocks' `f16` scales, then (Q4_1) their
-//! `f16` minimums. A row takes as many bytes as in the GGUF layout.
+//! Q8_0 rows are multiplied here; Q4_0 and Q4_1 rows by [`super::nibble`], on the same
+//! 16-bit input split in bytes. The kernels read a layout of their own, made once at load
+//! ([`split`]). Q8_0 blocks go in pairs, and a pair's 64 values in *lane order*: the first
+//! 16 values of the first block, the first 16 of the second, then the last 16 of each.
+//! Widened to 16 bits, the first 32 of them fill one register whose products land in lanes
+//! 0-7 (first block) and 8-15 (second block) of `vpdpwssd`'s output, and the last 32
+//! accumulate into the same lanes: one conversion, one scale and one multiply-add per pair
+//! instead of per block. The input is quantized in the same order. After the values of all
+//! pairs come the blocks' `f16` scales. A row takes as many bytes as in the GGUF layout.
 
 use sieve_backend::quant::{GgmlType, f16_to_f32};
 
+use super::nibble;
 use super::simd::{Isa, isa};
 
 /// Whether rows of `cols` values of `dtype` have an integer kernel on this CPU.
@@ -33,7 +32,7 @@ pub fn supported(dtype: GgmlType, cols: usize) -> bool {
 
 /// Whether this CPU has the instructions of the kernels, detected once (set
 /// `SIEVE_NO_VNNI` to use the `f32` kernels instead).
-fn cpu() -> bool {
+pub(crate) fn cpu() -> bool {
     use std::sync::OnceLock;
     static CPU: OnceLock<bool> = OnceLock::new();
     *CPU.get_or_init(|| {
@@ -51,30 +50,11 @@ fn cpu() -> bool {
     })
 }
 
-/// Bytes of one block's values in the split layout.
-fn value_bytes(dtype: GgmlType) -> usize {
-    if dtype == GgmlType::Q8_0 { 32 } else { 16 }
-}
-
-/// The 32 values of GGUF block `block` as bytes (4-bit values unsigned, 8-bit values as
-/// stored), with the block's `f16` scale and minimum bytes.
-fn block_values(dtype: GgmlType, block: &[u8]) -> ([u8; 32], [u8; 2], [u8; 2]) {
+/// The 32 values of Q8_0 block `block` as bytes, with its `f16` scale bytes.
+fn block_values(block: &[u8]) -> ([u8; 32], [u8; 2]) {
     let mut v = [0u8; 32];
-    match dtype {
-        GgmlType::Q8_0 => {
-            v.copy_from_slice(&block[2..34]);
-            (v, [block[0], block[1]], [0, 0])
-        }
-        _ => {
-            let qs = if dtype == GgmlType::Q4_1 { &block[4..20] } else { &block[2..18] };
-            for (i, &b) in qs.iter().enumerate() {
-                v[i] = b & 0xf;
-                v[i + 16] = b >> 4;
-            }
-            let m = if dtype == GgmlType::Q4_1 { [block[2], block[3]] } else { [0, 0] };
-            (v, [block[0], block[1]], m)
-        }
-    }
+    v.copy_from_slice(&block[2..34]);
+    (v, [block[0], block[1]])
 }
 
 /// Where value `j` (`0..32`) of block `b` (0 or 1 of a pair) sits in the pair's lane order.
@@ -91,25 +71,19 @@ pub fn split(dtype: GgmlType, cols: usize, bytes: &[u8]) -> Vec<u8> {
     assert!(cols.is_multiple_of(64) && matches!(dtype, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0));
     let (rb, size, nb) = (dtype.row_bytes(cols), dtype.block_bytes(), cols / 32);
     assert!(bytes.len().is_multiple_of(rb), "{} bytes are not rows of {rb}", bytes.len());
-    let vb = value_bytes(dtype);
     let mut out = vec![0u8; bytes.len()];
     for (row, dst) in bytes.chunks_exact(rb).zip(out.chunks_exact_mut(rb)) {
-        let (values, rest) = dst.split_at_mut(nb * vb);
-        let (scales, mins) = rest.split_at_mut(2 * nb);
+        if nibble::handles(dtype) {
+            nibble::split_row(dtype, nb, row, dst);
+            continue;
+        }
+        let (values, scales) = dst.split_at_mut(nb * 32);
         for (b, block) in row.chunks_exact(size).enumerate() {
-            let (v, d, m) = block_values(dtype, block);
+            let (v, d) = block_values(block);
             scales[2 * b..2 * b + 2].copy_from_slice(&d);
-            if dtype == GgmlType::Q4_1 {
-                mins[2 * b..2 * b + 2].copy_from_slice(&m);
-            }
-            let pair = &mut values[2 * vb * (b / 2)..2 * vb * (b / 2 + 1)];
+            let pair = &mut values[64 * (b / 2)..64 * (b / 2 + 1)];
             for (j, &q) in v.iter().enumerate() {
-                let at = lane(b % 2, j);
-                if dtype == GgmlType::Q8_0 {
-                    pair[at] = q;
-                } else {
-                    pair[at % 32] |= if at < 32 { q } else { q << 4 };
-                }
+                pair[lane(b % 2, j)] = q;
             }
         }
     }
@@ -119,35 +93,26 @@ pub fn split(dtype: GgmlType, cols: usize, bytes: &[u8]) -> Vec<u8> {
 /// Decodes split rows (from [`split`]) to `f32`, as [`sieve_backend::quant::dequantize`]
 /// decodes the GGUF rows they came from.
 pub fn dequantize(dtype: GgmlType, cols: usize, bytes: &[u8], out: &mut [f32]) {
-    let (rb, nb, vb) = (dtype.row_bytes(cols), cols / 32, value_bytes(dtype));
+    let (rb, nb) = (dtype.row_bytes(cols), cols / 32);
     assert_eq!(out.len() * rb, bytes.len() * cols, "dequantize: {} values from {} bytes", out.len(), bytes.len());
-    #[cfg(target_arch = "x86_64")]
-    if cpu() && cols.is_multiple_of(64) {
-        for (row, dst) in bytes.chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
-            // SAFETY: `cpu` detected avx512f, avx512bw and f16c; `row` is one split row of
-            // `cols` values (a multiple of 64) and `dst` holds `cols` values.
-            unsafe { x86::dequantize_row(dtype, cols, row, dst) };
-        }
-        return;
-    }
     for (row, dst) in bytes.chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
-        let (values, rest) = row.split_at(nb * vb);
-        let half = |at: usize| f16_to_f32(u16::from_le_bytes([rest[at], rest[at + 1]]));
+        if nibble::handles(dtype) {
+            nibble::dequantize_row(dtype, nb, row, dst);
+            continue;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if cpu() && cols.is_multiple_of(64) {
+            // SAFETY: `cpu` detected avx512f and f16c; `row` is one split Q8_0 row of
+            // `cols` values (a multiple of 64) and `dst` holds `cols` values.
+            unsafe { x86::dequantize_row(cols, row, dst) };
+            continue;
+        }
+        let (values, rest) = row.split_at(nb * 32);
         for (b, block) in dst.chunks_exact_mut(32).enumerate() {
-            let d = half(2 * b);
-            let pair = &values[2 * vb * (b / 2)..2 * vb * (b / 2 + 1)];
-            let (offset, m) = match dtype {
-                GgmlType::Q4_1 => (0.0, half(2 * nb + 2 * b)),
-                GgmlType::Q4_0 => (8.0, 0.0),
-                _ => (0.0, 0.0),
-            };
+            let d = f16_to_f32(u16::from_le_bytes([rest[2 * b], rest[2 * b + 1]]));
+            let pair = &values[64 * (b / 2)..64 * (b / 2 + 1)];
             for (j, o) in block.iter_mut().enumerate() {
-                let at = lane(b % 2, j);
-                let q = match dtype {
-                    GgmlType::Q8_0 => f32::from(pair[at] as i8),
-                    _ => f32::from((pair[at % 32] >> (4 * (at / 32))) & 0xf),
-                };
-                *o = d * (q - offset) + m;
+                *o = d * f32::from(pair[lane(b % 2, j)] as i8);
             }
         }
     }
@@ -160,6 +125,8 @@ pub struct Quantized {
     q: Vec<i16>,
     d: Vec<f32>,
     s: Vec<f32>,
+    /// The same values split in bytes for the 4-bit kernels ([`nibble`]).
+    bytes: nibble::Bytes,
 }
 
 impl Quantized {
@@ -168,7 +135,7 @@ impl Quantized {
     pub fn new(x: &[f32]) -> Self {
         assert!(x.len().is_multiple_of(32), "{} values are not blocks of 32", x.len());
         let nb = x.len() / 32;
-        let mut out = Self { q: vec![0; x.len()], d: vec![0.0; nb], s: vec![0.0; nb] };
+        let mut out = Self { q: vec![0; x.len()], d: vec![0.0; nb], s: vec![0.0; nb], ..Self::default() };
         #[cfg(target_arch = "x86_64")]
         if cpu() {
             for (b, block) in x.chunks_exact(32).enumerate() {
@@ -205,8 +172,24 @@ impl Quantized {
     }
 
     fn into_lane_order(mut self) -> Self {
+        self.bytes = nibble::Bytes::new(&self.q, &self.d, &self.s);
         Self::swap_quarters(&mut self.q);
         self
+    }
+
+    /// The scale of each block.
+    pub(crate) fn d(&self) -> &[f32] {
+        &self.d
+    }
+
+    /// Each block's scale times the sum of its 16-bit values.
+    pub(crate) fn s(&self) -> &[f32] {
+        &self.s
+    }
+
+    /// The values split in bytes for the 4-bit kernels.
+    pub(crate) fn bytes(&self) -> &nibble::Bytes {
+        &self.bytes
     }
 
     /// The 16-bit values in the input's order.
@@ -235,7 +218,7 @@ pub fn dot4(dtype: GgmlType, rows: [&[u8]; 4], x: &Quantized) -> [f32; 4] {
     // SAFETY: `supported` detected avx512f, avx512bw, avx512vl, avx512vnni and f16c; every row is
     // one split row of `cols` values (a multiple of 64), asserted above.
     unsafe {
-        x86::dots(dtype, rows, [x])[0]
+        dots(dtype, rows, [x])[0]
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("supported() is false off x86-64")
@@ -256,10 +239,10 @@ pub fn dot4_many(dtype: GgmlType, rows: [&[u8]; 4], xs: &[Quantized], out: &mut 
     // SAFETY: as in `dot4`; every input has `cols` values (asserted above).
     unsafe {
         match xs {
-            [a] => out[0] = x86::dots(dtype, rows, [a])[0],
-            [a, b] => out.copy_from_slice(&x86::dots(dtype, rows, [a, b])),
-            [a, b, c] => out.copy_from_slice(&x86::dots(dtype, rows, [a, b, c])),
-            [a, b, c, d] => out.copy_from_slice(&x86::dots(dtype, rows, [a, b, c, d])),
+            [a] => out[0] = dots(dtype, rows, [a])[0],
+            [a, b] => out.copy_from_slice(&dots(dtype, rows, [a, b])),
+            [a, b, c] => out.copy_from_slice(&dots(dtype, rows, [a, b, c])),
+            [a, b, c, d] => out.copy_from_slice(&dots(dtype, rows, [a, b, c, d])),
             _ => panic!("dot4_many takes one to four inputs, not {}", xs.len()),
         }
     }
@@ -267,11 +250,21 @@ pub fn dot4_many(dtype: GgmlType, rows: [&[u8]; 4], xs: &[Quantized], out: &mut 
     unreachable!("supported() is false off x86-64")
 }
 
+/// The kernel of `dtype`'s rows for `T` inputs.
+///
+/// # Safety
+/// As [`x86::dots`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn dots<const T: usize>(dtype: GgmlType, rows: [&[u8]; 4], xs: [&Quantized; T]) -> [[f32; 4]; T] {
+    // SAFETY: guaranteed by the caller; both kernels ask the same.
+    unsafe { if nibble::handles(dtype) { nibble::x86::dots(dtype, rows, xs) } else { x86::dots(rows, xs) } }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{GgmlType, Quantized, value_bytes};
+    use super::{GgmlType, Quantized};
 
     /// One block of [`Quantized::new`]: the scale and the sum of the 16-bit values (the
     /// same values as the scalar code: products rounded to the nearest even step).
@@ -301,106 +294,63 @@ mod x86 {
         (d, _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)))
     }
 
-    /// [`super::dequantize`] of one split row, a pair of blocks (64 values) at a time, with
-    /// the scalar code's operations (`d * (q - offset) + m`, no fused multiply-add), so the
-    /// values are the same bit for bit.
+    /// [`super::dequantize`] of one split Q8_0 row, a pair of blocks (64 values) at a
+    /// time, with the scalar code's operation (`d * q`), so the values are the same bit for
+    /// bit.
     ///
     /// # Safety
-    /// avx512f, avx512bw and f16c; `row` is one split row of `cols` values, a multiple of
-    /// 64, and `dst` holds `cols` values.
-    #[target_feature(enable = "avx512f,avx512bw,f16c")]
-    pub unsafe fn dequantize_row(dtype: GgmlType, cols: usize, row: &[u8], dst: &mut [f32]) {
-        let (nb, vb) = (cols / 32, value_bytes(dtype));
-        assert!(cols.is_multiple_of(64) && dst.len() == cols && row.len() == dtype.row_bytes(cols));
-        let (values, rest) = row.split_at(nb * vb);
+    /// avx512f and f16c; `row` is one split Q8_0 row of `cols` values, a multiple of 64,
+    /// and `dst` holds `cols` values.
+    #[target_feature(enable = "avx512f,f16c")]
+    pub unsafe fn dequantize_row(cols: usize, row: &[u8], dst: &mut [f32]) {
+        let nb = cols / 32;
+        assert!(cols.is_multiple_of(64) && dst.len() == cols && row.len() == GgmlType::Q8_0.row_bytes(cols));
+        let (values, rest) = row.split_at(nb * 32);
         let half = |at: usize| super::f16_to_f32(u16::from_le_bytes([rest[at], rest[at + 1]]));
-        let low = _mm512_set1_epi32(0xf);
         for p in 0..nb / 2 {
-            let (b0, b1) = (2 * p, 2 * p + 1);
-            let (d0, d1) = (_mm512_set1_ps(half(2 * b0)), _mm512_set1_ps(half(2 * b1)));
-            let (m0, m1, offset) = match dtype {
-                GgmlType::Q4_1 => (_mm512_set1_ps(half(2 * nb + 2 * b0)), _mm512_set1_ps(half(2 * nb + 2 * b1)), 0.0),
-                GgmlType::Q4_0 => (_mm512_setzero_ps(), _mm512_setzero_ps(), 8.0),
-                _ => (_mm512_setzero_ps(), _mm512_setzero_ps(), 0.0),
-            };
-            let offset = _mm512_set1_ps(offset);
+            let (d0, d1) = (_mm512_set1_ps(half(4 * p)), _mm512_set1_ps(half(4 * p + 2)));
             // The pair's 64 values in lane order: b0[0..16], b1[0..16], b0[16..32], b1[16..32].
-            let q: [__m512; 4] = if dtype == GgmlType::Q8_0 {
-                let at = values[64 * p..64 * p + 64].as_ptr();
-                // SAFETY: 16 bytes at each of `at`, `at + 16`, `at + 32`, `at + 48`.
-                std::array::from_fn(|k| unsafe {
-                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(at.add(16 * k).cast())))
-                })
-            } else {
-                let at = values[32 * p..32 * p + 32].as_ptr();
-                // SAFETY: 16 bytes at each of `at` and `at + 16`.
-                let (v0, v1) = unsafe {
-                    (
-                        _mm512_cvtepu8_epi32(_mm_loadu_si128(at.cast())),
-                        _mm512_cvtepu8_epi32(_mm_loadu_si128(at.add(16).cast())),
-                    )
-                };
-                [
-                    _mm512_cvtepi32_ps(_mm512_and_si512(v0, low)),
-                    _mm512_cvtepi32_ps(_mm512_and_si512(v1, low)),
-                    _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(v0)),
-                    _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(v1)),
-                ]
-            };
+            let at = values[64 * p..64 * p + 64].as_ptr();
+            // SAFETY: 16 bytes at each of `at`, `at + 16`, `at + 32`, `at + 48`.
+            let q: [__m512; 4] = std::array::from_fn(|k| unsafe {
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(at.add(16 * k).cast())))
+            });
             let out = dst[64 * p..64 * p + 64].as_mut_ptr();
-            let decode = |q: __m512, d: __m512, m: __m512| _mm512_add_ps(_mm512_mul_ps(d, _mm512_sub_ps(q, offset)), m);
             // SAFETY: 64 values at `out` (the pair's two blocks).
             unsafe {
-                _mm512_storeu_ps(out, decode(q[0], d0, m0));
-                _mm512_storeu_ps(out.add(16), decode(q[2], d0, m0));
-                _mm512_storeu_ps(out.add(32), decode(q[1], d1, m1));
-                _mm512_storeu_ps(out.add(48), decode(q[3], d1, m1));
+                _mm512_storeu_ps(out, _mm512_mul_ps(d0, q[0]));
+                _mm512_storeu_ps(out.add(16), _mm512_mul_ps(d0, q[2]));
+                _mm512_storeu_ps(out.add(32), _mm512_mul_ps(d1, q[1]));
+                _mm512_storeu_ps(out.add(48), _mm512_mul_ps(d1, q[3]));
             }
         }
     }
 
-    /// `rows[r] · xs[t]` for four rows and `T` inputs of the same length: each block of
-    /// the rows is widened once for every input, and each input's sums are formed in the
-    /// same order as with one input, so the results are those of `T` separate calls.
+    /// `rows[r] · xs[t]` for four split Q8_0 rows and `T` inputs of the same length: each
+    /// block of the rows is widened once for every input, and each input's sums are formed
+    /// in the same order as with one input, so the results are those of `T` separate calls.
     ///
     /// # Safety
-    /// avx512f, avx512bw, avx512vl, avx512vnni and f16c; rows are split rows of the inputs'
-    /// length, a multiple of 64.
+    /// avx512f, avx512bw, avx512vl, avx512vnni and f16c; rows are split Q8_0 rows of the
+    /// inputs' length, a multiple of 64.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    pub unsafe fn dots<const T: usize>(dtype: GgmlType, rows: [&[u8]; 4], xs: [&Quantized; T]) -> [[f32; 4]; T] {
+    pub unsafe fn dots<const T: usize>(rows: [&[u8]; 4], xs: [&Quantized; T]) -> [[f32; 4]; T] {
         let nb = xs[0].q.len() / 32;
-        let vb = value_bytes(dtype);
-        let (values, scales) = (rows.map(<[u8]>::as_ptr), rows.map(|r| r[nb * vb..].as_ptr()));
+        let (values, scales) = (rows.map(<[u8]>::as_ptr), rows.map(|r| r[nb * 32..].as_ptr()));
         let mut acc = [[_mm512_setzero_ps(); 4]; T];
-        let mut acc_min = [[_mm512_setzero_ps(); 4]; T];
-        let low = _mm512_set1_epi16(0xf);
         let zero = _mm512_setzero_si512();
         for c in (0..nb).step_by(16) {
             let blocks = (nb - c).min(16);
             let mask: __mmask16 = if blocks == 16 { 0xffff } else { (1u16 << blocks) - 1 };
             // Per row and input, the product of the weight and input scales of each block
-            // of the chunk; the minimums (Q4_1) or offsets (Q4_0: -8 d) times the input's
-            // sums.
+            // of the chunk.
             let mut scale = [[_mm512_setzero_ps(); 4]; T];
             for r in 0..4 {
                 // SAFETY (all reads): blocks `c..c + blocks` exist in every input and row;
                 // masked loads touch no byte past them.
                 let d = _mm512_cvtph_ps(unsafe { _mm256_maskz_loadu_epi16(mask, scales[r].add(2 * c).cast()) });
-                let m = match dtype {
-                    GgmlType::Q4_1 => {
-                        _mm512_cvtph_ps(unsafe { _mm256_maskz_loadu_epi16(mask, scales[r].add(2 * (nb + c)).cast()) })
-                    }
-                    GgmlType::Q4_0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
-                    _ => _mm512_setzero_ps(),
-                };
                 for t in 0..T {
-                    let (dx, sx) = unsafe {
-                        (
-                            _mm512_maskz_loadu_ps(mask, xs[t].d.as_ptr().add(c)),
-                            _mm512_maskz_loadu_ps(mask, xs[t].s.as_ptr().add(c)),
-                        )
-                    };
-                    acc_min[t][r] = _mm512_fmadd_ps(m, sx, acc_min[t][r]);
+                    let dx = unsafe { _mm512_maskz_loadu_ps(mask, xs[t].d.as_ptr().add(c)) };
                     scale[t][r] = _mm512_mul_ps(d, dx);
                 }
             }
@@ -424,16 +374,11 @@ mod x86 {
                 );
                 for r in 0..4 {
                     // SAFETY: pair `pair` of row `r` is inside the row.
-                    let (w0, w1) = if dtype == GgmlType::Q8_0 {
-                        unsafe {
-                            (
-                                _mm512_cvtepi8_epi16(_mm256_loadu_si256(values[r].add(64 * pair).cast())),
-                                _mm512_cvtepi8_epi16(_mm256_loadu_si256(values[r].add(64 * pair + 32).cast())),
-                            )
-                        }
-                    } else {
-                        let v = _mm512_cvtepu8_epi16(unsafe { _mm256_loadu_si256(values[r].add(32 * pair).cast()) });
-                        (_mm512_and_si512(v, low), _mm512_srli_epi16::<4>(v))
+                    let (w0, w1) = unsafe {
+                        (
+                            _mm512_cvtepi8_epi16(_mm256_loadu_si256(values[r].add(64 * pair).cast())),
+                            _mm512_cvtepi8_epi16(_mm256_loadu_si256(values[r].add(64 * pair + 32).cast())),
+                        )
                     };
                     for t in 0..T {
                         let dot = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(zero, w0, x0[t]), w1, x1[t]);
@@ -446,7 +391,7 @@ mod x86 {
         let mut out = [[0f32; 4]; T];
         for t in 0..T {
             for r in 0..4 {
-                out[t][r] = _mm512_reduce_add_ps(acc[t][r]) + _mm512_reduce_add_ps(acc_min[t][r]);
+                out[t][r] = _mm512_reduce_add_ps(acc[t][r]);
             }
         }
         out
@@ -513,7 +458,7 @@ mod tests {
         let x: Vec<f32> =
             (0..96).map(|i| ((i * 37 % 29) as f32 - 14.0) / 3.0 + if i == 40 { 100.0 } else { 0.0 }).collect();
         let fast = Quantized::new(&x);
-        let mut scalar = Quantized { q: vec![0; 96], d: vec![0.0; 3], s: vec![0.0; 3] };
+        let mut scalar = Quantized { q: vec![0; 96], d: vec![0.0; 3], s: vec![0.0; 3], ..Quantized::default() };
         for (b, block) in x.chunks_exact(32).enumerate() {
             let d = block.iter().fold(0f32, |m, v| m.max(v.abs())) / 32767.0;
             let mut sum = 0;
@@ -547,7 +492,7 @@ mod tests {
     #[test]
     fn integer_dots_are_the_decoded_product() {
         for dtype in FORMATS {
-            for cols in [64, 576, 1536] {
+            for cols in [64, 576, 960, 1536] {
                 if !supported(dtype, cols) {
                     eprintln!("skipped {dtype:?}: no integer kernel on this CPU");
                     return;
