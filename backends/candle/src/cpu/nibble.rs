@@ -133,26 +133,23 @@ impl Bytes {
             return out;
         }
         let full = nb / GROUP * GROUP;
-        let mut put = |slot: usize, v: i16| {
-            out.hi[slot] = (v >> 8) as i8;
-            out.lo[slot] = (v & 0xff) as u8;
-        };
-        // A group: load `c` of the weights unpacks to two registers, lane `i` of the first
-        // holding values `4c..4c + 4` of block `i` and of the second values `16 + 4c..`.
+        // The values in the order the kernel's registers take them: in a group, load `c`
+        // of the weights unpacks to two registers, lane `i` of the first holding values
+        // `4c..4c + 4` of block `i` and of the second values `16 + 4c..`; the tail pairs
+        // unpack to the values in order.
+        let mut ordered = vec![0i16; q.len()];
         for g in 0..full / GROUP {
             for c in 0..4 {
                 for i in 0..GROUP {
-                    let (b, slot) = (GROUP * g + i, 512 * g + 128 * c + 4 * i);
-                    for k in 0..4 {
-                        put(slot + k, q[32 * b + 4 * c + k]);
-                        put(slot + 64 + k, q[32 * b + 16 + 4 * c + k]);
-                    }
+                    let (from, to) = (32 * (GROUP * g + i) + 4 * c, 512 * g + 128 * c + 4 * i);
+                    ordered[to..to + 4].copy_from_slice(&q[from..from + 4]);
+                    ordered[to + 64..to + 68].copy_from_slice(&q[from + 16..from + 20]);
                 }
             }
         }
-        // The tail pairs unpack to the values in order.
-        for i in 32 * full..q.len() {
-            put(i, q[i]);
+        ordered[32 * full..].copy_from_slice(&q[32 * full..]);
+        for ((h, l), &v) in out.hi.iter_mut().zip(&mut out.lo).zip(&ordered) {
+            (*h, *l) = ((v >> 8) as i8, (v & 0xff) as u8);
         }
         for b in (full..nb).step_by(2) {
             let mut dl = [0f32; 16];

@@ -441,7 +441,7 @@ mod tests {
 
     #[test]
     fn the_split_layout_decodes_to_the_same_values() {
-        for (dtype, cols) in FORMATS.into_iter().flat_map(|d| [(d, 128), (d, 576)]) {
+        for (dtype, cols) in FORMATS.into_iter().flat_map(|d| [(d, 128), (d, 576), (d, 1536)]) {
             let n = 3;
             let gguf = rows(dtype, n, cols);
             let split = split(dtype, cols, &gguf);
