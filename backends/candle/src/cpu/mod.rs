@@ -14,9 +14,9 @@
 pub mod attention;
 pub mod exp;
 pub mod gemm;
+pub mod intdot;
 pub mod layer;
 pub mod matvec;
-pub mod nibble;
 pub mod pool;
 pub mod qdot;
 pub mod scratch;
