@@ -335,4 +335,49 @@ mod tests {
             }
         }
     }
+
+    /// The byte split stays exact at the extremes: every weight at its largest or smallest
+    /// stored value (8-bit -128 included, which quantizing never makes but a file may hold)
+    /// against inputs at full scale of both signs, in full groups and in the tail.
+    #[test]
+    fn extreme_values_are_exact() {
+        let cols = 576;
+        for (dtype, byte) in [
+            (GgmlType::Q4_0, 0xffu8),
+            (GgmlType::Q4_0, 0),
+            (GgmlType::Q4_1, 0xff),
+            (GgmlType::Q8_0, 0x80),
+            (GgmlType::Q8_0, 0x7f),
+        ] {
+            if !supported(dtype, cols) {
+                eprintln!("skipped {dtype:?}: no integer kernel on this CPU");
+                return;
+            }
+            // Scale 1.0 (f16 0x3c00), Q4_1's minimum -2.0 (0xc000), every value byte `byte`.
+            let block: Vec<u8> = match dtype {
+                GgmlType::Q4_1 => [&[0x00, 0x3c, 0x00, 0xc0][..], &[byte; 16]].concat(),
+                GgmlType::Q8_0 => [&[0x00, 0x3c][..], &[byte; 32]].concat(),
+                _ => [&[0x00, 0x3c][..], &[byte; 16]].concat(),
+            };
+            let gguf: Vec<u8> = (0..4 * cols / 32).flat_map(|_| block.iter().copied()).collect();
+            let split = split(dtype, cols, &gguf);
+            let rb = dtype.row_bytes(cols);
+            let row = |r: usize| &split[r * rb..(r + 1) * rb];
+            for sign in [1.0f32, -1.0] {
+                let x: Vec<f32> = (0..cols).map(|i| if i % 3 == 0 { -sign } else { sign } * 3.0).collect();
+                let q = Quantized::new(&x);
+                let got = dot4(dtype, [row(0), row(1), row(2), row(3)], &q);
+                let mut w = vec![0f32; cols];
+                decode(dtype, &gguf[..rb], &mut w);
+                let exact: f64 = w.iter().zip(q.values()).map(|(&a, b)| f64::from(a) * f64::from(b)).sum();
+                let mass: f64 = w.iter().zip(q.values()).map(|(&a, b)| f64::from((a * b).abs())).sum();
+                for (r, &g) in got.iter().enumerate() {
+                    assert!(
+                        (f64::from(g) - exact).abs() <= 1e-6 * mass,
+                        "{dtype:?} byte {byte:#x} sign {sign} row {r}: {g} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
 }
