@@ -75,16 +75,10 @@ pub fn split_row(dtype: GgmlType, nb: usize, gguf: &[u8], dst: &mut [u8]) {
 /// The value bytes of block `b` as the file stores them (16 packed bytes for 4 bits, 32
 /// for 8), from a row's values in the layout above.
 fn file_block(dtype: GgmlType, values: &[u8], nb: usize, b: usize) -> [u8; 32] {
-    let (full, vb) = (nb / GROUP * GROUP, value_bytes(dtype));
     let mut out = [0u8; 32];
-    if b >= full {
-        out[..vb].copy_from_slice(&values[vb * b..vb * (b + 1)]);
-        return out;
-    }
-    // Four bytes at a time: bytes `4m..4m + 4` of the block sit together in one lane.
-    let base = GROUP * vb * (b / GROUP) + 4 * (b % GROUP);
-    for m in 0..vb / 4 {
-        let at = base + 64 * (byte_at(dtype, GROUP, 0, 4 * m) / 64);
+    // Four bytes at a time: bytes `4m..4m + 4` of a block always sit together (one lane).
+    for m in 0..value_bytes(dtype) / 4 {
+        let at = byte_at(dtype, nb, b, 4 * m);
         out[4 * m..4 * m + 4].copy_from_slice(&values[at..at + 4]);
     }
     out
