@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::DynValue;
-use sieve_backend::{Backend, LayerCache, LayerCall, LayerOutput, ModelConfig, Weights};
+use sieve_backend::{Backend, HostWeight, LayerCache, LayerCall, LayerOutput, ModelConfig, Weights};
 
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -14,16 +14,43 @@ use crate::layer::{LAYER_OUTPUTS, decoder_layer, embedding, lm_head};
 use crate::runtime::{OrtDevice, session};
 use crate::tensor::{OrtTensor, float_value, int_value};
 
-/// A Llama-family decoder on ONNX Runtime (`f32`).
+/// A Llama-family decoder on ONNX Runtime. Matrices in Q4_0, Q4_1, Q5_0 or Q8_0 blocks stay
+/// in their blocks (`MatMulNBits`, see [`crate::nbits`]); others are `f32`.
 pub struct OrtBackend {
     config: ModelConfig,
     device: OrtDevice,
-    embed: Mutex<Session>,
+    embed: Embed,
     layers: Vec<Mutex<Session>>,
     head: Mutex<Session>,
     /// `cos`/`sin` of every position for every rotary frequency, `[context, head_dim/2]`,
     /// for each rotary base ([`ModelConfig::rope_set`]).
     rope: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+/// The embedding lookup: a graph over an `f32` table, or rows of a packed table decoded on
+/// the host (the table stays in its blocks; a graph would need it decoded).
+enum Embed {
+    Graph(Mutex<Session>),
+    Host { table: HostWeight, scale: f32 },
+}
+
+/// Rows `tokens` of the packed `table`, decoded and scaled, `[tokens, cols]`.
+fn host_rows(table: &HostWeight, scale: f32, tokens: &[u32]) -> Result<Vec<f32>> {
+    let (rows, cols) = (table.shape[0], table.cols());
+    let packed = table.packed.as_ref().ok_or(sieve_backend::Error::Config("the host table is not packed".into()))?;
+    let rb = packed.dtype.row_bytes(cols);
+    let mut out = vec![0f32; tokens.len() * cols];
+    for (&t, o) in tokens.iter().zip(out.chunks_exact_mut(cols)) {
+        let t = t as usize;
+        if t >= rows {
+            return Err(sieve_backend::Error::Input(format!("token id {t} is outside the vocabulary ({rows})")).into());
+        }
+        sieve_backend::quant::dequantize(packed.dtype, &packed.bytes[t * rb..(t + 1) * rb], o);
+        if scale != 1.0 {
+            o.iter_mut().for_each(|v| *v *= scale);
+        }
+    }
+    Ok(out)
 }
 
 /// Every graph of a model, in the order the backend builds them, with file names.
@@ -38,8 +65,6 @@ fn graphs(config: &ModelConfig, weights: &Weights) -> impl Iterator<Item = (Stri
 /// Writes the model's ONNX graphs (weights included) to `dir` for inspection, e.g. with
 /// Netron or `onnx.checker`; returns the files written.
 pub fn export_onnx(config: &ModelConfig, weights: &Weights, dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
-    let mut decoded = None;
-    let weights = weights.as_f32(&mut decoded);
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
     for (name, graph) in graphs(config, weights) {
@@ -66,18 +91,20 @@ impl OrtBackend {
     pub fn new(config: &ModelConfig, weights: &Weights, device: OrtDevice) -> Result<Self> {
         config.validate()?;
         weights.check(config)?;
-        let mut decoded = None;
-        let weights = weights.as_f32(&mut decoded);
         crate::runtime::environment()?;
-        let mut sessions = Vec::with_capacity(weights.layers.len() + 2);
-        for (name, graph) in graphs(config, weights) {
-            sessions.push(Mutex::new(session(&graph.into_model_bytes(), device, &name)?));
+        let embed = if weights.embed.packed.is_some() {
+            Embed::Host { table: weights.embed.clone(), scale: config.style.embed_scale }
+        } else {
+            Embed::Graph(Mutex::new(session(&embedding(config, weights).into_model_bytes(), device, "embedding")?))
+        };
+        let mut layers = Vec::with_capacity(weights.layers.len());
+        for (i, l) in weights.layers.iter().enumerate() {
+            let name = format!("layer_{i:02}.onnx");
+            layers.push(Mutex::new(session(&decoder_layer(config, i, l).into_model_bytes(), device, &name)?));
         }
-        // `graphs` yields the embedding, the layers, then the LM head.
-        let head = sessions.pop().ok_or(sieve_backend::Error::Config("no LM head graph".into()))?;
-        let embed = sessions.remove(0);
+        let head = Mutex::new(session(&lm_head(config, weights).into_model_bytes(), device, "lm_head.onnx")?);
         let rope = config.rope_table_sets();
-        Ok(Self { config: config.clone(), device, embed, layers: sessions, head, rope })
+        Ok(Self { config: config.clone(), device, embed, layers, head, rope })
     }
 
     /// Rows of layer `layer`'s rotary tables at `positions`, `[n, head_dim/2]` each.
@@ -119,10 +146,20 @@ impl Backend for OrtBackend {
     }
 
     fn embed(&self, tokens: &[u32]) -> Result<OrtTensor> {
-        let ids = int_value(&tokens.iter().map(|&t| t as i64).collect::<Vec<_>>()).map_err(Error::ort("token ids"))?;
-        let mut session = lock(&self.embed);
-        let mut out = session.run(&[SessionInputValue::from(ids)][..]).map_err(Error::ort("embedding"))?;
-        take(&mut out, "embedding", "hidden", self.device)
+        match &self.embed {
+            Embed::Graph(session) => {
+                let ids = int_value(&tokens.iter().map(|&t| t as i64).collect::<Vec<_>>())
+                    .map_err(Error::ort("token ids"))?;
+                let mut session = lock(session);
+                let mut out = session.run(&[SessionInputValue::from(ids)][..]).map_err(Error::ort("embedding"))?;
+                take(&mut out, "embedding", "hidden", self.device)
+            }
+            Embed::Host { table, scale } => {
+                let rows = host_rows(table, *scale, tokens)?;
+                let value = float_value(&rows, &[tokens.len(), table.cols()]).map_err(Error::ort("embedding"))?;
+                OrtTensor::from_value(value, self.device)
+            }
+        }
     }
 
     fn layer(

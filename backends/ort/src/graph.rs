@@ -4,8 +4,8 @@
 use prost::Message as _;
 
 use crate::onnx::{
-    AttributeProto, Dimension, GraphProto, IR_VERSION, ModelProto, NodeProto, OPSET, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto, attribute_type,
+    AttributeProto, CONTRIB, Dimension, GraphProto, IR_VERSION, ModelProto, NodeProto, OPSET, OperatorSetIdProto,
+    TensorProto, TensorShapeProto, TypeProto, TypeProtoTensor, UINT8, ValueInfoProto, attribute_type,
 };
 
 pub use crate::onnx::{FLOAT, INT64};
@@ -81,6 +81,17 @@ impl Graph {
         name.to_string()
     }
 
+    /// A uint8 initializer of `shape` holding `data` (packed quantized weights).
+    pub fn bytes(&mut self, name: &str, shape: &[usize], data: Vec<u8>) -> String {
+        self.proto.initializer.push(TensorProto {
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: UINT8,
+            name: name.to_string(),
+            raw_data: data,
+        });
+        name.to_string()
+    }
+
     /// A 1-D int64 initializer (shapes, axes, indices).
     pub fn ints(&mut self, values: &[i64]) -> String {
         let name = format!("c{}", self.next);
@@ -110,6 +121,15 @@ impl Graph {
     /// Adds a node with one output and returns that output's name.
     pub fn node(&mut self, op: &str, inputs: &[&str], attrs: &[(&str, Attr)]) -> String {
         self.node_n(op, inputs, attrs, 1).remove(0)
+    }
+
+    /// Adds a node of ONNX Runtime's contrib domain (e.g. `MatMulNBits`) with one output.
+    pub fn contrib(&mut self, op: &str, inputs: &[&str], attrs: &[(&str, Attr)]) -> String {
+        let out = self.node(op, inputs, attrs);
+        if let Some(node) = self.proto.node.last_mut() {
+            node.domain = CONTRIB.0.to_string();
+        }
+        out
     }
 
     /// Adds a node whose one output is called `name` (for graph outputs).
@@ -167,7 +187,10 @@ impl Graph {
             producer_name: "sieve".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             graph: Some(self.proto),
-            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+            opset_import: vec![
+                OperatorSetIdProto { domain: String::new(), version: OPSET },
+                OperatorSetIdProto { domain: CONTRIB.0.into(), version: CONTRIB.1 },
+            ],
         }
         .encode_to_vec()
     }

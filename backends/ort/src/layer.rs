@@ -6,9 +6,12 @@
 //! session is created, instead of reading unpacked inputs on every call. Each weight lives
 //! in exactly one session, so memory is the same either way.
 
+use std::borrow::Cow;
+
 use sieve_backend::{Activation, HostWeight, LayerWeights, ModelConfig, Weights};
 
 use crate::graph::{Attr, Dim, FLOAT, Graph, INT64};
+use crate::nbits;
 
 /// Names of a decoder-layer graph's inputs, in the order the backend passes them.
 pub const LAYER_INPUTS: [&str; 9] =
@@ -16,22 +19,91 @@ pub const LAYER_INPUTS: [&str; 9] =
 /// Names of a decoder-layer graph's outputs.
 pub const LAYER_OUTPUTS: [&str; 6] = ["hidden_out", "keys", "values", "attention", "attention_sums", "queries"];
 
+/// `w`'s values: its own, or decoded to `f32` when packed.
+fn values(w: &HostWeight) -> Cow<'_, [f32]> {
+    if w.packed.is_some() { Cow::Owned(w.to_f32()) } else { Cow::Borrowed(&w.data) }
+}
+
 /// `w` (`[out, in]`, as stored) transposed to `[in, out]` for `MatMul(x, w)`.
 fn transposed(w: &HostWeight) -> (Vec<usize>, Vec<f32>) {
     let (rows, cols) = (w.shape[0], w.shape[1]);
+    let data = values(w);
     let mut out = vec![0f32; rows * cols];
     for r in 0..rows {
         for c in 0..cols {
-            out[c * rows + r] = w.data[r * cols + c];
+            out[c * rows + r] = data[r * cols + c];
         }
     }
     (vec![cols, rows], out)
 }
 
-fn linear(g: &mut Graph, x: &str, name: &str, w: &HostWeight, bias: Option<&HostWeight>) -> String {
-    let (shape, data) = transposed(w);
-    let w = g.weight(name, &shape, &data);
-    let y = g.node("MatMul", &[x, &w], &[]);
+/// The input's sums per block of [`nbits::BLOCK`] values (`[n, blocks]`), made once per
+/// input value and graph: what Q4_1's block offsets multiply.
+#[derive(Default)]
+struct BlockSums(std::collections::HashMap<String, String>);
+
+impl BlockSums {
+    fn of(&mut self, g: &mut Graph, x: &str, blocks: usize) -> String {
+        if let Some(s) = self.0.get(x) {
+            return s.clone();
+        }
+        let shape = g.ints(&[-1, blocks as i64, nbits::BLOCK as i64]);
+        let r = g.node("Reshape", &[x, &shape], &[]);
+        let axis = g.ints(&[2]);
+        let s = g.node("ReduceSum", &[&r, &axis], &[("keepdims", Attr::Int(0))]);
+        self.0.insert(x.to_string(), s.clone());
+        s
+    }
+}
+
+/// `x · wᵀ` with `w` kept in its blocks (see [`nbits`]).
+fn matmul_nbits(g: &mut Graph, sums: &mut BlockSums, x: &str, name: &str, q: nbits::NBits) -> String {
+    let (rows, cols, blocks) = (q.rows, q.cols, q.blocks());
+    let mut y: Option<String> = None;
+    for (i, p) in q.parts.into_iter().enumerate() {
+        let b = g.bytes(&format!("{name}.q{i}"), &[rows, blocks, nbits::BLOCK_BYTES], p.data);
+        let scales = g.weight(&format!("{name}.scales{i}"), &[rows * blocks], &p.scales);
+        let mut inputs = vec![x.to_string(), b, scales];
+        if let Some(z) = p.zero_points {
+            inputs.push(g.bytes(&format!("{name}.zero_points{i}"), &[z.len()], z));
+        }
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let attrs = [
+            ("K", Attr::Int(cols as i64)),
+            ("N", Attr::Int(rows as i64)),
+            ("bits", Attr::Int(4)),
+            ("block_size", Attr::Int(nbits::BLOCK as i64)),
+            ("accuracy_level", Attr::Int(nbits::ACCURACY_LEVEL)),
+        ];
+        let product = g.contrib("MatMulNBits", &inputs, &attrs);
+        y = Some(match y {
+            Some(sum) => g.node("Add", &[&sum, &product], &[]),
+            None => product,
+        });
+    }
+    let y = y.expect("every conversion has a product");
+    match q.mins {
+        Some(mins) => {
+            let s = sums.of(g, x, blocks);
+            let m = g.weight(&format!("{name}.mins"), &[blocks, rows], &mins);
+            let offsets = g.node("MatMul", &[&s, &m], &[]);
+            g.node("Add", &[&y, &offsets], &[])
+        }
+        None => y,
+    }
+}
+
+/// `x · wᵀ (+ bias)`: on the blocks when `w` is packed in a format [`nbits`] converts
+/// exactly, else on `f32` values.
+fn linear(g: &mut Graph, sums: &mut BlockSums, x: &str, name: &str, w: &HostWeight, bias: Option<&HostWeight>) -> String {
+    let y = match nbits::from_packed(w) {
+        Some(q) => matmul_nbits(g, sums, x, name, q),
+        None => {
+            let (shape, data) = transposed(w);
+            let w = g.weight(name, &shape, &data);
+            g.node("MatMul", &[x, &w], &[])
+        }
+    };
     match bias {
         Some(b) => {
             let b = g.weight(&format!("{name}.bias"), &b.shape, &b.data);
@@ -98,11 +170,12 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
     let key_bias = g.input("key_bias", FLOAT, Some(&[Dim::Named("b"), Dim::Fixed(1), Dim::Named("mb")]));
 
     // Attention.
+    let mut sums = BlockSums::default();
     let h = rms_norm(&mut g, &hidden, &p("attn_norm"), &w.attn_norm, c.rms_eps);
     let bias = w.qkv_bias.as_ref();
-    let q = linear(&mut g, &h, &p("q"), &w.q, bias.map(|b| &b[0]));
-    let k = linear(&mut g, &h, &p("k"), &w.k, bias.map(|b| &b[1]));
-    let v = linear(&mut g, &h, &p("v"), &w.v, bias.map(|b| &b[2]));
+    let q = linear(&mut g, &mut sums, &h, &p("q"), &w.q, bias.map(|b| &b[0]));
+    let k = linear(&mut g, &mut sums, &h, &p("k"), &w.k, bias.map(|b| &b[1]));
+    let v = linear(&mut g, &mut sums, &h, &p("v"), &w.v, bias.map(|b| &b[2]));
     let mut q = split_heads(&mut g, &q, nh, hd);
     let mut k = split_heads(&mut g, &k, nkv, hd);
     if let Some([qn, kn]) = &w.qk_norm {
@@ -152,7 +225,7 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
     let ctx = g.node("Transpose", &[&ctx], &[("perm", Attr::Ints(vec![1, 0, 2]))]);
     let flat = g.ints(&[-1, (nh * hd) as i64]);
     let ctx = g.node("Reshape", &[&ctx, &flat], &[]);
-    let mut o = linear(&mut g, &ctx, &p("o"), &w.o, None);
+    let mut o = linear(&mut g, &mut sums, &ctx, &p("o"), &w.o, None);
     if let Some([post_attn, _]) = &w.post_norms {
         o = rms_norm(&mut g, &o, &p("post_attn_norm"), post_attn, c.rms_eps);
     }
@@ -165,7 +238,7 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
 
     // Gated MLP.
     let h = rms_norm(&mut g, &x, &p("ffn_norm"), &w.ffn_norm, c.rms_eps);
-    let gate = linear(&mut g, &h, &p("gate"), &w.gate, None);
+    let gate = linear(&mut g, &mut sums, &h, &p("gate"), &w.gate, None);
     let gate = match c.style.activation {
         Activation::Silu => {
             let sig = g.node("Sigmoid", &[&gate], &[]);
@@ -173,9 +246,9 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
         }
         Activation::GeluTanh => g.node("Gelu", &[&gate], &[("approximate", Attr::Str("tanh".into()))]),
     };
-    let up = linear(&mut g, &h, &p("up"), &w.up, None);
+    let up = linear(&mut g, &mut sums, &h, &p("up"), &w.up, None);
     let act = g.node("Mul", &[&gate, &up], &[]);
-    let mut down = linear(&mut g, &act, &p("down"), &w.down, None);
+    let mut down = linear(&mut g, &mut sums, &act, &p("down"), &w.down, None);
     if let Some([_, post_ffn]) = &w.post_norms {
         down = rms_norm(&mut g, &down, &p("post_ffn_norm"), post_ffn, c.rms_eps);
     }
@@ -188,11 +261,11 @@ pub fn decoder_layer(c: &ModelConfig, index: usize, w: &LayerWeights) -> Graph {
 }
 
 /// The embedding lookup: int64 `ids` `[n]` to `[n, hidden]`, times the model's
-/// embedding scale.
+/// embedding scale (a packed table decoded: the backend looks packed rows up itself).
 pub fn embedding(c: &ModelConfig, w: &Weights) -> Graph {
     let mut g = Graph::new("sieve embedding");
     let ids = g.input("ids", INT64, Some(&[Dim::Named("n")]));
-    let table = g.weight("embed", &w.embed.shape, &w.embed.data);
+    let table = g.weight("embed", &w.embed.shape, &values(&w.embed));
     let out = if c.style.embed_scale == 1.0 {
         g.named("hidden", "Gather", &[&table, &ids], &[("axis", Attr::Int(0))])
     } else {
@@ -210,8 +283,14 @@ pub fn lm_head(c: &ModelConfig, w: &Weights) -> Graph {
     let x = g.input("hidden", FLOAT, Some(&[Dim::Named("n"), Dim::Fixed(c.hidden)]));
     let h = rms_norm(&mut g, &x, "norm", &w.norm, c.rms_eps);
     let head = w.lm_head.as_ref().unwrap_or(&w.embed);
-    let table = g.weight("lm_head", &head.shape, &head.data);
-    let out = g.named("logits", "Gemm", &[&h, &table], &[("transB", Attr::Int(1))]);
+    let logits = match nbits::from_packed(head) {
+        Some(q) => matmul_nbits(&mut g, &mut BlockSums::default(), &h, "lm_head", q),
+        None => {
+            let table = g.weight("lm_head", &head.shape, &values(head));
+            g.node("Gemm", &[&h, &table], &[("transB", Attr::Int(1))])
+        }
+    };
+    let out = g.named("logits", "Identity", &[&logits], &[]);
     g.output(&out, FLOAT);
     g
 }

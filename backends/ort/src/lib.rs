@@ -12,6 +12,7 @@ mod backend;
 mod error;
 mod graph;
 pub mod layer;
+pub mod nbits;
 mod onnx;
 mod ops;
 pub mod runtime;

@@ -6,6 +6,8 @@
 
 /// `TensorProto.DataType.FLOAT`.
 pub const FLOAT: i32 = 1;
+/// `TensorProto.DataType.UINT8`.
+pub const UINT8: i32 = 2;
 /// `TensorProto.DataType.INT64`.
 pub const INT64: i32 = 7;
 
@@ -13,6 +15,8 @@ pub const INT64: i32 = 7;
 pub const IR_VERSION: i64 = 11;
 /// The default-domain opset the graphs use (`RMSNormalization` needs 23).
 pub const OPSET: i64 = 23;
+/// ONNX Runtime's contrib domain (`MatMulNBits`), at its only version.
+pub const CONTRIB: (&str, i64) = ("com.microsoft", 1);
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ModelProto {

@@ -79,8 +79,9 @@ impl Runtime {
     #[cfg(feature = "ort")]
     fn ort(device: DeviceSpec, config: &ModelConfig, weights: Weights) -> Result<Self> {
         sieve_ort::load(&sieve_fetch::onnxruntime::library_path())?;
-        // The layer graphs hold f32 initializers: packed weights are decoded once, here.
-        Ok(Runtime::Ort(sieve_ort::OrtBackend::new(config, &weights.into_f32(), device.into())?))
+        // Matrices in Q4_0, Q4_1, Q5_0 or Q8_0 blocks stay in them (`MatMulNBits`); the
+        // backend decodes other packed formats itself.
+        Ok(Runtime::Ort(sieve_ort::OrtBackend::new(config, &weights, device.into())?))
     }
 
     #[cfg(not(feature = "ort"))]
