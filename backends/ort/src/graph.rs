@@ -180,6 +180,18 @@ impl Graph {
         out
     }
 
+    /// Nodes of type `op` (for tests).
+    #[cfg(test)]
+    pub fn count(&self, op: &str) -> usize {
+        self.proto.node.iter().filter(|n| n.op_type == op).count()
+    }
+
+    /// Bytes of the initializers of element type `elem_type` (for tests).
+    #[cfg(test)]
+    pub fn initializer_bytes(&self, elem_type: i32) -> usize {
+        self.proto.initializer.iter().filter(|t| t.data_type == elem_type).map(|t| t.raw_data.len()).sum()
+    }
+
     /// The finished model, serialized.
     pub fn into_model_bytes(self) -> Vec<u8> {
         ModelProto {

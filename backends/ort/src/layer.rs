@@ -294,3 +294,36 @@ pub fn lm_head(c: &ModelConfig, w: &Weights) -> Graph {
     g.output(&out, FLOAT);
     g
 }
+
+#[cfg(test)]
+mod tests {
+    use sieve_backend::quant::GgmlType;
+    use sieve_backend::synthetic;
+
+    use super::*;
+    use crate::onnx::UINT8;
+
+    #[test]
+    fn packed_matrices_stay_in_their_blocks() {
+        let config = synthetic::packed_config();
+        let f32_weights = synthetic::weights(&config, 1, false);
+        let plain = decoder_layer(&config, 0, &f32_weights.layers[0]);
+        assert_eq!((plain.count("MatMulNBits"), plain.initializer_bytes(UINT8)), (0, 0));
+        let matrices: usize = f32_weights.layers[0].tensors().filter(|t| t.shape.len() == 2).map(|t| t.data.len()).sum();
+        for (dtype, products) in [(GgmlType::Q4_0, 7), (GgmlType::Q4_1, 7), (GgmlType::Q8_0, 14)] {
+            let w = f32_weights.clone().with_matrices_in(dtype);
+            let g = decoder_layer(&config, 0, &w.layers[0]);
+            assert_eq!(g.count("MatMulNBits"), products, "{dtype:?}");
+            // Half a byte per value and product, and packed zero points (one nibble per
+            // block); the f32 left is norms, scales and offsets.
+            let (values, bytes) = (products / 7 * matrices / 2, g.initializer_bytes(UINT8));
+            assert!((values..=values + values / 16).contains(&bytes), "{dtype:?}: {bytes} bytes for {values}");
+            let f32_bytes = g.initializer_bytes(FLOAT);
+            assert!(f32_bytes < 4 * matrices / 10, "{dtype:?}: {f32_bytes} f32 bytes against {} as f32", 4 * matrices);
+        }
+        // Q4_1's block sums: one per distinct input (attention input, context, MLP input,
+        // MLP product), beside the attention sums' ReduceSum.
+        let w = f32_weights.with_matrices_in(GgmlType::Q4_1);
+        assert_eq!(decoder_layer(&config, 0, &w.layers[0]).count("ReduceSum"), 4 + 1);
+    }
+}

@@ -1,8 +1,8 @@
 //! sieve against llama.cpp on the same model, machine and threads, in one run: prompt
 //! processing of 512 and 2,048 tokens, decoding 64 tokens after an empty cache and after
 //! 2,048 tokens. llama.cpp runs the exact F32 copy of the default model and the file as
-//! shipped (Q4_1); sieve runs each backend with f32 weights, candle with the weights as
-//! stored (`native`), and candle native with a pruning policy. Every point is measured
+//! shipped (Q4_1); sieve runs each backend with f32 weights, candle and ort with the weights
+//! as stored (`native`), and candle native with a pruning policy. Every point is measured
 //! alternately (each llama.cpp model, then each sieve configuration), so that a change in
 //! the machine's load hits every side. Then WikiText-2 perplexity by `llama-perplexity`'s
 //! protocol on both, and the compressed-context perplexity the policy costs. Prints
@@ -30,6 +30,10 @@ struct Args {
     /// sieve backends measured with f32 weights.
     #[arg(long, value_delimiter = ',', default_value = "candle,ort,tch")]
     backends: Vec<BackendKind>,
+    /// sieve backends measured with the weights as stored (`native`): candle's CPU kernels
+    /// and ort's `MatMulNBits` compute on the file's blocks; tch decodes them at load.
+    #[arg(long, value_delimiter = ',', default_value = "candle,ort")]
+    native: Vec<BackendKind>,
     /// The policy of the pruned configuration (candle, native weights): a preset name in
     /// configs/, a path, `NAME@K`.
     #[arg(long, default_value = "lazy-prefill@0.5")]
@@ -194,11 +198,12 @@ fn contestants(a: &Args, path: &Path, tokens: &[u32]) -> Result<Vec<Contestant>>
     }
     drop(f32_model);
     let policy = sieve_core::preset::resolve(&a.policy, &workspace_dir().join("configs"))?;
-    for policy in [Policy::none(), policy] {
-        let native = Model::load_with(path, Dtype::Native)?;
-        let runtime = Runtime::load(BackendKind::Candle, DeviceSpec::Cpu, &native.config, native.weights)?;
+    let native = a.native.iter().filter(|k| k.compiled()).map(|&k| (k, Policy::none()));
+    for (kind, policy) in native.chain(std::iter::once((BackendKind::Candle, policy))) {
+        let model = Model::load_with(path, Dtype::Native)?;
+        let runtime = Runtime::load(kind, DeviceSpec::Cpu, &model.config, model.weights)?;
         let suffix = if policy.is_none() { String::new() } else { format!(" + {}", policy.name) };
-        out.push(Contestant { label: format!("sieve candle native{suffix}"), runtime, policy });
+        out.push(Contestant { label: format!("sieve {kind} native{suffix}"), runtime, policy });
     }
     for c in &out {
         sieve(c, tokens, Point::Prefill(64), 1)?; // warm-up
