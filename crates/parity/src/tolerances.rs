@@ -10,8 +10,9 @@ pub const LOGITS_MAX_ABS: f64 = 1e-3;
 /// [`LOGITS_MAX_ABS`] when the weights are packed (`--dtype native`, the default on a
 /// quantized file). The candle CPU kernels multiply packed rows by their input quantized
 /// to 16 bits per block of 32 when fewer than five rows go through a product, the LM head
-/// of the final position included; ONNX Runtime and libtorch decode the blocks to `f32` at
-/// load. A block whose largest value is an outlier quantizes its other values coarsely,
+/// of the final position included; ONNX Runtime multiplies by the decoded blocks in `f32`
+/// (`MatMulNBits` at accuracy level 0, the file's values exactly) and libtorch decodes them
+/// at load. A block whose largest value is an outlier quantizes its other values coarsely,
 /// which moves single logits by up to 1.6e-3 (measured on the suite, magnitudes ~20); the
 /// cosine bound, the greedy tokens and the kept positions stay as strict as in `f32`, and a
 /// 1e-2 bias on one layer still moves the logits by several times this bound.
