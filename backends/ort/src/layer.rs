@@ -95,7 +95,14 @@ fn matmul_nbits(g: &mut Graph, sums: &mut BlockSums, x: &str, name: &str, q: nbi
 
 /// `x · wᵀ (+ bias)`: on the blocks when `w` is packed in a format [`nbits`] converts
 /// exactly, else on `f32` values.
-fn linear(g: &mut Graph, sums: &mut BlockSums, x: &str, name: &str, w: &HostWeight, bias: Option<&HostWeight>) -> String {
+fn linear(
+    g: &mut Graph,
+    sums: &mut BlockSums,
+    x: &str,
+    name: &str,
+    w: &HostWeight,
+    bias: Option<&HostWeight>,
+) -> String {
     let y = match nbits::from_packed(w) {
         Some(q) => matmul_nbits(g, sums, x, name, q),
         None => {
@@ -309,7 +316,8 @@ mod tests {
         let f32_weights = synthetic::weights(&config, 1, false);
         let plain = decoder_layer(&config, 0, &f32_weights.layers[0]);
         assert_eq!((plain.count("MatMulNBits"), plain.initializer_bytes(UINT8)), (0, 0));
-        let matrices: usize = f32_weights.layers[0].tensors().filter(|t| t.shape.len() == 2).map(|t| t.data.len()).sum();
+        let matrices: usize =
+            f32_weights.layers[0].tensors().filter(|t| t.shape.len() == 2).map(|t| t.data.len()).sum();
         for (dtype, products) in [(GgmlType::Q4_0, 7), (GgmlType::Q4_1, 7), (GgmlType::Q8_0, 14)] {
             let w = f32_weights.clone().with_matrices_in(dtype);
             let g = decoder_layer(&config, 0, &w.layers[0]);

@@ -82,7 +82,10 @@ impl NBits {
                 for (k, v) in values.iter_mut().enumerate() {
                     let decoded = self.parts.iter().map(|p| {
                         let q = (p.data[at * BLOCK_BYTES + k / 2] >> (4 * (k % 2))) & 0xf;
-                        let zero = p.zero_points.as_ref().map_or(8, |z| (z[r * nb.div_ceil(2) + b / 2] >> (4 * (b % 2))) & 0xf);
+                        let zero = p
+                            .zero_points
+                            .as_ref()
+                            .map_or(8, |z| (z[r * nb.div_ceil(2) + b / 2] >> (4 * (b % 2))) & 0xf);
                         p.scales[at] * (f32::from(q) - f32::from(zero))
                     });
                     *v = decoded.sum::<f32>() + self.mins.as_ref().map_or(0.0, |m| m[b * self.rows + r]);

