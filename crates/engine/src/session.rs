@@ -548,6 +548,25 @@ impl<'b, B: Backend> Session<'b, B> {
         Ok(kept)
     }
 
+    /// Feeds `tokens` after what the session holds, unpruned, in one call per layer: what
+    /// `tokens.len()` decode steps would compute (teacher forcing, e.g. a continuation
+    /// scored against a compressed context), without the policy's prefill pruning or KV
+    /// compression. The statistics then describe this call. A policy with a `[decode]`
+    /// budget evicts between tokens, so its tokens must go one [`Session::step`] at a time:
+    /// an error here.
+    pub fn extend(&mut self, tokens: &[u32], want: Logits) -> Result<PrefillOutput> {
+        if self.decode.is_some() {
+            return Err(Error::Invalid(format!(
+                "policy `{}` evicts while decoding: feed its tokens one step at a time",
+                self.policy.name
+            )));
+        }
+        let (prefill, kv) = (self.policy.prefill.take(), self.policy.kv.take());
+        let out = self.prefill(tokens, want);
+        (self.policy.prefill, self.policy.kv) = (prefill, kv);
+        out
+    }
+
     /// Feeds one token and returns the logits of the next.
     pub fn step(&mut self, token: u32) -> Result<Vec<f32>> {
         self.prepare_step(token)?;

@@ -396,6 +396,36 @@ fn token_by_token_decoding_matches_prefill() {
     }
 }
 
+/// `extend` scores a continuation as steps would, in one call: nothing of it pruned, the
+/// compressed prefix left as it was; a policy that evicts while decoding is refused.
+#[test]
+fn extending_a_compressed_cache_matches_steps() {
+    let ids = tokens(60);
+    let text = "[kv]\nkeep = 0.5\nselection = \"ada\"\nsinks = 4\n[kv.scorer]\nkind = \"snapkv\"\nwindow = 8\n\n[prefill]\nlayers = [1]\nkeep = [0.5]\n";
+    let p = policy(text);
+    let mut stepped = Session::new(backend(), p.clone()).unwrap();
+    stepped.prefill(&ids[..40], Logits::Last).unwrap();
+    let mut extended = Session::new(backend(), p).unwrap();
+    extended.prefill(&ids[..40], Logits::Last).unwrap();
+    let kept: Vec<Vec<usize>> = extended.caches().iter().map(|c| c.positions().to_vec()).collect();
+    let out = extended.extend(&ids[40..], Logits::All).unwrap();
+    assert_eq!(out.positions, (40..60).collect::<Vec<_>>());
+    for (i, &t) in ids[40..].iter().enumerate() {
+        let logits = stepped.step(t).unwrap();
+        let diff = logits.iter().zip(out.row(i)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-4, "token {i}: {diff}");
+    }
+    for (l, (c, before)) in extended.caches().iter().zip(&kept).enumerate() {
+        assert_eq!(c.positions()[..before.len()], before[..], "layer {l}: the prefix changed");
+        assert_eq!(c.len(), before.len() + 20, "layer {l}: the continuation was pruned");
+        assert_eq!(c.positions(), stepped.caches()[l].positions(), "layer {l}");
+    }
+    let mut evicting = Session::new(backend(), policy("[decode]\nbudget = 32\n")).unwrap();
+    evicting.prefill(&ids[..40], Logits::Last).unwrap();
+    let e = evicting.extend(&ids[40..], Logits::All).unwrap_err();
+    assert!(e.to_string().contains("one step at a time"), "{e}");
+}
+
 /// Gemma's block with a local layer of 6 positions ([`synthetic::tiny_gemma_config`]).
 fn gemma() -> &'static HostBackend {
     static BACKEND: OnceLock<HostBackend> = OnceLock::new();

@@ -2,7 +2,9 @@
 //!
 //! Compressed-context perplexity (the question-agnostic setting of KV compression,
 //! applied to language modelling): prefill `context` tokens with the policy, then score
-//! the next `continuation` tokens teacher-forced against the pruned cache. Streaming
+//! the next `continuation` tokens teacher-forced against the pruned cache (in one call per
+//! layer, [`Session::extend`], unless the policy evicts while decoding: then one step per
+//! token). Streaming
 //! perplexity (StreamingLLM's protocol): feed a text one token at a time while the cache
 //! is cut to its budget after each step.
 
@@ -124,9 +126,17 @@ pub fn compressed_perplexity_with_bos<B: Backend>(
         let layers = session.stats.tokens_per_layer.len().max(1);
         let computed = session.stats.tokens_per_layer.iter().sum::<usize>() as f64 / (context * layers) as f64;
         let mut total = nll(prefill.last(), cont[0])?;
-        for pair in cont.windows(2) {
-            let logits = session.step(pair[0])?;
-            total += nll(&logits, pair[1])?;
+        if policy.decode.is_none() && cont.len() > 1 {
+            // Nothing is evicted between tokens: one call scores the whole continuation.
+            let rest = session.extend(&cont[..cont.len() - 1], Logits::All)?;
+            for (i, &next) in cont[1..].iter().enumerate() {
+                total += nll(rest.row(i), next)?;
+            }
+        } else {
+            for pair in cont.windows(2) {
+                let logits = session.step(pair[0])?;
+                total += nll(&logits, pair[1])?;
+            }
         }
         out.push(WindowScore {
             start,

@@ -17,10 +17,11 @@ use sieve_runtime::{BackendKind, Runtime};
 const KEPT_JACCARD_MEAN: f64 = 0.95;
 /// And in every layer (averaged over its heads), at least.
 const KEPT_JACCARD_LAYER: f64 = 0.90;
-/// Compressed-context perplexity, relative to kvpress's, at most. sieve's default model
-/// computes decode steps on its Q4_1 blocks with 16-bit inputs, kvpress on the weights
-/// dequantized to float32; both prefill in float32.
-const PERPLEXITY_RELATIVE: f64 = 0.005;
+/// Compressed-context perplexity, relative to kvpress's, at most. Both compute in float32
+/// on the dequantized weights (sieve scores the continuation in one call per layer, as a
+/// prefill); the largest difference measured is 0.011% (knorm at 0.75), the others 0.002%
+/// or less.
+const PERPLEXITY_RELATIVE: f64 = 0.001;
 
 fn fixture() -> &'static Value {
     static FIXTURE: OnceLock<Value> = OnceLock::new();
