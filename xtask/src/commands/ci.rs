@@ -9,13 +9,18 @@ use super::cargo;
 const CI_FUZZ_SECONDS: u64 = 30;
 
 pub fn run() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     cargo(&["fmt", "--all", "--", "--check"])?;
     super::fetch::run()?;
     super::libtorch::setup()?;
     super::onnxruntime::setup()?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
-    cargo(&["clippy", "-p", "sieve-cli", "--all-targets", "--features", "tch", "--locked", "--", "-D", "warnings"])?;
-    let tch_tools = ["-p", "sieve-parity", "-p", "sieve-benches", "--all-targets", "--features", "tch", "--locked"];
+    // In the release profile, so that the build scripts and procedural macros it compiles
+    // are the ones the release builds below use.
+    cargo(&["clippy", "--release", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+    let cli_tch = ["clippy", "--release", "-p", "sieve-cli", "--all-targets", "--features", "tch", "--locked"];
+    cargo(&[&cli_tch[..], &["--", "-D", "warnings"]].concat())?;
+    let tch_tools =
+        ["--release", "-p", "sieve-parity", "-p", "sieve-benches", "--all-targets", "--features", "tch", "--locked"];
     cargo(&[&["clippy"][..], &tch_tools, &["--", "-D", "warnings"]].concat())?;
     // sieve-tch (the CLI with libtorch), which `sieve --backend tch` runs; its tests must
     // not be skipped here.
@@ -29,6 +34,6 @@ pub fn run() -> anyhow::Result<()> {
     // A short bounded fuzz run of the GGUF reader and the policy parser (`cargo xtask fuzz`
     // runs them longer).
     super::fuzz::run(CI_FUZZ_SECONDS, &[])?;
-    eprintln!("\nxtask ci: all checks passed");
+    eprintln!("\nxtask ci: all checks passed in {:.1} min", started.elapsed().as_secs_f64() / 60.0);
     Ok(())
 }

@@ -26,12 +26,14 @@ pub fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     if libtorch.join("build-version").is_file() && std::env::var_os("LIBTORCH").is_none() {
         command.env("LIBTORCH", &libtorch);
     }
+    let started = std::time::Instant::now();
     let status = command
         .envs(env.iter().copied())
         .args(args)
         .current_dir(workspace_root())
         .status()
         .with_context(|| format!("could not start `{cargo}`"))?;
+    eprintln!("<== cargo {} ({:.0} s)", args.first().copied().unwrap_or(""), started.elapsed().as_secs_f64());
     if !status.success() {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
