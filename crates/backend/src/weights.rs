@@ -259,7 +259,8 @@ impl Weights {
         }
     }
 
-    fn tensors(&self) -> impl Iterator<Item = &HostWeight> {
+    /// Every tensor: the embedding, the final norm, an untied LM head, then each layer's.
+    pub fn tensors(&self) -> impl Iterator<Item = &HostWeight> {
         [&self.embed, &self.norm]
             .into_iter()
             .chain(self.lm_head.iter())

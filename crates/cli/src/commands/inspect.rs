@@ -16,7 +16,13 @@ pub fn run(args: InspectArgs) -> Result<()> {
     println!("context      {}", c.context);
     println!("rope theta   {}", c.rope_theta);
     println!("rms eps      {:e}", c.rms_eps);
-    println!("weights      {:.1} MiB as f32", model.weights.bytes() as f64 / 1048576.0);
+    let formats: Vec<String> = model.weights.formats().iter().map(|(f, n)| format!("{n} {f}")).collect();
+    println!(
+        "weights      {:.1} MiB as stored ({}), {:.1} MiB as f32",
+        model.weights.bytes() as f64 / 1048576.0,
+        formats.join(", "),
+        model.weights.tensors().map(|w| w.shape.iter().product::<usize>()).sum::<usize>() as f64 * 4.0 / 1048576.0
+    );
     println!(
         "KV per token {} bytes per layer, {} bytes for all layers",
         c.kv_bytes_per_token_layer(),
