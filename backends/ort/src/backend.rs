@@ -53,6 +53,23 @@ fn host_rows(table: &HostWeight, scale: f32, tokens: &[u32]) -> Result<Vec<f32>>
     Ok(out)
 }
 
+/// Hands the heap's free pages back to the system. Building the sessions frees the
+/// serialized graphs and ONNX Runtime's copies of the weights it pre-packed, but the C
+/// allocator keeps those pages mapped between live allocations.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_freed_memory() {
+    unsafe extern "C" {
+        fn malloc_trim(pad: usize) -> i32;
+    }
+    // SAFETY: glibc's `malloc_trim` takes a byte count and only returns free memory.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}
+
 /// Every graph of a model, in the order the backend builds them, with file names.
 fn graphs(config: &ModelConfig, weights: &Weights) -> impl Iterator<Item = (String, Graph)> {
     let layers =
@@ -104,6 +121,7 @@ impl OrtBackend {
         }
         let head = Mutex::new(session(&lm_head(config, weights).into_model_bytes(), device, "lm_head.onnx")?);
         let rope = config.rope_table_sets();
+        release_freed_memory();
         Ok(Self { config: config.clone(), device, embed, layers, head, rope })
     }
 
