@@ -27,7 +27,19 @@ static ENV: OnceLock<std::result::Result<Environment, (PathBuf, String)>> = Once
 fn open(path: &Path) -> std::result::Result<Environment, (PathBuf, String)> {
     let fail = |m: String| (path.to_path_buf(), m);
     let builder = ort::init_from(path).map_err(|e| fail(e.to_string()))?;
-    builder.with_name("sieve").build().map_err(|e| fail(format!("could not start it: {e}")))
+    // One thread pool for every session, whose threads may spin between operators: a
+    // decode step runs ~70 small operators per layer graph, and waking a sleeping pool at
+    // each cost more than the operators (1.15x decode on the default model). One pool per
+    // session could not spin: ~32 spinning pools made decoding 15x slower.
+    let pool = ort::environment::GlobalThreadPoolOptions::default()
+        .with_intra_threads(threads())
+        .and_then(|p| p.with_spin_control(true))
+        .map_err(|e| fail(e.to_string()))?;
+    builder
+        .with_name("sieve")
+        .with_global_thread_pool(pool)
+        .build()
+        .map_err(|e| fail(format!("could not start it: {e}")))
 }
 
 /// Loads the library at `path` unless one is loaded already (the first successful or
@@ -68,7 +80,7 @@ impl From<DeviceSpec> for OrtDevice {
     }
 }
 
-/// Intra-op threads: the machine's cores (`SIEVE_THREADS` overrides).
+/// Intra-op threads of the shared pool: the machine's cores (`SIEVE_THREADS` overrides).
 fn threads() -> usize {
     std::env::var("SIEVE_THREADS")
         .ok()
@@ -80,16 +92,15 @@ fn threads() -> usize {
 /// A session for the serialized model `bytes` on `device`; `what` names it in errors.
 pub fn session(bytes: &[u8], device: OrtDevice, what: &str) -> Result<Session> {
     let env = environment()?;
-    let builder = Session::builder(env)
+    // Sessions run on the environment's one thread pool (see `open`), not their own.
+    let mut builder = Session::builder(env)
         .map_err(Error::ort(what))?
         .with_optimization_level(GraphOptimizationLevel::All)
-        .map_err(|e| Error::ort(what)(e.into()))?
-        .with_intra_threads(threads())
-        .map_err(|e| Error::ort(what)(e.into()))?
-        // Busy-waiting threads steal the cores that the next op needs on a small machine.
-        .with_intra_op_spinning(false)
         .map_err(|e| Error::ort(what)(e.into()))?;
-    let mut builder = builder;
+    // ONNX Runtime's own profiler, one JSON file per session (`PREFIX_layer_07.onnx_*.json`).
+    if let Ok(prefix) = std::env::var("SIEVE_ORT_PROFILE") {
+        builder = builder.with_profiling(format!("{prefix}_{what}")).map_err(|e| Error::ort(what)(e.into()))?;
+    }
     if device == OrtDevice::Cpu {
         // No arena per session: each of the ~32 sessions would keep the largest
         // intermediates it ever held (a 2,500-token prefill left 15 GB resident).
