@@ -6,7 +6,8 @@ use std::sync::Mutex;
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::DynValue;
-use sieve_backend::{Backend, HostWeight, LayerCache, LayerCall, LayerOutput, ModelConfig, Weights};
+use sieve_backend::quant::Packed;
+use sieve_backend::{Backend, LayerCache, LayerCall, LayerOutput, ModelConfig, Weights};
 
 use crate::error::{Error, Result};
 use crate::graph::Graph;
@@ -31,21 +32,19 @@ pub struct OrtBackend {
 /// the host (the table stays in its blocks; a graph would need it decoded).
 enum Embed {
     Graph(Mutex<Session>),
-    Host { table: HostWeight, scale: f32 },
+    Host { table: Packed, rows: usize, cols: usize, scale: f32 },
 }
 
-/// Rows `tokens` of the packed `table`, decoded and scaled, `[tokens, cols]`.
-fn host_rows(table: &HostWeight, scale: f32, tokens: &[u32]) -> Result<Vec<f32>> {
-    let (rows, cols) = (table.shape[0], table.cols());
-    let packed = table.packed.as_ref().ok_or(sieve_backend::Error::Config("the host table is not packed".into()))?;
-    let rb = packed.dtype.row_bytes(cols);
+/// Rows `tokens` of the packed `table` (`[rows, cols]`), decoded and scaled, `[tokens, cols]`.
+fn host_rows(table: &Packed, (rows, cols): (usize, usize), scale: f32, tokens: &[u32]) -> Result<Vec<f32>> {
+    let rb = table.dtype.row_bytes(cols);
     let mut out = vec![0f32; tokens.len() * cols];
     for (&t, o) in tokens.iter().zip(out.chunks_exact_mut(cols)) {
         let t = t as usize;
         if t >= rows {
             return Err(sieve_backend::Error::Input(format!("token id {t} is outside the vocabulary ({rows})")).into());
         }
-        sieve_backend::quant::dequantize(packed.dtype, &packed.bytes[t * rb..(t + 1) * rb], o);
+        sieve_backend::quant::dequantize(table.dtype, &table.bytes[t * rb..(t + 1) * rb], o);
         if scale != 1.0 {
             o.iter_mut().for_each(|v| *v *= scale);
         }
@@ -109,8 +108,9 @@ impl OrtBackend {
         config.validate()?;
         weights.check(config)?;
         crate::runtime::environment()?;
-        let embed = if weights.embed.packed.is_some() {
-            Embed::Host { table: weights.embed.clone(), scale: config.style.embed_scale }
+        let embed = if let Some(table) = &weights.embed.packed {
+            let (rows, cols) = (weights.embed.shape[0], weights.embed.cols());
+            Embed::Host { table: table.clone(), rows, cols, scale: config.style.embed_scale }
         } else {
             Embed::Graph(Mutex::new(session(&embedding(config, weights).into_model_bytes(), device, "embedding")?))
         };
@@ -172,9 +172,9 @@ impl Backend for OrtBackend {
                 let mut out = session.run(&[SessionInputValue::from(ids)][..]).map_err(Error::ort("embedding"))?;
                 take(&mut out, "embedding", "hidden", self.device)
             }
-            Embed::Host { table, scale } => {
-                let rows = host_rows(table, *scale, tokens)?;
-                let value = float_value(&rows, &[tokens.len(), table.cols()]).map_err(Error::ort("embedding"))?;
+            Embed::Host { table, rows, cols, scale } => {
+                let values = host_rows(table, (*rows, *cols), *scale, tokens)?;
+                let value = float_value(&values, &[tokens.len(), *cols]).map_err(Error::ort("embedding"))?;
                 OrtTensor::from_value(value, self.device)
             }
         }

@@ -65,12 +65,6 @@ impl NBits {
         self.cols / BLOCK
     }
 
-    /// Bytes held (values, scales, zero points and offsets).
-    pub fn bytes(&self) -> usize {
-        let part = |p: &Part| p.data.len() + 4 * p.scales.len() + p.zero_points.as_ref().map_or(0, Vec::len);
-        self.parts.iter().map(part).sum::<usize>() + 4 * self.mins.as_ref().map_or(0, Vec::len)
-    }
-
     /// The matrix decoded to `f32`, `[rows, cols]`, summing the parts as the graph does
     /// (for tests).
     pub fn to_f32(&self) -> Vec<f32> {
