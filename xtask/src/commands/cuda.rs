@@ -92,8 +92,10 @@ pub fn setup() -> Result<PathBuf> {
 }
 
 /// The environment of a build with the `cuda` feature (and of running its binaries here,
-/// where the stubs stand in for the driver): `CUDA_HOME`, `PATH`, `CUDA_COMPUTE_CAP` and
-/// `LD_LIBRARY_PATH`.
+/// where the stubs stand in for the driver): `CUDA_HOME`, `PATH`, `CUDA_COMPUTE_CAP`,
+/// `LD_LIBRARY_PATH`, and `CUDAFORGE_THREADS`: candle's kernel build runs nvcc on half the
+/// cores unless told otherwise, one of two here, while the rest of the build waits for it
+/// (5.2 min for the kernels on both cores).
 pub fn env(home: &Path) -> Vec<(String, String)> {
     let prepend = |var: &str, dirs: &[PathBuf]| {
         let mut parts: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
@@ -104,6 +106,7 @@ pub fn env(home: &Path) -> Vec<(String, String)> {
         ("CUDA_HOME".into(), home.display().to_string()),
         ("PATH".into(), prepend("PATH", &[home.join("bin")])),
         ("CUDA_COMPUTE_CAP".into(), COMPUTE_CAP.into()),
+        ("CUDAFORGE_THREADS".into(), std::thread::available_parallelism().map_or(1, |n| n.get()).to_string()),
         ("LD_LIBRARY_PATH".into(), prepend("LD_LIBRARY_PATH", &[home.join("lib/stubs"), home.join("lib")])),
     ]
 }
@@ -116,6 +119,7 @@ pub fn run() -> Result<()> {
     println!("export CUDA_HOME=\"{}\"", home.display());
     println!("export PATH=\"{}:$PATH\"", bin.display());
     println!("export CUDA_COMPUTE_CAP={COMPUTE_CAP}");
+    println!("export CUDAFORGE_THREADS={}", std::thread::available_parallelism().map_or(1, |n| n.get()));
     println!(
         "export LD_LIBRARY_PATH=\"{}:{}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}\"",
         lib.join("stubs").display(),
