@@ -119,6 +119,14 @@ pub trait Backend {
     /// The device tensors live on.
     fn device(&self) -> BackendDevice<Self>;
 
+    /// Whether products with f16 or bf16 matrices round their input to that precision
+    /// (libtorch's reduced-precision kernels do) rather than multiplying the 16-bit values
+    /// by `f32` inputs. Such products move a layer's output by about 1e-3 of its norm, so
+    /// [`crate::conformance`] holds them to [`crate::conformance::HALF_PRODUCT_RELATIVE`].
+    fn half_precision_products(&self) -> bool {
+        false
+    }
+
     /// Embeddings of `tokens`: `[tokens.len(), hidden]`.
     fn embed(&self, tokens: &[u32]) -> Result<Self::Tensor, Self::Error>;
 

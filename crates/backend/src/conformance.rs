@@ -18,6 +18,7 @@ use crate::backend::{Backend, LayerCall, LayerOutput, Probe};
 use crate::cache::LayerCache;
 use crate::config::ModelConfig;
 use crate::error::{BackendFailure, Error, Result};
+use crate::quant::GgmlType;
 use crate::reference::HostBackend;
 use crate::synthetic;
 use crate::weights::Weights;
@@ -36,6 +37,13 @@ pub const RTOL: f32 = 1e-4;
 /// the element-wise tolerance. A misread block (a wrong nibble order, scale, minimum or
 /// offset) moves the whole tensor by over 10 %.
 pub const PACKED_STEP_RELATIVE: f32 = 1e-3;
+
+/// How far a backend whose f16 and bf16 products round their input to 16 bits
+/// ([`Backend::half_precision_products`]) may be from the reference, as a norm relative to
+/// the reference's: bf16 keeps 8 bits of mantissa, so each rounded input moves by up to
+/// 2^-9 of itself, and a layer's output by a few 1e-3 of its norm; a misread matrix
+/// (transposed, the wrong kind) moves it by over 10 %.
+pub const HALF_PRODUCT_RELATIVE: f32 = 2e-2;
 
 /// When a backend's tensor counts as equal to the reference's.
 #[derive(Debug, Clone, Copy)]
@@ -384,24 +392,50 @@ pub fn sliding_window<B: Backend>(make: Make<'_, B>) -> Result<()> {
 /// the decoded `f32` values.
 pub fn packed_weights<B: Backend>(make: Make<'_, B>) -> Result<()> {
     let config = synthetic::packed_config();
-    let weights = synthetic::packed_weights(&config, 4);
-    let reference = HostBackend::new(&config, weights.clone())?;
-    let ours = make(&config, weights);
-    let n = config.n_layers;
-    let mut pair = Pair {
-        ours,
-        reference,
-        caches: (0..n).map(|_| LayerCache::default()).collect(),
-        reference_caches: (0..n).map(|_| LayerCache::default()).collect(),
-        tolerance: Tolerance::Elementwise(ATOL, RTOL),
-    };
+    let probe = make(&config, synthetic::weights(&config, 4, true));
+    let half = probe.half_precision_products();
+    drop(probe);
+    // A backend with reduced-precision products sees the 16-bit formats in their own
+    // check below; every other format must still match at the usual tolerance.
+    let formats: Vec<GgmlType> =
+        GgmlType::ALL.into_iter().filter(|t| !half || !matches!(t, GgmlType::F16 | GgmlType::BF16)).collect();
+    let weights = synthetic::packed_weights_in(&config, 4, &formats);
+    let mut pair = new_pair(make, &config, weights, Tolerance::Elementwise(ATOL, RTOL))?;
     // Five rows take the batched path (checked at the usual tolerance), one row the matrix
     // x vector path.
     let (out, want) = pair.forward("packed", &tokens(5, 64, 9), &[0, 1, 2, 3, 4], Probe::NONE)?;
     pair.logits("packed", &out, &want)?;
     pair.tolerance = Tolerance::Norm(PACKED_STEP_RELATIVE);
     let (out, want) = pair.forward("packed, then a step", &[17], &[5], Probe::NONE)?;
-    pair.logits("packed, then a step", &out, &want)
+    pair.logits("packed, then a step", &out, &want)?;
+    if half {
+        let weights = synthetic::packed_weights_in(&config, 5, &[GgmlType::F16, GgmlType::BF16]);
+        let mut pair = new_pair(make, &config, weights, Tolerance::Norm(HALF_PRODUCT_RELATIVE))?;
+        let (out, want) = pair.forward("f16 and bf16", &tokens(5, 64, 9), &[0, 1, 2, 3, 4], Probe::NONE)?;
+        pair.logits("f16 and bf16", &out, &want)?;
+        let (out, want) = pair.forward("f16 and bf16, then a step", &[17], &[5], Probe::NONE)?;
+        pair.logits("f16 and bf16, then a step", &out, &want)?;
+    }
+    Ok(())
+}
+
+/// The backend under test and the reference on the same weights, with empty caches.
+fn new_pair<B: Backend>(
+    make: Make<'_, B>,
+    config: &ModelConfig,
+    weights: Weights,
+    tolerance: Tolerance,
+) -> Result<Pair<B>> {
+    let reference = HostBackend::new(config, weights.clone())?;
+    let ours = make(config, weights);
+    let n = config.n_layers;
+    Ok(Pair {
+        ours,
+        reference,
+        caches: (0..n).map(|_| LayerCache::default()).collect(),
+        reference_caches: (0..n).map(|_| LayerCache::default()).collect(),
+        tolerance,
+    })
 }
 
 /// Instantiates the conformance suite for a backend: one `#[test]` per case of this

@@ -30,6 +30,11 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
+    /// Whether this is IEEE half precision or bfloat16.
+    pub fn is_half(self) -> bool {
+        matches!(self, GgmlType::F16 | GgmlType::BF16)
+    }
+
     /// Every format.
     pub const ALL: [GgmlType; 10] = [
         GgmlType::F16,

@@ -169,11 +169,16 @@ fn blocks(dtype: GgmlType, values: &[f32], rows: usize, cols: usize, rng: &mut S
 /// with every matrix packed, cycling through every [`GgmlType`] across the layers'
 /// matrices, the embedding and an untied LM head: a backend runs them all on one model.
 pub fn packed_weights(config: &ModelConfig, seed: u64) -> Weights {
+    packed_weights_in(config, seed, &GgmlType::ALL)
+}
+
+/// [`packed_weights`] with the matrices in `formats` only, taken in turn.
+pub fn packed_weights_in(config: &ModelConfig, seed: u64, formats: &[GgmlType]) -> Weights {
     let w = weights(config, seed, true);
     let mut rng = SplitMix64::new(seed ^ 0x9e37_79b9);
     let mut next = 0usize;
     let mut pack = |m: HostWeight, rng: &mut SplitMix64| {
-        let dtype = GgmlType::ALL[next % GgmlType::ALL.len()];
+        let dtype = formats[next % formats.len()];
         next += 1;
         let (rows, cols) = (m.shape[0], m.shape[1]);
         HostWeight::packed(dtype, blocks(dtype, &m.data, rows, cols, rng), m.shape)

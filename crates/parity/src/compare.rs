@@ -118,10 +118,9 @@ fn at_least(v: f64, min: f64) -> bool {
     v >= min
 }
 
-/// The measures of `c` past their tolerances; `packed` when the weights were packed
-/// blocks (see [`tol::LOGITS_MAX_ABS_PACKED`]).
-pub fn violations(c: &Comparison, packed: bool) -> Vec<Violation> {
-    let logits_max_abs = if packed { tol::LOGITS_MAX_ABS_PACKED } else { tol::LOGITS_MAX_ABS };
+/// The measures of `c` past the bounds `b` (see [`tol::Bounds::of`]).
+pub fn violations(c: &Comparison, b: &tol::Bounds) -> Vec<Violation> {
+    let logits_max_abs = b.logits_max_abs;
     let mut out = Vec::new();
     let mut check = |failed: bool, measure: &'static str, value: f64, tolerance: String| {
         if failed {
@@ -143,40 +142,38 @@ pub fn violations(c: &Comparison, packed: bool) -> Vec<Violation> {
         format!("<= {logits_max_abs:e}"),
     );
     check(
-        !at_least(c.logits_cosine, tol::LOGITS_COSINE_MIN),
+        !at_least(c.logits_cosine, b.logits_cosine_min),
         "logits cosine",
         c.logits_cosine,
-        format!(">= {}", tol::LOGITS_COSINE_MIN),
+        format!(">= {}", b.logits_cosine_min),
     );
     check(
-        !at_least(c.kept_exact, tol::KEPT_EXACT_MIN),
+        !at_least(c.kept_exact, b.kept_exact_min),
         "kept-positions exact-match rate",
         c.kept_exact,
-        format!(">= {}", tol::KEPT_EXACT_MIN),
+        format!(">= {}", b.kept_exact_min),
     );
     check(
-        !at_least(c.kept_jaccard, tol::KEPT_JACCARD_MIN),
+        !at_least(c.kept_jaccard, b.kept_jaccard_min),
         "kept-positions Jaccard",
         c.kept_jaccard,
-        format!(">= {}", tol::KEPT_JACCARD_MIN),
+        format!(">= {}", b.kept_jaccard_min),
     );
     check(
-        c.generation_prefix < tol::GENERATION_PREFIX_MIN,
+        c.generation_prefix < b.generation_prefix_min,
         "greedy tokens agreeing",
         c.generation_prefix as f64,
-        format!(">= {}", tol::GENERATION_PREFIX_MIN),
+        format!(">= {}", b.generation_prefix_min),
     );
     if let Some(r) = c.perplexity_rel {
-        check(
-            !at_most(r, tol::PERPLEXITY_REL),
-            "perplexity relative difference",
-            r,
-            format!("<= {:e}", tol::PERPLEXITY_REL),
-        );
+        check(!at_most(r, b.perplexity_rel), "perplexity relative difference", r, format!("<= {:e}", b.perplexity_rel));
     }
     if tol::KV_BYTES_EQUAL {
         for (what, [p, q]) in [("KV bytes after prefill", c.kv_bytes), ("KV bytes after generation", c.kv_bytes_end)] {
-            check(p != q, what, p as f64 - q as f64, "difference 0".into());
+            let apart = p.abs_diff(q) as f64 > b.kv_bytes_rel * p.max(q) as f64;
+            let tolerance =
+                if b.kv_bytes_rel == 0.0 { "difference 0".into() } else { format!("relative <= {:e}", b.kv_bytes_rel) };
+            check(apart, what, p as f64 - q as f64, tolerance);
         }
     }
     out
@@ -212,12 +209,12 @@ mod tests {
     fn each_measure_past_its_tolerance_is_named() {
         let a = run(vec![1.0, 2.0], vec![vec![0, 1, 2]; 2], (0..32).collect());
         let same = compare(["a", "b"], std::slice::from_ref(&a), std::slice::from_ref(&a));
-        assert!(violations(&same[0], false).is_empty());
+        assert!(violations(&same[0], &tol::Bounds::of(false, false)).is_empty());
         let mut b = run(vec![1.0, 2.01], vec![vec![0, 1, 3], vec![0, 1, 2]], (0..32).map(|t| t.min(20)).collect());
         b.perplexity = Some(20.1);
         b.kv_bytes_end = 8;
         let c = compare(["a", "b"], &[a], &[b]);
-        let found: Vec<&str> = violations(&c[0], false).iter().map(|v| v.measure).collect();
+        let found: Vec<&str> = violations(&c[0], &tol::Bounds::of(false, false)).iter().map(|v| v.measure).collect();
         assert_eq!(
             found,
             [
@@ -230,7 +227,32 @@ mod tests {
                 "KV bytes after generation"
             ]
         );
-        let line = violations(&c[0], false)[0].to_string();
+        let line = violations(&c[0], &tol::Bounds::of(false, false))[0].to_string();
         assert!(line.starts_with("a vs b: logits max abs difference is 0.0"), "{line}");
+    }
+
+    #[test]
+    fn half_products_have_their_own_bounds() {
+        let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin() * 10.0).collect();
+        let a = run(logits.clone(), vec![(0..100).collect(); 2], (0..32).collect());
+        // What bf16 inputs do: logits a few tenths apart, one kept position of 100
+        // swapped, greedy tokens apart after 10, perplexity 1% apart, KV bytes 0.5% apart.
+        let mut b = run(
+            logits.iter().enumerate().map(|(i, v)| v + 0.3 * ((i % 3) as f32 - 1.0)).collect(),
+            vec![(1..101).collect(), (0..100).collect()],
+            (0..32).map(|t| if t < 10 { t } else { 99 }).collect(),
+        );
+        b.perplexity = Some(20.2);
+        (b.kv_bytes_prefill, b.kv_bytes_end) = (1000, 1005);
+        let mut a = a;
+        (a.kv_bytes_prefill, a.kv_bytes_end) = (1000, 1000);
+        let c = compare(["a", "b"], std::slice::from_ref(&a), std::slice::from_ref(&b));
+        assert!(violations(&c[0], &tol::Bounds::of(true, true)).is_empty());
+        assert!(violations(&c[0], &tol::Bounds::of(true, false)).len() >= 5);
+        // A wrong layout: logits of another shape altogether.
+        let wrong = run(logits.iter().rev().copied().collect(), b.kept.clone(), b.tokens.clone());
+        let c = compare(["a", "b"], &[a], &[wrong]);
+        let found: Vec<&str> = violations(&c[0], &tol::Bounds::of(true, true)).iter().map(|v| v.measure).collect();
+        assert!(found.contains(&"logits cosine"), "{found:?}");
     }
 }

@@ -9,11 +9,11 @@ pub mod report;
 pub mod suite;
 pub mod tolerances;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use sieve_backend::{Backend, DeviceSpec};
-use sieve_engine::{Model, Policy};
+use sieve_engine::{Dtype, Model, Policy};
 use sieve_runtime::{BackendKind, Runtime};
 
 use crate::compare::{Comparison, Violation};
@@ -26,6 +26,8 @@ pub struct Options {
     pub backends: Vec<BackendKind>,
     /// The model (GGUF file or HF directory).
     pub model: PathBuf,
+    /// How every backend holds the weight matrices.
+    pub dtype: Dtype,
     /// The passage's text (WikiText-2's test split).
     pub text: PathBuf,
     /// The folder of policy presets.
@@ -46,8 +48,13 @@ pub struct Report {
     pub perturbed: Option<String>,
     /// Per backend, every case it ran.
     pub runs: Vec<(String, Vec<CaseRun>)>,
+    /// How the weights were held.
+    pub dtype: String,
     /// Whether the weights were packed blocks (their own logits tolerance).
     pub packed: bool,
+    /// The backends whose products round their input to 16 bits on f16 or bf16 matrices
+    /// (their pairs have their own bounds when the weights have such matrices).
+    pub half_products: Vec<String>,
     pub comparisons: Vec<Comparison>,
     pub violations: Vec<Violation>,
 }
@@ -56,17 +63,18 @@ fn run_on<B: Backend>(b: &B, perturb: bool, prompts: &[Prompt], policies: &[Poli
     if perturb { suite::run(&perturb::Perturbed(b), prompts, policies) } else { suite::run(b, prompts, policies) }
 }
 
+/// The backend's cases, and whether it rounds inputs to 16 bits for f16 and bf16 products.
 fn run_backend(
     kind: BackendKind,
-    model: &Path,
-    perturb: bool,
+    o: &Options,
     prompts: &[Prompt],
     policies: &[Policy],
-) -> Result<Vec<CaseRun>> {
-    let mut m = Model::load(model)?;
+) -> Result<(Vec<CaseRun>, bool)> {
+    let mut m = Model::load_with(&o.model, o.dtype)?;
     let weights = m.take_weights();
     let runtime = Runtime::load(kind, DeviceSpec::Cpu, &m.config, weights)?;
-    run_on(&runtime, perturb, prompts, policies)
+    let half = runtime.half_precision_products();
+    Ok((run_on(&runtime, o.perturb == Some(kind), prompts, policies)?, half))
 }
 
 /// Runs the suite on every backend of `o` and compares every pair.
@@ -74,7 +82,7 @@ pub fn run(o: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
     if o.backends.len() < 2 {
         bail!("parity needs at least two backends, got {:?}", o.backends);
     }
-    let model = Model::load(&o.model)?;
+    let model = Model::load_with(&o.model, o.dtype)?;
     let text = std::fs::read_to_string(&o.text).with_context(|| format!("reading {}", o.text.display()))?;
     let keep = |name: &str, filters: &[String]| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
     let prompts: Vec<Prompt> =
@@ -93,8 +101,9 @@ pub fn run(o: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
         bail!("the prompt and policy filters leave nothing to run");
     }
     let packed = model.weights.is_packed();
+    let sixteen_bit = model.weights.tensors().any(|w| w.packed.as_ref().is_some_and(|p| p.dtype.is_half()));
     drop(model);
-    let mut runs = Vec::new();
+    let (mut runs, mut half_products) = (Vec::new(), Vec::new());
     for &name in &o.backends {
         let perturb = o.perturb == Some(name);
         log(&format!(
@@ -103,23 +112,30 @@ pub fn run(o: &Options, log: &mut dyn FnMut(&str)) -> Result<Report> {
             prompts.len(),
             policies.len()
         ));
-        let cases =
-            run_backend(name, &o.model, perturb, &prompts, &policies).with_context(|| format!("backend {name}"))?;
+        let (cases, half) = run_backend(name, o, &prompts, &policies).with_context(|| format!("backend {name}"))?;
+        if half {
+            half_products.push(name.to_string());
+        }
         runs.push((name.to_string(), cases));
     }
-    let mut comparisons = Vec::new();
+    let (mut comparisons, mut violations) = (Vec::new(), Vec::new());
     for i in 0..runs.len() {
         for j in i + 1..runs.len() {
-            comparisons.extend(compare::compare([&runs[i].0, &runs[j].0], &runs[i].1, &runs[j].1));
+            let pair = compare::compare([&runs[i].0, &runs[j].0], &runs[i].1, &runs[j].1);
+            let half = sixteen_bit && [&runs[i].0, &runs[j].0].iter().any(|n| half_products.contains(n));
+            let bounds = tolerances::Bounds::of(packed, half);
+            violations.extend(pair.iter().flat_map(|c| compare::violations(c, &bounds)));
+            comparisons.extend(pair);
         }
     }
-    let violations = comparisons.iter().flat_map(|c| compare::violations(c, packed)).collect();
     Ok(Report {
         model: o.model.display().to_string(),
         backends: o.backends.iter().map(ToString::to_string).collect(),
         perturbed: o.perturb.map(|k| k.to_string()),
         runs,
+        dtype: o.dtype.to_string(),
         packed,
+        half_products,
         comparisons,
         violations,
     })

@@ -16,6 +16,9 @@ struct Args {
     /// A GGUF file or HF model directory. Default: SmolLM2-135M-Instruct from the cache.
     #[arg(short, long)]
     model: Option<PathBuf>,
+    /// How every backend holds the weight matrices: native, f32, f16 or bf16.
+    #[arg(long, default_value = "native")]
+    dtype: sieve_engine::Dtype,
     /// The passage's text. Default: `$SIEVE_DATA/wikitext-2/wiki.test.raw`, else
     /// `../shared/data/wikitext-2/wiki.test.raw`.
     #[arg(long)]
@@ -63,6 +66,7 @@ fn run() -> anyhow::Result<bool> {
     let options = Options {
         backends: a.backends,
         model,
+        dtype: a.dtype,
         text: a.text.unwrap_or_else(default_text),
         configs: a.configs,
         prompts: a.prompts,

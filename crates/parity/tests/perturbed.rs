@@ -12,6 +12,7 @@ fn options(perturb: Option<BackendKind>) -> Options {
     Options {
         backends: vec![BackendKind::Candle, BackendKind::Ort],
         model: sieve_fetch::model::cached().expect("the default model (cargo xtask fetch-model)"),
+        dtype: sieve_engine::Dtype::Native,
         text: data.join("wikitext-2/wiki.test.raw"),
         configs: root.join("configs"),
         prompts: vec!["chat".into()],

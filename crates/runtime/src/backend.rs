@@ -67,8 +67,9 @@ impl Runtime {
 
     #[cfg(feature = "tch")]
     fn tch(device: DeviceSpec, config: &ModelConfig, weights: Weights) -> Result<Self> {
-        // libtorch computes in f32: packed weights are decoded once, here.
-        Ok(Runtime::Tch(sieve_tch::TchBackend::new(config, &weights.into_f32(), sieve_tch::device(device))?))
+        // libtorch keeps bf16 and f16 matrices in their kind and decodes other packed
+        // formats to f32, one matrix at a time.
+        Ok(Runtime::Tch(sieve_tch::TchBackend::new(config, &weights, sieve_tch::device(device))?))
     }
 
     #[cfg(not(feature = "tch"))]
@@ -184,6 +185,10 @@ impl Backend for Runtime {
 
     fn config(&self) -> &ModelConfig {
         dispatch!(self, b => b.config())
+    }
+
+    fn half_precision_products(&self) -> bool {
+        dispatch!(self, b => b.half_precision_products())
     }
 
     fn device(&self) -> RuntimeDevice {

@@ -28,6 +28,10 @@ pub fn run() -> anyhow::Result<()> {
     super::cargo_with(&["test", "--workspace", "--locked", "--release"], &[("SIEVE_REQUIRE_TCH", "1")])?;
     // The three backends against each other; the table goes to the log.
     super::parity::run(&[])?;
+    // And with bf16 matrices, where libtorch's products run in bf16 (their own bounds): two
+    // prompts and two policies, a minute.
+    let bf16 = ["--dtype", "bf16", "--prompts", "chat,passkey", "--policies", "none,snapkv@"];
+    super::parity::run(&bf16.map(String::from))?;
     // candle's `cuda` feature: nvcc from PyPI, stub CUDA libraries, the build and its tests
     // (which skip, saying so: CI has no GPU).
     super::cuda::test()?;
