@@ -34,6 +34,10 @@ struct Args {
     /// and ort's `MatMulNBits` compute on the file's blocks; tch decodes them at load.
     #[arg(long, value_delimiter = ',', default_value = "candle,ort")]
     native: Vec<BackendKind>,
+    /// sieve backends measured with bf16 matrices: tch multiplies them in bf16 (oneDNN);
+    /// candle and ort multiply them by `f32` inputs. `--bf16` alone measures none.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "tch")]
+    bf16: Vec<BackendKind>,
     /// The policy of the pruned configuration (candle, native weights): a preset name in
     /// configs/, a path, `NAME@K`.
     #[arg(long, default_value = "lazy-prefill@0.5")]
@@ -198,12 +202,14 @@ fn contestants(a: &Args, path: &Path, tokens: &[u32]) -> Result<Vec<Contestant>>
     }
     drop(f32_model);
     let policy = sieve_core::preset::resolve(&a.policy, &workspace_dir().join("configs"))?;
-    let native = a.native.iter().filter(|k| k.compiled()).map(|&k| (k, Policy::none()));
-    for (kind, policy) in native.chain(std::iter::once((BackendKind::Candle, policy))) {
-        let model = Model::load_with(path, Dtype::Native)?;
+    let bf16 = a.bf16.iter().filter(|k| k.compiled()).map(|&k| (k, Dtype::BF16, Policy::none()));
+    let native = a.native.iter().filter(|k| k.compiled()).map(|&k| (k, Dtype::Native, Policy::none()));
+    for (kind, dtype, policy) in bf16.chain(native).chain(std::iter::once((BackendKind::Candle, Dtype::Native, policy)))
+    {
+        let model = Model::load_with(path, dtype)?;
         let runtime = Runtime::load(kind, DeviceSpec::Cpu, &model.config, model.weights)?;
         let suffix = if policy.is_none() { String::new() } else { format!(" + {}", policy.name) };
-        out.push(Contestant { label: format!("sieve {kind} native{suffix}"), runtime, policy });
+        out.push(Contestant { label: format!("sieve {kind} {dtype}{suffix}"), runtime, policy });
     }
     for c in &out {
         sieve(c, tokens, Point::Prefill(64), 1)?; // warm-up
