@@ -83,7 +83,11 @@ struct Pair<B: Backend> {
 
 impl<B: Backend> Pair<B> {
     fn new(make: Make<'_, B>, config: &ModelConfig, seed: u64, untied: bool) -> Result<Self> {
-        let weights = synthetic::weights(config, seed, untied);
+        Self::on(make, config, synthetic::weights(config, seed, untied), Tolerance::Elementwise(ATOL, RTOL))
+    }
+
+    /// The backend under test and the reference on the same weights, with empty caches.
+    fn on(make: Make<'_, B>, config: &ModelConfig, weights: Weights, tolerance: Tolerance) -> Result<Self> {
         let reference = HostBackend::new(config, weights.clone())?;
         let ours = make(config, weights);
         let n = config.n_layers;
@@ -92,7 +96,7 @@ impl<B: Backend> Pair<B> {
             reference,
             caches: (0..n).map(|_| LayerCache::default()).collect(),
             reference_caches: (0..n).map(|_| LayerCache::default()).collect(),
-            tolerance: Tolerance::Elementwise(ATOL, RTOL),
+            tolerance,
         })
     }
 
@@ -400,7 +404,7 @@ pub fn packed_weights<B: Backend>(make: Make<'_, B>) -> Result<()> {
     let formats: Vec<GgmlType> =
         GgmlType::ALL.into_iter().filter(|t| !half || !matches!(t, GgmlType::F16 | GgmlType::BF16)).collect();
     let weights = synthetic::packed_weights_in(&config, 4, &formats);
-    let mut pair = new_pair(make, &config, weights, Tolerance::Elementwise(ATOL, RTOL))?;
+    let mut pair = Pair::on(make, &config, weights, Tolerance::Elementwise(ATOL, RTOL))?;
     // Five rows take the batched path (checked at the usual tolerance), one row the matrix
     // x vector path.
     let (out, want) = pair.forward("packed", &tokens(5, 64, 9), &[0, 1, 2, 3, 4], Probe::NONE)?;
@@ -410,32 +414,13 @@ pub fn packed_weights<B: Backend>(make: Make<'_, B>) -> Result<()> {
     pair.logits("packed, then a step", &out, &want)?;
     if half {
         let weights = synthetic::packed_weights_in(&config, 5, &[GgmlType::F16, GgmlType::BF16]);
-        let mut pair = new_pair(make, &config, weights, Tolerance::Norm(HALF_PRODUCT_RELATIVE))?;
+        let mut pair = Pair::on(make, &config, weights, Tolerance::Norm(HALF_PRODUCT_RELATIVE))?;
         let (out, want) = pair.forward("f16 and bf16", &tokens(5, 64, 9), &[0, 1, 2, 3, 4], Probe::NONE)?;
         pair.logits("f16 and bf16", &out, &want)?;
         let (out, want) = pair.forward("f16 and bf16, then a step", &[17], &[5], Probe::NONE)?;
         pair.logits("f16 and bf16, then a step", &out, &want)?;
     }
     Ok(())
-}
-
-/// The backend under test and the reference on the same weights, with empty caches.
-fn new_pair<B: Backend>(
-    make: Make<'_, B>,
-    config: &ModelConfig,
-    weights: Weights,
-    tolerance: Tolerance,
-) -> Result<Pair<B>> {
-    let reference = HostBackend::new(config, weights.clone())?;
-    let ours = make(config, weights);
-    let n = config.n_layers;
-    Ok(Pair {
-        ours,
-        reference,
-        caches: (0..n).map(|_| LayerCache::default()).collect(),
-        reference_caches: (0..n).map(|_| LayerCache::default()).collect(),
-        tolerance,
-    })
 }
 
 /// Instantiates the conformance suite for a backend: one `#[test]` per case of this
