@@ -73,7 +73,9 @@ pub struct ModelArgs {
     #[arg(short, long)]
     pub model: Option<PathBuf>,
     /// How weight matrices are held: `native` (as the file stores them, e.g. Q4_1 blocks,
-    /// which the CPU kernels compute on), `f32`, `f16` or `bf16`.
+    /// which the CPU kernels compute on), `f32`, `f16` or `bf16` (tch, and candle on
+    /// CUDA, multiply in that precision; candle and ort on the CPU multiply the 16-bit
+    /// weights by `f32` inputs).
     #[arg(long, default_value = "native", value_parser = |s: &str| s.parse::<Dtype>().map_err(|e| e.to_string()))]
     pub dtype: Dtype,
 }
