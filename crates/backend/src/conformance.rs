@@ -401,8 +401,7 @@ pub fn packed_weights<B: Backend>(make: Make<'_, B>) -> Result<()> {
     drop(probe);
     // A backend with reduced-precision products sees the 16-bit formats in their own
     // check below; every other format must still match at the usual tolerance.
-    let formats: Vec<GgmlType> =
-        GgmlType::ALL.into_iter().filter(|t| !half || !matches!(t, GgmlType::F16 | GgmlType::BF16)).collect();
+    let formats: Vec<GgmlType> = GgmlType::ALL.into_iter().filter(|t| !half || !t.is_half()).collect();
     let weights = synthetic::packed_weights_in(&config, 4, &formats);
     let mut pair = Pair::on(make, &config, weights, Tolerance::Elementwise(ATOL, RTOL))?;
     // Five rows take the batched path (checked at the usual tolerance), one row the matrix

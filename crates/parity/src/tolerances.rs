@@ -75,7 +75,7 @@ pub struct Bounds {
     pub generation_prefix_min: usize,
     /// Largest relative difference of the passage's perplexity.
     pub perplexity_rel: f64,
-    /// Largest relative difference of the KV bytes kept (0: equal, [`KV_BYTES_EQUAL`]).
+    /// Largest relative difference of the KV bytes kept (0: equal, [`KV_BYTES_REL`]).
     pub kv_bytes_rel: f64,
 }
 
@@ -94,11 +94,12 @@ impl Bounds {
             kept_jaccard_min: KEPT_JACCARD_MIN,
             generation_prefix_min: GENERATION_PREFIX_MIN,
             perplexity_rel: PERPLEXITY_REL,
-            kv_bytes_rel: 0.0,
+            kv_bytes_rel: KV_BYTES_REL,
         }
     }
 }
 
-/// KV bytes after prefill and generation must be equal: they count the entries kept, which
-/// the kept-positions check already compares; any difference is a bookkeeping bug.
-pub const KV_BYTES_EQUAL: bool = true;
+/// KV bytes after prefill and generation must be equal (relative difference 0): they count
+/// the entries kept, which the kept-positions check already compares; any difference is a
+/// bookkeeping bug.
+pub const KV_BYTES_REL: f64 = 0.0;

@@ -91,6 +91,11 @@ pub fn setup() -> Result<PathBuf> {
     Ok(home())
 }
 
+/// The machine's cores, for nvcc's parallel compiles.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The environment of a build with the `cuda` feature (and of running its binaries here,
 /// where the stubs stand in for the driver): `CUDA_HOME`, `PATH`, `CUDA_COMPUTE_CAP`,
 /// `LD_LIBRARY_PATH`, and `CUDAFORGE_THREADS`: candle's kernel build runs nvcc on half the
@@ -106,7 +111,7 @@ pub fn env(home: &Path) -> Vec<(String, String)> {
         ("CUDA_HOME".into(), home.display().to_string()),
         ("PATH".into(), prepend("PATH", &[home.join("bin")])),
         ("CUDA_COMPUTE_CAP".into(), COMPUTE_CAP.into()),
-        ("CUDAFORGE_THREADS".into(), std::thread::available_parallelism().map_or(1, |n| n.get()).to_string()),
+        ("CUDAFORGE_THREADS".into(), cores().to_string()),
         ("LD_LIBRARY_PATH".into(), prepend("LD_LIBRARY_PATH", &[home.join("lib/stubs"), home.join("lib")])),
     ]
 }
@@ -119,7 +124,7 @@ pub fn run() -> Result<()> {
     println!("export CUDA_HOME=\"{}\"", home.display());
     println!("export PATH=\"{}:$PATH\"", bin.display());
     println!("export CUDA_COMPUTE_CAP={COMPUTE_CAP}");
-    println!("export CUDAFORGE_THREADS={}", std::thread::available_parallelism().map_or(1, |n| n.get()));
+    println!("export CUDAFORGE_THREADS={}", cores());
     println!(
         "export LD_LIBRARY_PATH=\"{}:{}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}\"",
         lib.join("stubs").display(),
