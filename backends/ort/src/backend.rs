@@ -23,9 +23,55 @@ pub struct OrtBackend {
     embed: Embed,
     layers: Vec<Mutex<Session>>,
     head: Mutex<Session>,
-    /// `cos`/`sin` of every position for every rotary frequency, `[context, head_dim/2]`,
-    /// for each rotary base ([`ModelConfig::rope_set`]).
-    rope: Vec<(Vec<f32>, Vec<f32>)>,
+    /// The rotary tables of each base ([`ModelConfig::rope_set`]).
+    rope: Vec<Rope>,
+}
+
+/// `cos`/`sin` of each position for each rotary frequency of one base, `[positions,
+/// head_dim/2]`, the values of [`ModelConfig::rope_tables`], computed up to the highest
+/// position a call has asked for (the whole context's would be 2 MiB on the default
+/// model, most of it never read).
+struct Rope {
+    inv_freq: Vec<f64>,
+    table: Mutex<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Rope {
+    fn new(inv_freq: Vec<f64>) -> Self {
+        Self { inv_freq, table: Mutex::new((Vec::new(), Vec::new())) }
+    }
+
+    /// The rows of `positions`, `[n, head_dim/2]` each.
+    fn rows(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        let half = self.inv_freq.len();
+        let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (cos_table, sin_table) = &mut *table;
+        let needed = positions.iter().max().map_or(0, |&p| p + 1);
+        // Whole blocks of 256 positions, so that decoding grows the table rarely.
+        for p in cos_table.len() / half..needed.next_multiple_of(256) {
+            for &f in &self.inv_freq {
+                let angle = p as f64 * f;
+                cos_table.push(angle.cos() as f32);
+                sin_table.push(angle.sin() as f32);
+            }
+        }
+        let (mut cos, mut sin) =
+            (Vec::with_capacity(positions.len() * half), Vec::with_capacity(positions.len() * half));
+        for &p in positions {
+            cos.extend_from_slice(&cos_table[p * half..(p + 1) * half]);
+            sin.extend_from_slice(&sin_table[p * half..(p + 1) * half]);
+        }
+        (cos, sin)
+    }
+}
+
+/// One [`Rope`] per rotary base, as [`ModelConfig::rope_set`] indexes them.
+fn rope_sets(config: &ModelConfig) -> Vec<Rope> {
+    let mut sets = vec![Rope::new(config.rope_inv_freq())];
+    if let Some(local) = (0..config.n_layers).find(|&l| config.rope_set(l) == 1) {
+        sets.push(Rope::new(config.layer_rope_inv_freq(local)));
+    }
+    sets
 }
 
 /// The embedding lookup: a graph over an `f32` table, or rows of a packed table decoded on
@@ -105,37 +151,46 @@ impl OrtBackend {
     /// Builds the graphs from `weights` and opens a session for each on `device`.
     /// [`crate::load`] must have loaded ONNX Runtime.
     pub fn new(config: &ModelConfig, weights: &Weights, device: OrtDevice) -> Result<Self> {
+        Self::from_weights(config, weights.clone(), device)
+    }
+
+    /// [`OrtBackend::new`] for weights the caller no longer needs. ONNX Runtime keeps its own
+    /// copy of every matrix, so each part of `weights` is freed, and its pages handed back to
+    /// the system, once its session holds it: resident memory never holds two copies of the
+    /// model. The largest session, the LM head, is built first, while little else is held.
+    pub fn from_weights(config: &ModelConfig, mut weights: Weights, device: OrtDevice) -> Result<Self> {
         config.validate()?;
         weights.check(config)?;
         crate::runtime::environment()?;
-        let embed = if let Some(table) = &weights.embed.packed {
-            let (rows, cols) = (weights.embed.shape[0], weights.embed.cols());
-            Embed::Host { table: table.clone(), rows, cols, scale: config.style.embed_scale }
-        } else {
-            Embed::Graph(Mutex::new(session(&embedding(config, weights).into_model_bytes(), device, "embedding")?))
+        let head = Mutex::new(session(&lm_head(config, &weights).into_model_bytes(), device, "lm_head.onnx")?);
+        weights.lm_head = None;
+        let embed = match weights.embed.packed.take() {
+            Some(table) => {
+                let (rows, cols) = (weights.embed.shape[0], weights.embed.cols());
+                Embed::Host { table, rows, cols, scale: config.style.embed_scale }
+            }
+            None => {
+                Embed::Graph(Mutex::new(session(&embedding(config, &weights).into_model_bytes(), device, "embedding")?))
+            }
         };
+        release_freed_memory();
         let mut layers = Vec::with_capacity(weights.layers.len());
-        for (i, l) in weights.layers.iter().enumerate() {
+        for (i, l) in std::mem::take(&mut weights.layers).into_iter().enumerate() {
             let name = format!("layer_{i:02}.onnx");
-            layers.push(Mutex::new(session(&decoder_layer(config, i, l).into_model_bytes(), device, &name)?));
+            layers.push(Mutex::new(session(&decoder_layer(config, i, &l).into_model_bytes(), device, &name)?));
+            drop(l);
+            release_freed_memory();
         }
-        let head = Mutex::new(session(&lm_head(config, weights).into_model_bytes(), device, "lm_head.onnx")?);
-        let rope = config.rope_table_sets();
+        drop(weights);
+        let rope = rope_sets(config);
         release_freed_memory();
         Ok(Self { config: config.clone(), device, embed, layers, head, rope })
     }
 
     /// Rows of layer `layer`'s rotary tables at `positions`, `[n, head_dim/2]` each.
     fn rotary(&self, layer: usize, positions: &[usize]) -> Result<(DynValue, DynValue)> {
-        let half = self.config.head_dim / 2;
-        let (table_cos, table_sin) = &self.rope[self.config.rope_set(layer)];
-        let (mut cos, mut sin) =
-            (Vec::with_capacity(positions.len() * half), Vec::with_capacity(positions.len() * half));
-        for &p in positions {
-            cos.extend_from_slice(&table_cos[p * half..(p + 1) * half]);
-            sin.extend_from_slice(&table_sin[p * half..(p + 1) * half]);
-        }
-        let shape = [positions.len(), half];
+        let (cos, sin) = self.rope[self.config.rope_set(layer)].rows(positions);
+        let shape = [positions.len(), self.config.head_dim / 2];
         Ok((
             float_value(&cos, &shape).map_err(Error::ort("rotary tables"))?,
             float_value(&sin, &shape).map_err(Error::ort("rotary tables"))?,
@@ -245,5 +300,28 @@ impl Backend for OrtBackend {
         let mut session = lock(&self.head);
         let mut out = session.run(&[SessionInputValue::from(hidden.value())][..]).map_err(Error::ort("LM head"))?;
         take(&mut out, "LM head", "logits", self.device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sieve_backend::synthetic;
+
+    use super::*;
+
+    #[test]
+    fn rotary_rows_grown_on_demand_equal_the_whole_tables() {
+        let config = ModelConfig { context: 1024, ..synthetic::packed_config() };
+        let (cos, sin) = config.rope_tables();
+        let half = config.head_dim / 2;
+        let rope = &rope_sets(&config)[0];
+        // Out of order, across the growth step, repeated.
+        for positions in [vec![3, 0, 7], vec![255, 256, 300], vec![1, 1], vec![config.context - 1]] {
+            let (c, s) = rope.rows(&positions);
+            for (i, &p) in positions.iter().enumerate() {
+                assert_eq!(c[i * half..(i + 1) * half], cos[p * half..(p + 1) * half], "cos at {p}");
+                assert_eq!(s[i * half..(i + 1) * half], sin[p * half..(p + 1) * half], "sin at {p}");
+            }
+        }
     }
 }

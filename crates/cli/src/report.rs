@@ -32,8 +32,9 @@ pub fn print_stats(g: &Generation) {
         mib(s.kv_bytes_allocated),
     );
     eprintln!(
-        "[sieve] weights {:.1} MiB | peak RSS {:.1} MiB",
+        "[sieve] weights {:.1} MiB | resident {:.1} MiB (peak {:.1} MiB, loading included)",
         mib(s.weight_bytes),
+        s.rss_bytes as f64 / 1048576.0,
         s.peak_rss_bytes as f64 / 1048576.0
     );
 }

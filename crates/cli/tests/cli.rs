@@ -319,6 +319,38 @@ fn ort_backend_generates_like_candle_with_every_policy() {
     generates_like_candle_with_every_policy("ort");
 }
 
+/// With the weights kept in their blocks (`--dtype native`), `backend` ends a generation
+/// holding at most the model file x 1.15 + its KV cache + 100 MiB (issue #14's bound).
+fn native_weights_fit_the_memory_bound(backend: &str) {
+    let out = sieve().arg("inspect").output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let file = listing.lines().find_map(|l| l.strip_prefix("model")).map(str::trim).expect("model line");
+    let file_bytes = std::fs::metadata(file).unwrap().len() as f64;
+    let out = sieve()
+        .args(["generate", "--raw", "-n", "64", "--json", "--dtype", "native", "--backend", backend])
+        .arg("The capital of France is")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stats = &record["stats"];
+    let (resident, kv) = (stats["rss_bytes"].as_f64().unwrap(), stats["kv_bytes_allocated"].as_f64().unwrap());
+    let bound = file_bytes * 1.15 + kv + 100.0 * 1048576.0;
+    assert!(resident > 0.0 && resident <= bound, "{backend}: {resident} bytes resident, bound {bound}");
+}
+
+#[test]
+fn candle_native_weights_fit_the_memory_bound() {
+    native_weights_fit_the_memory_bound("candle");
+}
+
+#[cfg(feature = "ort")]
+#[test]
+fn ort_native_weights_fit_the_memory_bound() {
+    native_weights_fit_the_memory_bound("ort");
+}
+
 #[cfg(feature = "ort")]
 #[test]
 fn inspect_exports_the_onnx_graphs() {

@@ -10,7 +10,7 @@ use sieve_backend::Backend;
 use crate::error::Result;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::session::{Logits, Session};
-use crate::stats::{RunStats, peak_rss_bytes};
+use crate::stats::{RunStats, peak_rss_bytes, rss_bytes};
 use crate::tokenizer::Tokenizer;
 
 /// What to generate.
@@ -174,5 +174,6 @@ pub fn generate<B: Backend>(
     stats.decode_ms = decode_secs * 1e3;
     stats.decode_tok_s = if steps > 0 && decode_secs > 0.0 { steps as f64 / decode_secs } else { 0.0 };
     stats.peak_rss_bytes = peak_rss_bytes();
+    stats.rss_bytes = rss_bytes();
     Ok(Generation { text, tokens, stop_reason, stats })
 }

@@ -41,8 +41,10 @@ pub struct RunStats {
     pub decode_ms: f64,
     /// Decode tokens per second (tokens after the first over `decode_ms`).
     pub decode_tok_s: f64,
-    /// Peak resident memory of the process, bytes (0 where unknown).
+    /// Peak resident memory of the process, bytes (0 where unknown): loading included.
     pub peak_rss_bytes: u64,
+    /// Resident memory of the process when the generation ended, bytes (0 where unknown).
+    pub rss_bytes: u64,
     /// Bytes of model weights.
     pub weight_bytes: usize,
 }
@@ -69,13 +71,23 @@ pub fn causal_pairs(queries: &[usize], keys: &[usize]) -> usize {
     total
 }
 
-/// Peak resident set size of this process, from `/proc/self/status` (0 elsewhere).
-pub fn peak_rss_bytes() -> u64 {
+/// A size line of `/proc/self/status` in bytes (0 elsewhere).
+fn status_bytes(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(String::from))
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).map(String::from))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Peak resident set size of this process (0 where unknown).
+pub fn peak_rss_bytes() -> u64 {
+    status_bytes("VmHWM:")
+}
+
+/// Resident set size of this process now (0 where unknown).
+pub fn rss_bytes() -> u64 {
+    status_bytes("VmRSS:")
 }
 
 #[cfg(test)]

@@ -82,7 +82,7 @@ impl Runtime {
         sieve_ort::load(&sieve_fetch::onnxruntime::library_path())?;
         // Matrices in Q4_0, Q4_1, Q5_0 or Q8_0 blocks stay in them (`MatMulNBits`); the
         // backend decodes other packed formats itself.
-        Ok(Runtime::Ort(sieve_ort::OrtBackend::new(config, &weights, device.into())?))
+        Ok(Runtime::Ort(sieve_ort::OrtBackend::from_weights(config, weights, device.into())?))
     }
 
     #[cfg(not(feature = "ort"))]
