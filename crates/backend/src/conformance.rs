@@ -343,14 +343,22 @@ pub fn ragged_caches<B: Backend>(make: Make<'_, B>) -> Result<()> {
     pair.logits("ragged", &out, &want)
 }
 
-/// A prefill longer than the blocks backends split attention into (300 rows), with probes.
+/// A prefill longer than the blocks backends split attention into (300 rows), with every
+/// probe.
 pub fn long_prefill<B: Backend>(make: Make<'_, B>) -> Result<()> {
     let config = ModelConfig { context: 512, ..synthetic::tiny_config() };
     let mut pair = Pair::new(make, &config, 3, false)?;
-    let probe = Probe { last_queries: 16, column_sums: true, queries: false };
+    let probe = Probe { last_queries: 16, column_sums: true, queries: true };
     let (out, want) = pair.forward("long prefill", &tokens(300, 64, 7), &(0..300).collect::<Vec<_>>(), probe)?;
-    if let (Some(g), Some(w)) = (&out.attention_sums, &want.attention_sums) {
-        compare("long prefill: sums", g, w)?;
+    for (what, got, exp) in [
+        ("attention", &out.attention, &want.attention),
+        ("sums", &out.attention_sums, &want.attention_sums),
+        ("queries", &out.queries, &want.queries),
+    ] {
+        match (got, exp) {
+            (Some(g), Some(w)) => compare(&format!("long prefill: {what}"), g, w)?,
+            _ => return Err(mismatch("long prefill", format!("{what} missing"))),
+        }
     }
     pair.logits("long prefill", &out, &want)
 }
