@@ -43,7 +43,8 @@ pub struct OrtBackend {
     device: OrtDevice,
     embed: Embed,
     layers: Vec<Mutex<Session>>,
-    head: Mutex<Session>,
+    /// The final norm and the LM head, by parts of the vocabulary ([`head_parts`]).
+    head: Vec<Mutex<Session>>,
     /// The rotary tables of each base ([`ModelConfig::rope_set`]).
     rope: Vec<Rope>,
 }
@@ -140,9 +141,33 @@ fn release_freed_memory() {}
 fn graphs(config: &ModelConfig, weights: &Weights) -> impl Iterator<Item = (String, Graph)> {
     let layers =
         weights.layers.iter().enumerate().map(|(i, l)| (format!("layer_{i:02}.onnx"), decoder_layer(config, i, l)));
-    std::iter::once(("embedding.onnx".to_string(), embedding(config, weights)))
-        .chain(layers)
-        .chain(std::iter::once(("lm_head.onnx".to_string(), lm_head(config, weights))))
+    std::iter::once(("embedding.onnx".to_string(), embedding(config, weights))).chain(layers).chain(
+        head_parts(weights.lm_head()).into_iter().enumerate().map(|(i, rows)| {
+            (format!("lm_head_{i}.onnx"), lm_head(config, &weights.norm, &weights.lm_head().rows(rows)))
+        }),
+    )
+}
+
+/// Vocabulary rows per LM head session, at most.
+const HEAD_ROWS: usize = 16_384;
+
+/// The LM head's rows in nearly equal parts of at most [`HEAD_ROWS`], one session each:
+/// building a session briefly holds several copies of its weights (the serialized graph,
+/// ONNX Runtime's parsed copy, its pre-packed one), and the whole 49,152-row head of the
+/// default model in one session took the process to 260 MiB for a moment, 53 MiB over what
+/// it holds afterwards.
+fn head_parts(head: &sieve_backend::HostWeight) -> Vec<std::ops::Range<usize>> {
+    let rows = head.shape[0];
+    let count = rows.div_ceil(HEAD_ROWS).max(1);
+    let (base, extra) = (rows / count, rows % count);
+    let mut start = 0;
+    (0..count)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            start += len;
+            start - len..start
+        })
+        .collect()
 }
 
 /// Writes the model's ONNX graphs (weights included) to `dir` for inspection, e.g. with
@@ -183,7 +208,12 @@ impl OrtBackend {
         config.validate()?;
         weights.check(config)?;
         crate::runtime::environment()?;
-        let head = Mutex::new(session(&lm_head(config, &weights).into_model_bytes(), device, "lm_head.onnx")?);
+        let mut head = Vec::new();
+        for (i, rows) in head_parts(weights.lm_head()).into_iter().enumerate() {
+            let graph = lm_head(config, &weights.norm, &weights.lm_head().rows(rows));
+            head.push(Mutex::new(session(&graph.into_model_bytes(), device, &format!("lm_head_{i}.onnx"))?));
+            release_freed_memory();
+        }
         weights.lm_head = None;
         let embed = match weights.embed.packed.take() {
             Some(table) => {
@@ -376,9 +406,16 @@ impl Backend for OrtBackend {
     }
 
     fn logits(&self, hidden: &OrtTensor) -> Result<OrtTensor> {
-        let mut session = lock(&self.head);
-        let mut out = session.run(&[SessionInputValue::from(hidden.value())][..]).map_err(Error::ort("LM head"))?;
-        take(&mut out, "LM head", "logits", self.device)
+        let mut parts = Vec::with_capacity(self.head.len());
+        for part in &self.head {
+            let mut session = lock(part);
+            let mut out = session.run(&[SessionInputValue::from(hidden.value())][..]).map_err(Error::ort("LM head"))?;
+            parts.push(take(&mut out, "LM head", "logits", self.device)?);
+        }
+        match parts.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => Ok(<OrtTensor as sieve_core::Tensor>::cat(&parts.iter().collect::<Vec<_>>(), 1)?),
+        }
     }
 }
 
@@ -404,6 +441,14 @@ mod tests {
                 assert!(sizes.iter().all(|&s| s <= CHUNK && s + 1 >= sizes[0]));
             }
         }
+    }
+
+    #[test]
+    fn the_lm_head_splits_into_nearly_equal_parts_covering_the_vocabulary() {
+        let head = |rows| sieve_backend::HostWeight::f32(vec![0.0; rows * 2], vec![rows, 2]);
+        assert_eq!(head_parts(&head(100)), vec![0..100]);
+        assert_eq!(head_parts(&head(49_152)), vec![0..16_384, 16_384..32_768, 32_768..49_152]);
+        assert_eq!(head_parts(&head(HEAD_ROWS + 1)), vec![0..8_193, 8_193..16_385]);
     }
 
     #[test]

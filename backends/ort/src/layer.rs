@@ -284,12 +284,12 @@ pub fn embedding(c: &ModelConfig, w: &Weights) -> Graph {
     g
 }
 
-/// The final norm and LM head: `hidden` `[n, hidden]` to `logits` `[n, vocab]`.
-pub fn lm_head(c: &ModelConfig, w: &Weights) -> Graph {
+/// The final norm (`norm`) and rows `head` of the LM head: `hidden` `[n, hidden]` to
+/// `logits` `[n, head rows]`.
+pub fn lm_head(c: &ModelConfig, norm: &HostWeight, head: &HostWeight) -> Graph {
     let mut g = Graph::new("sieve lm head");
     let x = g.input("hidden", FLOAT, Some(&[Dim::Named("n"), Dim::Fixed(c.hidden)]));
-    let h = rms_norm(&mut g, &x, "norm", &w.norm, c.rms_eps);
-    let head = w.lm_head.as_ref().unwrap_or(&w.embed);
+    let h = rms_norm(&mut g, &x, "norm", norm, c.rms_eps);
     let logits = match nbits::from_packed(head) {
         Some(q) => matmul_nbits(&mut g, &mut BlockSums::default(), &h, "lm_head", q),
         None => {

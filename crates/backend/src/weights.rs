@@ -42,6 +42,19 @@ impl HostWeight {
         self.packed.as_ref().map_or(self.data.len() * std::mem::size_of::<f32>(), |p| p.bytes.len())
     }
 
+    /// Rows `rows` of a matrix (`[rows.len(), cols]`), in the same format.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Self {
+        let cols = self.cols();
+        let shape = vec![rows.len(), cols];
+        match &self.packed {
+            None => Self::f32(self.data[rows.start * cols..rows.end * cols].to_vec(), shape),
+            Some(p) => {
+                let rb = p.dtype.row_bytes(cols);
+                Self::packed(p.dtype, p.bytes[rows.start * rb..rows.end * rb].to_vec(), shape)
+            }
+        }
+    }
+
     /// The storage format's name (`F32` or a GGUF format).
     pub fn dtype_name(&self) -> &'static str {
         self.packed.as_ref().map_or("F32", |p| p.dtype.name())
@@ -354,5 +367,24 @@ impl Weights {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_of_a_matrix_hold_the_same_values_in_the_same_format() {
+        let (rows, cols) = (6, 64);
+        let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        let plain = HostWeight::f32(values, vec![rows, cols]);
+        for w in [plain.clone(), plain.clone().converted(GgmlType::Q8_0), plain.converted(GgmlType::Q4_1)] {
+            let whole = w.to_f32();
+            let part = w.rows(2..5);
+            assert_eq!(part.shape, vec![3, cols]);
+            assert_eq!(part.dtype_name(), w.dtype_name());
+            assert_eq!(part.to_f32(), whole[2 * cols..5 * cols]);
+        }
     }
 }
