@@ -7,6 +7,9 @@ use crate::kind::BackendKind;
 use crate::tensor::{RuntimeDevice, RuntimeTensor, Variant};
 
 /// A backend chosen at run time among those compiled in.
+// One per loaded model: the size of the enum does not matter, and boxing a variant would
+// hide its backend behind a `Box` in every dispatched call.
+#[allow(clippy::large_enum_variant)]
 pub enum Runtime {
     /// candle.
     #[cfg(feature = "candle")]
