@@ -221,6 +221,21 @@ pub fn decode_steps<B: Backend>(make: Make<'_, B>) -> Result<()> {
     Ok(())
 }
 
+/// Every probe of `out` against the reference's `want`, each required.
+fn every_probe<T: Tensor>(case: &str, out: &LayerOutput<T>, want: &LayerOutput<HostTensor>) -> Result<()> {
+    for (what, got, exp) in [
+        ("attention", &out.attention, &want.attention),
+        ("sums", &out.attention_sums, &want.attention_sums),
+        ("queries", &out.queries, &want.queries),
+    ] {
+        match (got, exp) {
+            (Some(g), Some(w)) => compare(&format!("{case}: {what}"), g, w)?,
+            _ => return Err(mismatch(case, format!("{what} missing"))),
+        }
+    }
+    Ok(())
+}
+
 /// The attention probes: the last queries' probabilities (zero where masked) and the sums
 /// over every query, on a call that follows cached tokens.
 pub fn probes<B: Backend>(make: Make<'_, B>) -> Result<()> {
@@ -228,16 +243,7 @@ pub fn probes<B: Backend>(make: Make<'_, B>) -> Result<()> {
     pair.forward("probes", &tokens(5, 64, 3), &[0, 1, 2, 3, 4], Probe::NONE)?;
     let probe = Probe { last_queries: 3, column_sums: true, queries: true };
     let (out, want) = pair.forward("probes", &tokens(4, 64, 4), &[5, 6, 8, 9], probe)?;
-    for (what, got, exp) in [
-        ("attention", &out.attention, &want.attention),
-        ("sums", &out.attention_sums, &want.attention_sums),
-        ("queries", &out.queries, &want.queries),
-    ] {
-        match (got, exp) {
-            (Some(g), Some(w)) => compare(&format!("probes: {what}"), g, w)?,
-            _ => return Err(mismatch("probes", format!("{what} missing"))),
-        }
-    }
+    every_probe("probes", &out, &want)?;
     // A probe asking for more queries than the call has rows gets every row.
     let probe = Probe { last_queries: 8, column_sums: false, queries: false };
     let (out, want) = pair.forward("probes, one row", &[7], &[10], probe)?;
@@ -350,16 +356,7 @@ pub fn long_prefill<B: Backend>(make: Make<'_, B>) -> Result<()> {
     let mut pair = Pair::new(make, &config, 3, false)?;
     let probe = Probe { last_queries: 16, column_sums: true, queries: true };
     let (out, want) = pair.forward("long prefill", &tokens(300, 64, 7), &(0..300).collect::<Vec<_>>(), probe)?;
-    for (what, got, exp) in [
-        ("attention", &out.attention, &want.attention),
-        ("sums", &out.attention_sums, &want.attention_sums),
-        ("queries", &out.queries, &want.queries),
-    ] {
-        match (got, exp) {
-            (Some(g), Some(w)) => compare(&format!("long prefill: {what}"), g, w)?,
-            _ => return Err(mismatch("long prefill", format!("{what} missing"))),
-        }
-    }
+    every_probe("long prefill", &out, &want)?;
     pair.logits("long prefill", &out, &want)
 }
 
