@@ -69,13 +69,12 @@ impl Rope {
         let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (cos_table, sin_table) = &mut *table;
         let needed = positions.iter().max().map_or(0, |&p| p + 1);
-        // Whole blocks of 256 positions, so that decoding grows the table rarely.
-        for p in cos_table.len() / half..needed.next_multiple_of(256) {
-            for &f in &self.inv_freq {
-                let angle = p as f64 * f;
-                cos_table.push(angle.cos() as f32);
-                sin_table.push(angle.sin() as f32);
-            }
+        let have = cos_table.len() / half;
+        if needed > have {
+            // Whole blocks of 256 positions, so that decoding grows the table rarely.
+            let (cos, sin) = sieve_backend::rope_rows(&self.inv_freq, have..needed.next_multiple_of(256));
+            cos_table.extend(cos);
+            sin_table.extend(sin);
         }
         let (mut cos, mut sin) =
             (Vec::with_capacity(positions.len() * half), Vec::with_capacity(positions.len() * half));
@@ -89,11 +88,7 @@ impl Rope {
 
 /// One [`Rope`] per rotary base, as [`ModelConfig::rope_set`] indexes them.
 fn rope_sets(config: &ModelConfig) -> Vec<Rope> {
-    let mut sets = vec![Rope::new(config.rope_inv_freq())];
-    if let Some(local) = (0..config.n_layers).find(|&l| config.rope_set(l) == 1) {
-        sets.push(Rope::new(config.layer_rope_inv_freq(local)));
-    }
-    sets
+    config.rope_inv_freq_sets().into_iter().map(Rope::new).collect()
 }
 
 /// The embedding lookup: a graph over an `f32` table, or rows of a packed table decoded on

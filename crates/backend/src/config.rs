@@ -260,7 +260,13 @@ impl ModelConfig {
     /// global layers first, then those of the local layers' base if there are local
     /// layers), as [`ModelConfig::rope_set`] indexes them.
     pub fn rope_table_sets(&self) -> Vec<(Vec<f32>, Vec<f32>)> {
-        let mut sets = vec![self.rope_tables()];
+        self.rope_inv_freq_sets().iter().map(|f| rope_rows(f, 0..self.context)).collect()
+    }
+
+    /// The inverse frequencies of every distinct rotary base, in the order of
+    /// [`ModelConfig::rope_table_sets`].
+    pub fn rope_inv_freq_sets(&self) -> Vec<Vec<f64>> {
+        let mut sets = vec![self.rope_inv_freq()];
         if let Some(w) = &self.style.sliding_window {
             let local = ModelConfig {
                 rope_theta: w.rope_theta,
@@ -268,7 +274,7 @@ impl ModelConfig {
                 style: BlockStyle::default(),
                 ..self.clone()
             };
-            sets.push(local.rope_tables());
+            sets.push(local.rope_inv_freq());
         }
         sets
     }
@@ -286,17 +292,7 @@ impl ModelConfig {
     /// The rotary tables of every position of the context: `cos` and `sin` of
     /// `position * inv_freq`, computed in f64, each `[context, head_dim / 2]` row-major.
     pub fn rope_tables(&self) -> (Vec<f32>, Vec<f32>) {
-        let inv_freq = self.rope_inv_freq();
-        let n = self.context * inv_freq.len();
-        let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for p in 0..self.context {
-            for &f in &inv_freq {
-                let angle = p as f64 * f;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
-        (cos, sin)
+        rope_rows(&self.rope_inv_freq(), 0..self.context)
     }
 
     /// The inverse frequencies of the rotary embedding, one per pair of a head's dims.
@@ -323,4 +319,19 @@ impl ModelConfig {
             })
             .collect()
     }
+}
+
+/// `cos` and `sin` of `position * inv_freq` (computed in f64) for each position of
+/// `positions`, `[positions, inv_freq.len()]` row-major: rows of the rotary tables.
+pub fn rope_rows(inv_freq: &[f64], positions: std::ops::Range<usize>) -> (Vec<f32>, Vec<f32>) {
+    let n = positions.len() * inv_freq.len();
+    let (mut cos, mut sin) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for p in positions {
+        for &f in inv_freq {
+            let angle = p as f64 * f;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (cos, sin)
 }

@@ -27,7 +27,7 @@ pub mod weights;
 
 pub use backend::{Backend, BackendDevice, BackendTensor, LayerCall, LayerOutput, Probe, check_batch};
 pub use cache::LayerCache;
-pub use config::{Activation, Architecture, BlockStyle, Llama3RopeScaling, ModelConfig, SlidingWindow};
+pub use config::{Activation, Architecture, BlockStyle, Llama3RopeScaling, ModelConfig, SlidingWindow, rope_rows};
 pub use device::DeviceSpec;
 pub use error::{BackendFailure, Error, Result};
 pub use quant::{GgmlType, Packed};
