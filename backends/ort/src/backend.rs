@@ -26,14 +26,16 @@ const CHUNK: usize = 128;
 /// WikiText-2 tokens, the first token came 2.2-2.7x sooner in chunks of 128 or 256, 1.6x
 /// in chunks of 512; 128 was also best at 604 tokens.)
 fn chunks(rows: usize, last_queries: usize) -> Option<Vec<usize>> {
-    let count = rows.div_ceil(CHUNK);
-    if count < 2 {
-        return None;
-    }
-    let (base, extra) = (rows / count, rows % count);
-    // The larger chunks first, so the last is the smallest.
-    let sizes: Vec<usize> = (0..count).map(|i| base + usize::from(i < extra)).collect();
-    (sizes[count - 1] >= last_queries).then_some(sizes)
+    let sizes = even_sizes(rows, CHUNK);
+    (sizes.len() >= 2 && sizes[sizes.len() - 1] >= last_queries).then_some(sizes)
+}
+
+/// `total` in as few nearly equal parts of at most `at_most` as possible, the larger
+/// first (so the last is the smallest); one part when `total` is 0.
+fn even_sizes(total: usize, at_most: usize) -> Vec<usize> {
+    let count = total.div_ceil(at_most).max(1);
+    let (base, extra) = (total / count, total % count);
+    (0..count).map(|i| base + usize::from(i < extra)).collect()
 }
 
 /// A Llama-family decoder on ONNX Runtime. Matrices in Q4_0, Q4_1, Q5_0 or Q8_0 blocks stay
@@ -152,13 +154,10 @@ const HEAD_ROWS: usize = 16_384;
 /// default model in one session took the process to 260 MiB for a moment, 53 MiB over what
 /// it holds afterwards.
 fn head_parts(head: &sieve_backend::HostWeight) -> Vec<std::ops::Range<usize>> {
-    let rows = head.shape[0];
-    let count = rows.div_ceil(HEAD_ROWS).max(1);
-    let (base, extra) = (rows / count, rows % count);
     let mut start = 0;
-    (0..count)
-        .map(|i| {
-            let len = base + usize::from(i < extra);
+    even_sizes(head.shape[0], HEAD_ROWS)
+        .into_iter()
+        .map(|len| {
             start += len;
             start - len..start
         })
