@@ -168,6 +168,77 @@ impl<T: Tensor> LayerCache<T> {
         Ok(())
     }
 
+    /// The first `k` entries alone, as a cache that shares their storage (no copy): a
+    /// backend appending to it allocates its own, so the entries of `self` are never
+    /// written. For running rows whose positions fall among this cache's entries (revived
+    /// tokens) against what precedes them. Not for a cache whose heads keep their own
+    /// entries.
+    pub fn prefix(&self, k: usize) -> Result<Self> {
+        self.check_shared_rows("LayerCache::prefix")?;
+        if k > self.len() {
+            return Err(sieve_core::Error::Index { op: "LayerCache::prefix", index: k, size: self.len() });
+        }
+        if k == 0 {
+            return Ok(Self::default());
+        }
+        let narrow = |t: Option<&T>| t.map(|t| t.narrow(1, 0, k)).transpose();
+        Ok(Self {
+            keys: narrow(self.keys.as_ref())?,
+            values: narrow(self.values.as_ref())?,
+            positions: self.positions[..k].to_vec(),
+            per_head: None,
+            padding: None,
+        })
+    }
+
+    /// Inserts `keys`/`values` (`[kv_heads, n, head_dim]`) at `positions` before row `at`,
+    /// by concatenation (the storage becomes exactly the live entries). The positions must
+    /// fall strictly between those of rows `at - 1` and `at`, and increase.
+    pub fn insert(&mut self, at: usize, keys: T, values: T, positions: &[usize]) -> Result<()> {
+        self.check_shared_rows("LayerCache::insert")?;
+        let len = self.len();
+        if at > len {
+            return Err(sieve_core::Error::Index { op: "LayerCache::insert", index: at, size: len });
+        }
+        let below = at.checked_sub(1).map(|i| self.positions[i]);
+        let above = self.positions.get(at).copied();
+        let ordered = positions.windows(2).all(|w| w[0] < w[1])
+            && positions.first().is_none_or(|&p| below.is_none_or(|b| b < p))
+            && positions.last().is_none_or(|&p| above.is_none_or(|a| p < a));
+        if !ordered || keys.dim(1)? != positions.len() || values.dim(1)? != positions.len() {
+            return Err(sieve_core::Error::Shape {
+                op: "LayerCache::insert",
+                detail: format!("{} rows at positions {positions:?} between {below:?} and {above:?}", keys.dim(1)?),
+            });
+        }
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let splice = |old: Option<T>, new: &T| -> Result<T> {
+            let Some(old) = old else { return Ok(new.clone()) };
+            let mut parts = Vec::with_capacity(3);
+            if at > 0 {
+                parts.push(old.narrow(1, 0, at)?);
+            }
+            parts.push(new.clone());
+            if at < len {
+                parts.push(old.narrow(1, at, len - at)?);
+            }
+            T::cat(&parts.iter().collect::<Vec<_>>(), 1)
+        };
+        let (k, v) = (splice(self.keys()?, &keys)?, splice(self.values()?, &values)?);
+        (self.keys, self.values) = (Some(k), Some(v));
+        self.positions.splice(at..at, positions.iter().copied());
+        Ok(())
+    }
+
+    fn check_shared_rows(&self, op: &'static str) -> Result<()> {
+        if self.per_head.is_some() || self.padding.is_some() {
+            return Err(sieve_core::Error::Shape { op, detail: "the KV heads keep different entries".into() });
+        }
+        Ok(())
+    }
+
     /// Keeps only the entries at `kept` (sorted indices into the live entries). The old
     /// tensors are dropped, so their memory is freed; the new storage holds exactly the
     /// kept entries.
@@ -390,6 +461,25 @@ mod tests {
         assert_eq!(c.capacity(), 2);
         c.truncate(0);
         assert!(c.is_empty() && c.keys()?.is_none() && c.capacity() == 0);
+        Ok(())
+    }
+
+    #[test]
+    fn prefix_shares_and_insert_splices_in_position_order() -> Result<()> {
+        let mut c = LayerCache::default();
+        c.append(t(&[1.0, 2.0, 4.0]), t(&[10.0, 20.0, 40.0]), &[0, 2, 7])?;
+        let p = c.prefix(2)?;
+        assert_eq!(p.positions(), &[0, 2]);
+        assert_eq!(p.keys()?.unwrap().to_host()?, vec![1.0, 2.0]);
+        assert!(c.prefix(4).is_err());
+        c.insert(2, t(&[3.0, 3.5]), t(&[30.0, 35.0]), &[4, 5])?;
+        assert_eq!(c.positions(), &[0, 2, 4, 5, 7]);
+        assert_eq!(c.keys()?.unwrap().to_host()?, vec![1.0, 2.0, 3.0, 3.5, 4.0]);
+        assert_eq!(c.values()?.unwrap().to_host()?, vec![10.0, 20.0, 30.0, 35.0, 40.0]);
+        c.insert(0, t(&[9.0]), t(&[90.0]), &[1]).expect_err("position 1 does not come before 0");
+        c.insert(5, t(&[9.0]), t(&[90.0]), &[7]).expect_err("position 7 is taken");
+        c.insert(5, t(&[5.0]), t(&[50.0]), &[8])?;
+        assert_eq!(c.positions(), &[0, 2, 4, 5, 7, 8]);
         Ok(())
     }
 

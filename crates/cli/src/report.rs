@@ -31,6 +31,13 @@ pub fn print_stats(g: &Generation) {
         mib(s.kv_bytes_unpruned),
         mib(s.kv_bytes_allocated),
     );
+    if s.revived_tokens > 0 || s.aux_bytes > 0 {
+        eprintln!(
+            "[sieve] revived {} pruned prompt tokens while decoding | aux cache {:.2} MiB left",
+            s.revived_tokens,
+            mib(s.aux_bytes)
+        );
+    }
     eprintln!(
         "[sieve] weights {:.1} MiB | resident {:.1} MiB (peak {:.1} MiB, loading included)",
         mib(s.weight_bytes),

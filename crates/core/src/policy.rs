@@ -136,7 +136,20 @@ pub struct PrefillFile {
     pub min_keep: usize,
     /// Never more tokens than this.
     pub max_keep: Option<usize>,
+    /// Revival (LazyLLM's aux cache; `kind = "lazy"` only): the hidden states of the pruned
+    /// tokens are kept, and at each decoding step up to this many of a stage's pruned
+    /// tokens that the new token's attention ranks within the stage's kept share come back,
+    /// computed from that stage's layer on. 0 (the default) keeps no aux cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revive: usize,
 }
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The most tokens a stage may revive at one decoding step.
+pub const MAX_REVIVE: usize = 4096;
 
 /// The share of distinct `n`-grams among the `n`-grams of `tokens` (1 when there are none):
 /// how little a text repeats itself.
@@ -269,6 +282,9 @@ pub struct PrefillPolicy {
     pub keep: PrefillKeep,
     /// Protection and clamps (its budget is replaced per layer by [`PrefillPolicy::budget`]).
     pub selector: Selector,
+    /// Tokens of a stage revived at most per decoding step (0: no aux cache); see
+    /// [`PrefillFile::revive`].
+    pub revive: usize,
 }
 
 impl PrefillPolicy {
@@ -449,7 +465,16 @@ impl PrefillFile {
             .protect(self.sinks, self.recent.max(1).max(scorer.keeps_last()))
             .clamp(self.min_keep, self.max_keep);
         selector.validate("prefill")?;
-        Ok(PrefillPolicy { kind: self.kind, scorer, layers: self.layers.clone(), keep, selector })
+        if self.revive > MAX_REVIVE {
+            return Err(Error::out_of_range("prefill.revive", self.revive, format!("0..={MAX_REVIVE}")));
+        }
+        if self.revive > 0 && self.kind != PrefillKind::Lazy {
+            return Err(Error::InvalidPolicy(
+                "prefill: `revive` needs kind = \"lazy\" (a gemfilter pass keeps no entries of what it drops)".into(),
+            ));
+        }
+        let revive = self.revive;
+        Ok(PrefillPolicy { kind: self.kind, scorer, layers: self.layers.clone(), keep, selector, revive })
     }
 }
 
@@ -611,6 +636,18 @@ impl PolicyFile {
                 "decode: [kv] selects per KV head, so [decode] must too (selection = \"head\")".into(),
             ));
         }
+        if self.prefill.as_ref().is_some_and(|p| p.revive > 0) {
+            if self.decode.is_some() {
+                return Err(Error::InvalidPolicy(
+                    "prefill: `revive` does not combine with a [decode] budget (revived entries would join a cache the decode scorer tracks)".into(),
+                ));
+            }
+            if self.kv.as_ref().is_some_and(|k| k.selection.is_per_head()) {
+                return Err(Error::InvalidPolicy(
+                    "prefill: `revive` needs [kv] selection = \"layer\" (revived entries join every KV head)".into(),
+                ));
+            }
+        }
         if self.decode.as_ref().is_some_and(|d| d.selection == Selection::Ada) {
             return Err(Error::InvalidPolicy(
                 "decode: selection = \"ada\" applies to [kv] only; use \"head\" or \"layer\"".into(),
@@ -640,6 +677,11 @@ impl Policy {
     /// Whether the policy prunes or evicts anything at all.
     pub fn is_none(&self) -> bool {
         self.prefill.is_none() && self.kv.is_none() && self.decode.is_none()
+    }
+
+    /// Whether pruned prompt tokens are kept in an aux cache to be revived while decoding.
+    pub fn revives(&self) -> bool {
+        self.prefill.as_ref().is_some_and(|p| p.revive > 0)
     }
 
     /// Checks the policy against a model with `n_layers` layers.
@@ -683,6 +725,7 @@ impl Policy {
                     recent: p.selector.recent,
                     min_keep: p.selector.min_keep,
                     max_keep: p.selector.max_keep,
+                    revive: p.revive,
                 }
             }),
             kv: self.kv.as_ref().map(|k| {

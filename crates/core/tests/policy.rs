@@ -274,3 +274,21 @@ fn novelty_budgets_follow_repetition() {
         .unwrap_err();
     assert!(err.to_string().contains("exactly one of `keep`, `mass` or `novelty`"), "{err}");
 }
+
+#[test]
+fn revival_is_a_lazy_option_that_round_trips_and_is_range_checked() {
+    let p = Policy::from_toml("[prefill]\nlayers = [4, 12]\nkeep = [0.6, 0.4]\nrevive = 8\n").unwrap();
+    assert_eq!(p.prefill.as_ref().unwrap().revive, 8);
+    assert!(p.revives());
+    let text = p.to_file().to_toml().unwrap();
+    assert!(text.contains("revive = 8"), "{text}");
+    assert_eq!(Policy::from_toml(&text).unwrap(), p);
+    let off = Policy::from_toml("[prefill]\nlayers = [4]\nkeep = 0.5\n").unwrap();
+    assert!(!off.revives());
+    assert!(!off.to_file().to_toml().unwrap().contains("revive"), "the default is not written out");
+    rejects("[prefill]\nlayers = [4]\nkeep = 0.5\nrevive = 5000\n", "`prefill.revive` = 5000");
+    rejects("[prefill]\nkind = \"gemfilter\"\nlayers = [4]\nkeep = 0.5\nrevive = 4\n", "kind = \"lazy\"");
+    rejects("[prefill]\nlayers = [4]\nkeep = 0.5\nrevive = 4\n[decode]\nbudget = 64\n", "[decode]");
+    rejects("[prefill]\nlayers = [4]\nkeep = 0.5\nrevive = 4\n[kv]\nkeep = 0.5\nselection = \"head\"\n", "selection");
+    rejects("[prefill]\nlayers = [4]\nkeep = 0.5\nrevive = -1\n", "revive");
+}

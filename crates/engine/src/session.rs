@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::stats::{RunStats, causal_pairs, layer_flops};
 
 mod renumber;
+mod revive;
 
 /// Which logits [`Session::prefill`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +112,8 @@ pub struct Session<'b, B: Backend> {
     /// Whether the positions were renumbered, so that they no longer count tokens.
     renumbered: bool,
     decode: Option<DecodeState<BTensor<B>>>,
+    /// What prefill pruned, kept for revival while decoding (a policy with `revive`).
+    aux: Option<revive::Aux<BTensor<B>>>,
     /// Per layer, the position below which a local layer has dropped every entry (0 for
     /// global layers): a conversation cannot go back past what that leaves visible.
     window_floor: Vec<usize>,
@@ -160,7 +163,9 @@ impl<'b, B: Backend> Session<'b, B> {
             policy: d,
         });
         let stats = RunStats { backend: backend.name().into(), policy: policy.name.clone(), ..RunStats::default() };
+        let aux = policy.prefill.as_ref().filter(|p| p.revive > 0).map(|p| revive::Aux::new(&p.layers, p.revive));
         Ok(Self {
+            aux,
             backend,
             policy,
             caches: (0..n_layers).map(|_| LayerCache::default()).collect(),
@@ -211,6 +216,7 @@ impl<'b, B: Backend> Session<'b, B> {
             seen: self.seen,
             renumbered: self.renumbered,
             decode,
+            aux: self.aux.clone(),
             window_floor: self.window_floor.clone(),
             stats: self.stats.clone(),
         })
@@ -274,6 +280,9 @@ impl<'b, B: Backend> Session<'b, B> {
                     *scores = keep_scores(scores, before, &[kept]);
                 }
             }
+        }
+        if let Some(aux) = &mut self.aux {
+            aux.truncate(pos)?;
         }
         self.next_pos = self.next_pos.min(pos);
         self.seen = self.next_pos;
@@ -362,6 +371,9 @@ impl<'b, B: Backend> Session<'b, B> {
             if let (true, Some(p)) = (prune_next, &lazy) {
                 let scores = self.prompt_scores(l, &out, &positions, p)?;
                 let kept = p.selector.select_with(&scores, p.budget(stage, n))?;
+                if let Some(aux) = &mut self.aux {
+                    aux.record(stage, &hidden, &positions, &kept, n)?;
+                }
                 if kept.len() < rows {
                     hidden = hidden.index_select(0, &kept)?;
                     positions = kept.iter().map(|&i| positions[i]).collect();
@@ -574,12 +586,15 @@ impl<'b, B: Backend> Session<'b, B> {
         let positions = [self.next_pos];
         let mut hidden = self.backend.embed(&[token]).map_err(&err)?;
         for l in 0..self.backend.config().n_layers {
+            self.revive_at(l)?;
             let probe = self.before_step_layer(l)?;
             let call = LayerCall::new(l, &hidden, &positions, probe);
             let out = self.backend.layer(call, &mut self.caches[l]).map_err(&err)?;
+            self.choose_revivals(l, &out)?;
             self.after_step_layer(l, &out)?;
             hidden = out.hidden;
         }
+        self.end_revival();
         self.next_pos += 1;
         self.seen += 1;
         self.update_kv_stats();
@@ -616,6 +631,9 @@ impl<'b, B: Backend> Session<'b, B> {
         let embedded = backend.embed(tokens).map_err(&err)?;
         let mut hidden = (0..tokens.len()).map(|i| embedded.narrow(0, i, 1)).collect::<sieve_core::Result<Vec<_>>>()?;
         for l in 0..backend.config().n_layers {
+            for s in sessions.iter_mut() {
+                s.revive_at(l)?;
+            }
             let probes = sessions.iter_mut().map(|s| s.before_step_layer(l)).collect::<Result<Vec<_>>>()?;
             let calls: Vec<_> = hidden
                 .iter()
@@ -628,11 +646,13 @@ impl<'b, B: Backend> Session<'b, B> {
             drop(caches);
             hidden.clear();
             for (s, out) in sessions.iter_mut().zip(outs) {
+                s.choose_revivals(l, &out)?;
                 s.after_step_layer(l, &out)?;
                 hidden.push(out.hidden);
             }
         }
         for s in sessions.iter_mut() {
+            s.end_revival();
             s.next_pos += 1;
             s.seen += 1;
             s.update_kv_stats();
@@ -695,12 +715,14 @@ impl<'b, B: Backend> Session<'b, B> {
         let len = self.caches[l].len();
         self.evict_outside_window(l, self.next_pos, len)?;
         // One query: its attention row is also the sum over this call's queries.
-        Ok(match &self.decode {
+        let mut probe = match &self.decode {
             Some(d) if d.scorers[l].needs().attention_queries > 0 => {
                 Probe { last_queries: 1, column_sums: false, queries: false }
             }
             _ => Probe::NONE,
-        })
+        };
+        self.revival_probe(l, &mut probe);
+        Ok(probe)
     }
 
     /// The part of a decode step after layer `l` ran: the decode scorer observes it.
@@ -760,5 +782,6 @@ impl<'b, B: Backend> Session<'b, B> {
         // Unpruned, a local layer holds the last `window` positions.
         let unpruned = |l: usize| config.window(l).map_or(self.seen, |w| self.seen.min(w));
         self.stats.kv_bytes_unpruned = (0..self.caches.len()).map(unpruned).sum::<usize>() * per;
+        self.stats.aux_bytes = self.aux.as_ref().map_or(0, |a| a.bytes(config.hidden));
     }
 }

@@ -47,6 +47,10 @@ pub struct RunStats {
     pub rss_bytes: u64,
     /// Bytes of model weights.
     pub weight_bytes: usize,
+    /// Pruned prompt tokens brought back from the aux cache while decoding (each once).
+    pub revived_tokens: usize,
+    /// Bytes of hidden states the aux cache holds for revival at the end of the run.
+    pub aux_bytes: usize,
 }
 
 /// FLOPs of one layer for `rows` query tokens and `pairs` allowed (query, key) pairs.

@@ -126,8 +126,10 @@ pub fn compressed_perplexity_with_bos<B: Backend>(
         let layers = session.stats.tokens_per_layer.len().max(1);
         let computed = session.stats.tokens_per_layer.iter().sum::<usize>() as f64 / (context * layers) as f64;
         let mut total = nll(prefill.last(), cont[0])?;
-        if policy.decode.is_none() && cont.len() > 1 {
-            // Nothing is evicted between tokens: one call scores the whole continuation.
+        if policy.decode.is_none() && !policy.revives() && cont.len() > 1 {
+            // Nothing is evicted or revived between tokens: one call scores the whole
+            // continuation. (Revival follows each new token's attention, so a policy that
+            // revives is fed one token at a time, as generation feeds it.)
             let rest = session.extend(&cont[..cont.len() - 1], Logits::All)?;
             for (i, &next) in cont[1..].iter().enumerate() {
                 total += nll(rest.row(i), next)?;

@@ -54,6 +54,10 @@ impl<B: Backend> Session<'_, B> {
         }
         self.next_pos = live.len();
         self.renumbered = true;
+        // The aux cache's positions no longer match the cache's.
+        if let Some(aux) = &mut self.aux {
+            aux.clear();
+        }
         Ok(true)
     }
 
