@@ -68,8 +68,9 @@ fn preset(configs: &std::path::Path, name: &str) -> Result<PolicyFile> {
 /// at 0.25 (one kept set per KV head as in its preset, one per layer, and Ada-KV budgets
 /// across heads), expected-attention at 0.25, h2o with a decode budget small
 /// enough to evict during the 32 generated tokens of the chat prompt's cache, streaming with
-/// such a budget (its cache renumbered within itself after each eviction), adaptive, and
-/// gemfilter (its preset, keep 0.5).
+/// such a budget (its cache renumbered within itself after each eviction), adaptive,
+/// gemfilter (its preset, keep 0.5), and lazy-prefill at 0.5 reviving up to 4 pruned
+/// tokens per stage at each decoding step.
 pub fn policies(configs: &std::path::Path) -> Result<Vec<Policy>> {
     let mut out = vec![Policy::none()];
     let mut lazy = preset(configs, "lazy-prefill")?;
@@ -106,9 +107,15 @@ pub fn policies(configs: &std::path::Path) -> Result<Vec<Policy>> {
         d.every = 4;
     }
     streaming.name = Some("streaming-decode@40".into());
+    // Revival: pruned prompt tokens come back while decoding (at most 4 per stage and step).
+    let mut revive = lazy.clone();
+    if let Some(p) = &mut revive.prefill {
+        p.revive = 4;
+    }
+    revive.name = Some("lazy-revive@0.5".into());
     let adaptive = preset(configs, "adaptive")?;
     let gemfilter = preset(configs, "gemfilter")?;
-    for file in [lazy, snapkv, per_layer, ada, expected, h2o, streaming, adaptive, gemfilter] {
+    for file in [lazy, revive, snapkv, per_layer, ada, expected, h2o, streaming, adaptive, gemfilter] {
         out.push(file.validate()?);
     }
     Ok(out)
