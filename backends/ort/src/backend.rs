@@ -334,8 +334,15 @@ impl OrtBackend {
         drop((live_keys, live_values));
         cache.set_storage(keys, values);
         cache.push_positions(positions);
-        let attention = if probe.last_queries > 0 { Some(take(&mut out, &what, a, self.device)?) } else { None };
-        let attention_sums = if probe.column_sums { Some(take(&mut out, &what, s, self.device)?) } else { None };
+        let mut attention = if probe.last_queries > 0 { Some(take(&mut out, &what, a, self.device)?) } else { None };
+        let mut attention_sums = if probe.column_sums { Some(take(&mut out, &what, s, self.device)?) } else { None };
+        // Revived rows fall among the cached positions: the graph masked by position, and
+        // the cache and the probes' columns are put back in position order.
+        if let Some(order) = cache.sort_rows()? {
+            use sieve_core::Tensor;
+            attention = attention.map(|t| t.index_select(2, &order)).transpose()?;
+            attention_sums = attention_sums.map(|t| t.index_select(2, &order)).transpose()?;
+        }
         let queries = if probe.queries { Some(take(&mut out, &what, q, self.device)?) } else { None };
         Ok(LayerOutput { hidden, attention, attention_sums, queries })
     }
@@ -393,7 +400,9 @@ impl Backend for OrtBackend {
         call: LayerCall<'_, OrtTensor>,
         cache: &mut LayerCache<OrtTensor>,
     ) -> Result<LayerOutput<OrtTensor>> {
-        match chunks(call.positions.len(), call.probe.last_queries) {
+        // Rows among the cached positions (revived tokens) run in one graph call.
+        let behind = matches!((call.positions.first(), cache.positions().last()), (Some(f), Some(l)) if f < l);
+        match chunks(call.positions.len(), call.probe.last_queries).filter(|_| !behind) {
             Some(sizes) => self.layer_in_chunks(call, &sizes, cache),
             None => self.layer_once(call, cache),
         }

@@ -91,7 +91,13 @@ pub struct LayerOutput<T> {
 /// behaviour):
 /// - every token id given to [`Backend::embed`] is below `config().vocab`;
 /// - `positions` given to [`Backend::layer`] are increasing, below `config().context`, as
-///   many as `hidden` has rows, and greater than every position already in `cache`;
+///   many as `hidden` has rows, and not already in `cache`. They are greater than every
+///   cached position except in a decode step that revives pruned tokens: those rows fall
+///   among the cached positions (only in a cache whose KV heads share their entries), and
+///   the cache must then hold every row in position order afterwards
+///   ([`crate::LayerCache::append`] does so; a backend writing in place calls
+///   [`crate::LayerCache::sort_rows`] before attending), with the probes' key columns in
+///   that order;
 /// - `index < config().n_layers`.
 ///
 /// # What implementations guarantee

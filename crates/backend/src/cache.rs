@@ -156,8 +156,15 @@ impl<T: Tensor> LayerCache<T> {
 
     /// Appends `keys`/`values` (`[kv_heads, n, head_dim]`) at `positions` by
     /// concatenation: the storage becomes exactly the live entries. The portable path for
-    /// runtimes without in-place writes.
+    /// runtimes without in-place writes. Positions that fall among the cached ones (revived
+    /// tokens) take their places in position order ([`LayerCache::sort_rows`]).
     pub fn append(&mut self, keys: T, values: T, positions: &[usize]) -> Result<()> {
+        if positions.first().is_some_and(|&p| self.positions.last().is_some_and(|&last| p <= last))
+            && let Some(p) = positions.iter().find(|p| self.positions.binary_search(p).is_ok())
+        {
+            let detail = format!("position {p} is cached already");
+            return Err(sieve_core::Error::Shape { op: "LayerCache::append", detail });
+        }
         let (keys, values) = match (self.keys()?, self.values()?) {
             (Some(k), Some(v)) => (T::cat(&[&k, &keys], 1)?, T::cat(&[&v, &values], 1)?),
             _ => (keys, values),
@@ -165,71 +172,56 @@ impl<T: Tensor> LayerCache<T> {
         self.keys = Some(keys);
         self.values = Some(values);
         self.extend_positions(positions);
-        Ok(())
+        self.sort_rows().map(drop)
     }
 
-    /// The first `k` entries alone, as a cache that shares their storage (no copy): a
-    /// backend appending to it allocates its own, so the entries of `self` are never
-    /// written. For running rows whose positions fall among this cache's entries (revived
-    /// tokens) against what precedes them. Not for a cache whose heads keep their own
-    /// entries.
-    pub fn prefix(&self, k: usize) -> Result<Self> {
-        self.check_shared_rows("LayerCache::prefix")?;
-        if k > self.len() {
-            return Err(sieve_core::Error::Index { op: "LayerCache::prefix", index: k, size: self.len() });
+    /// For a backend that writes in place: puts the positions in order after entries were
+    /// added behind later ones, and returns the first row that changes and the old row of
+    /// each row from there on; the caller must then move its storage's rows the same way
+    /// (rows before the first are untouched, so only that tail is rewritten). `None` when
+    /// the order already held. Errors as [`LayerCache::sort_rows`].
+    pub fn order_positions(&mut self) -> Result<Option<(usize, Vec<usize>)>> {
+        let Some(first) = self.positions.windows(2).position(|w| w[0] >= w[1]) else { return Ok(None) };
+        self.check_shared_rows("LayerCache::order_positions")?;
+        // Rows before the first out-of-order one are sorted; the rest follow them
+        // wherever their positions go.
+        let from = self.positions[..=first]
+            .partition_point(|&p| p < self.positions[first + 1..].iter().copied().min().unwrap_or(usize::MAX));
+        let mut order: Vec<usize> = (from..self.len()).collect();
+        order.sort_by_key(|&i| self.positions[i]);
+        if let Some(w) = order.windows(2).find(|w| self.positions[w[0]] == self.positions[w[1]]) {
+            let detail = format!("position {} is cached twice", self.positions[w[0]]);
+            return Err(sieve_core::Error::Shape { op: "LayerCache::order_positions", detail });
         }
-        if k == 0 {
-            return Ok(Self::default());
-        }
-        let narrow = |t: Option<&T>| t.map(|t| t.narrow(1, 0, k)).transpose();
-        Ok(Self {
-            keys: narrow(self.keys.as_ref())?,
-            values: narrow(self.values.as_ref())?,
-            positions: self.positions[..k].to_vec(),
-            per_head: None,
-            padding: None,
-        })
+        let tail: Vec<usize> = order.iter().map(|&i| self.positions[i]).collect();
+        self.positions.splice(from.., tail);
+        Ok(Some((from, order)))
     }
 
-    /// Inserts `keys`/`values` (`[kv_heads, n, head_dim]`) at `positions` before row `at`,
-    /// by concatenation (the storage becomes exactly the live entries). The positions must
-    /// fall strictly between those of rows `at - 1` and `at`, and increase.
-    pub fn insert(&mut self, at: usize, keys: T, values: T, positions: &[usize]) -> Result<()> {
-        self.check_shared_rows("LayerCache::insert")?;
-        let len = self.len();
-        if at > len {
-            return Err(sieve_core::Error::Index { op: "LayerCache::insert", index: at, size: len });
+    /// Puts the rows in position order after entries were added behind later ones (a
+    /// call whose rows fall among the cached positions: revived tokens), so that attention
+    /// may rely on increasing positions. Returns `None` when the order already held, else
+    /// the old row of each new row (to reorder a probe's columns the same way); the storage
+    /// then holds exactly the live entries. A position present twice, or heads keeping
+    /// their own entries, is an error.
+    pub fn sort_rows(&mut self) -> Result<Option<Vec<usize>>> {
+        if self.positions.windows(2).all(|w| w[0] < w[1]) {
+            return Ok(None);
         }
-        let below = at.checked_sub(1).map(|i| self.positions[i]);
-        let above = self.positions.get(at).copied();
-        let ordered = positions.windows(2).all(|w| w[0] < w[1])
-            && positions.first().is_none_or(|&p| below.is_none_or(|b| b < p))
-            && positions.last().is_none_or(|&p| above.is_none_or(|a| p < a));
-        if !ordered || keys.dim(1)? != positions.len() || values.dim(1)? != positions.len() {
-            return Err(sieve_core::Error::Shape {
-                op: "LayerCache::insert",
-                detail: format!("{} rows at positions {positions:?} between {below:?} and {above:?}", keys.dim(1)?),
-            });
+        self.check_shared_rows("LayerCache::sort_rows")?;
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.sort_by_key(|&i| self.positions[i]);
+        if let Some(w) = order.windows(2).find(|w| self.positions[w[0]] == self.positions[w[1]]) {
+            let detail = format!("position {} is cached twice", self.positions[w[0]]);
+            return Err(sieve_core::Error::Shape { op: "LayerCache::sort_rows", detail });
         }
-        if positions.is_empty() {
-            return Ok(());
-        }
-        let splice = |old: Option<T>, new: &T| -> Result<T> {
-            let Some(old) = old else { return Ok(new.clone()) };
-            let mut parts = Vec::with_capacity(3);
-            if at > 0 {
-                parts.push(old.narrow(1, 0, at)?);
-            }
-            parts.push(new.clone());
-            if at < len {
-                parts.push(old.narrow(1, at, len - at)?);
-            }
-            T::cat(&parts.iter().collect::<Vec<_>>(), 1)
-        };
-        let (k, v) = (splice(self.keys()?, &keys)?, splice(self.values()?, &values)?);
-        (self.keys, self.values) = (Some(k), Some(v));
-        self.positions.splice(at..at, positions.iter().copied());
-        Ok(())
+        // From the whole storage (a narrowed view may not be contiguous); only live rows
+        // are picked.
+        let reorder = |t: &Option<T>| t.as_ref().map(|t| t.index_select(1, &order)).transpose();
+        let (keys, values) = (reorder(&self.keys)?, reorder(&self.values)?);
+        (self.keys, self.values) = (keys, values);
+        self.positions = order.iter().map(|&i| self.positions[i]).collect();
+        Ok(Some(order))
     }
 
     fn check_shared_rows(&self, op: &'static str) -> Result<()> {
@@ -465,21 +457,26 @@ mod tests {
     }
 
     #[test]
-    fn prefix_shares_and_insert_splices_in_position_order() -> Result<()> {
+    fn rows_appended_among_cached_positions_take_their_places() -> Result<()> {
         let mut c = LayerCache::default();
-        c.append(t(&[1.0, 2.0, 4.0]), t(&[10.0, 20.0, 40.0]), &[0, 2, 7])?;
-        let p = c.prefix(2)?;
-        assert_eq!(p.positions(), &[0, 2]);
-        assert_eq!(p.keys()?.unwrap().to_host()?, vec![1.0, 2.0]);
-        assert!(c.prefix(4).is_err());
-        c.insert(2, t(&[3.0, 3.5]), t(&[30.0, 35.0]), &[4, 5])?;
-        assert_eq!(c.positions(), &[0, 2, 4, 5, 7]);
-        assert_eq!(c.keys()?.unwrap().to_host()?, vec![1.0, 2.0, 3.0, 3.5, 4.0]);
-        assert_eq!(c.values()?.unwrap().to_host()?, vec![10.0, 20.0, 30.0, 35.0, 40.0]);
-        c.insert(0, t(&[9.0]), t(&[90.0]), &[1]).expect_err("position 1 does not come before 0");
-        c.insert(5, t(&[9.0]), t(&[90.0]), &[7]).expect_err("position 7 is taken");
-        c.insert(5, t(&[5.0]), t(&[50.0]), &[8])?;
-        assert_eq!(c.positions(), &[0, 2, 4, 5, 7, 8]);
+        c.append(t(&[1.0, 4.0]), t(&[10.0, 40.0]), &[0, 7])?;
+        c.append(t(&[2.0, 3.0, 5.0]), t(&[20.0, 30.0, 50.0]), &[2, 5, 9])?;
+        assert_eq!(c.positions(), &[0, 2, 5, 7, 9]);
+        assert_eq!(c.keys()?.unwrap().to_host()?, vec![1.0, 2.0, 3.0, 4.0, 5.0]);
+        assert_eq!(c.values()?.unwrap().to_host()?, vec![10.0, 20.0, 30.0, 40.0, 50.0]);
+        assert_eq!(c.sort_rows()?, None, "already in order");
+        // An in-place writer's rows, then the sort, which reports the old row of each.
+        c.set_storage(t(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0]), t(&[0.0; 7]));
+        c.push_positions(&[3]);
+        assert_eq!(c.sort_rows()?, Some(vec![0, 1, 5, 2, 3, 4]));
+        assert_eq!(c.positions(), &[0, 2, 3, 5, 7, 9]);
+        assert_eq!(c.keys()?.unwrap().to_host()?, vec![1.0, 2.0, 6.0, 3.0, 4.0, 5.0]);
+        assert!(c.append(t(&[9.0]), t(&[9.0]), &[5]).is_err(), "position 5 is cached already");
+        // In place: only the positions are reordered, from the first row that moves.
+        c.push_positions(&[4, 8]);
+        assert_eq!(c.order_positions()?, Some((3, vec![6, 3, 4, 7, 5])));
+        assert_eq!(c.positions(), &[0, 2, 3, 4, 5, 7, 8, 9]);
+        assert_eq!(c.order_positions()?, None);
         Ok(())
     }
 

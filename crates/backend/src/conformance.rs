@@ -253,6 +253,20 @@ pub fn probes<B: Backend>(make: Make<'_, B>) -> Result<()> {
     }
 }
 
+/// A call whose rows fall among the cached positions (tokens revived while decoding, with
+/// a new token after them): each row attends to the entries at or before it, the cache
+/// ends in position order, and the probes' columns follow it.
+pub fn interleaved_rows<B: Backend>(make: Make<'_, B>) -> Result<()> {
+    let mut pair = Pair::tiny(make)?;
+    pair.forward("interleaved", &tokens(6, 64, 8), &[0, 1, 4, 6, 9, 10], Probe::NONE)?;
+    let probe = Probe { last_queries: 1, column_sums: true, queries: true };
+    let (out, want) = pair.forward("interleaved rows", &tokens(4, 64, 9), &[2, 3, 7, 11], probe)?;
+    every_probe("interleaved rows", &out, &want)?;
+    pair.logits("interleaved rows", &out, &want)?;
+    let (out, want) = pair.forward("interleaved, then a step", &[6], &[12], Probe::NONE)?;
+    pair.logits("interleaved, then a step", &out, &want)
+}
+
 /// Caches compacted between calls (the engine's eviction) and truncated (a conversation
 /// going back to a common prefix): the next calls see exactly the remaining entries.
 pub fn compacted_caches<B: Backend>(make: Make<'_, B>) -> Result<()> {
@@ -440,7 +454,7 @@ pub fn packed_weights<B: Backend>(make: Make<'_, B>) -> Result<()> {
 macro_rules! backend_conformance {
     ($backend:ty, $make:expr) => {
         $crate::backend_conformance!(@cases $backend, $make;
-            embed, prefill, gapped_positions, decode_steps, probes, compacted_caches, per_head_caches, ragged_caches,
+            embed, prefill, gapped_positions, decode_steps, probes, interleaved_rows, compacted_caches, per_head_caches, ragged_caches,
             long_prefill, block_options, sliding_window, packed_weights);
 
         mod tensor {

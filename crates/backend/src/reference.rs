@@ -89,13 +89,7 @@ impl HostBackend {
         }
     }
 
-    fn check_inputs(
-        &self,
-        index: usize,
-        hidden: &HostTensor,
-        positions: &[usize],
-        cache_last: Option<usize>,
-    ) -> Result<()> {
+    fn check_inputs(&self, index: usize, hidden: &HostTensor, positions: &[usize], cached: &[usize]) -> Result<()> {
         let c = &self.config;
         if index >= c.n_layers {
             return Err(Error::Input(format!("layer {index} of {}", c.n_layers)));
@@ -104,13 +98,11 @@ impl HostBackend {
             return Err(Error::Input(format!("hidden {:?} for {} positions", hidden.shape(), positions.len())));
         }
         let increasing = positions.windows(2).all(|w| w[0] < w[1]);
-        let after_cache = match (cache_last, positions.first()) {
-            (Some(last), Some(&first)) => first > last,
-            _ => true,
-        };
-        if !increasing || !after_cache || positions.last().is_some_and(|&p| p >= c.context) {
+        let new = positions.iter().all(|p| cached.binary_search(p).is_err());
+        if !increasing || !new || positions.last().is_some_and(|&p| p >= c.context) {
             return Err(Error::Input(format!(
-                "positions {positions:?} (cache ends at {cache_last:?}, context {})",
+                "positions {positions:?} (cache ends at {:?}, context {})",
+                cached.last(),
                 c.context
             )));
         }
@@ -154,7 +146,7 @@ impl Backend for HostBackend {
         cache: &mut LayerCache<HostTensor>,
     ) -> Result<LayerOutput<HostTensor>> {
         let LayerCall { index, hidden, positions, probe } = call;
-        self.check_inputs(index, hidden, positions, cache.positions().last().copied())?;
+        self.check_inputs(index, hidden, positions, cache.positions())?;
         let c = &self.config;
         let w = &self.weights.layers[index];
         let (n, d, hd, nh, nkv) = (positions.len(), c.hidden, c.head_dim, c.n_heads, c.n_kv_heads);

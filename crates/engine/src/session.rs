@@ -583,16 +583,15 @@ impl<'b, B: Backend> Session<'b, B> {
     pub fn step(&mut self, token: u32) -> Result<Vec<f32>> {
         self.prepare_step(token)?;
         let err = backend_error(self.backend);
-        let positions = [self.next_pos];
         let mut hidden = self.backend.embed(&[token]).map_err(&err)?;
         for l in 0..self.backend.config().n_layers {
-            self.revive_at(l)?;
+            let (input, positions, revived) = self.step_input(l, hidden, self.next_pos)?;
             let probe = self.before_step_layer(l)?;
-            let call = LayerCall::new(l, &hidden, &positions, probe);
+            let call = LayerCall::new(l, &input, &positions, probe);
             let out = self.backend.layer(call, &mut self.caches[l]).map_err(&err)?;
             self.choose_revivals(l, &out)?;
             self.after_step_layer(l, &out)?;
-            hidden = out.hidden;
+            hidden = self.step_output(out.hidden, positions, revived)?;
         }
         self.end_revival();
         self.next_pos += 1;
@@ -631,24 +630,21 @@ impl<'b, B: Backend> Session<'b, B> {
         let embedded = backend.embed(tokens).map_err(&err)?;
         let mut hidden = (0..tokens.len()).map(|i| embedded.narrow(0, i, 1)).collect::<sieve_core::Result<Vec<_>>>()?;
         for l in 0..backend.config().n_layers {
-            for s in sessions.iter_mut() {
-                s.revive_at(l)?;
+            // Each session's rows: the tokens it revives, then its new token.
+            let mut inputs = Vec::with_capacity(sessions.len());
+            for (s, (h, p)) in sessions.iter_mut().zip(hidden.drain(..).zip(&positions)) {
+                inputs.push(s.step_input(l, h, p[0])?);
             }
             let probes = sessions.iter_mut().map(|s| s.before_step_layer(l)).collect::<Result<Vec<_>>>()?;
-            let calls: Vec<_> = hidden
-                .iter()
-                .zip(&positions)
-                .zip(probes)
-                .map(|((h, p), probe)| LayerCall::new(l, h, p, probe))
-                .collect();
+            let calls: Vec<_> =
+                inputs.iter().zip(probes).map(|((h, p, _), probe)| LayerCall::new(l, h, p, probe)).collect();
             let mut caches: Vec<_> = sessions.iter_mut().map(|s| &mut s.caches[l]).collect();
             let outs = backend.layer_batch(&calls, &mut caches).map_err(&err)?;
-            drop(caches);
-            hidden.clear();
-            for (s, out) in sessions.iter_mut().zip(outs) {
+            drop((caches, calls));
+            for ((s, out), (_, p, revived)) in sessions.iter_mut().zip(outs).zip(inputs) {
                 s.choose_revivals(l, &out)?;
                 s.after_step_layer(l, &out)?;
-                hidden.push(out.hidden);
+                hidden.push(s.step_output(out.hidden, p, revived)?);
             }
         }
         for s in sessions.iter_mut() {

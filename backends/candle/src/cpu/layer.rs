@@ -292,7 +292,11 @@ impl CpuLayer {
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let (q_out, kv_out) = (nh * hd, nkv * hd);
         let width = q_out + 2 * kv_out;
-        let decode = seqs.iter().all(|s| s.positions.len() == 1);
+        // A decode step: one new row per sequence, after any revived rows (which fall
+        // among the cached positions).
+        let decode = seqs
+            .iter()
+            .all(|s| s.positions.len() == 1 || s.cache.positions().last().is_some_and(|&last| s.positions[0] < last));
         let vector_rows = if decode { DECODE_BATCH } else { SMALL_BATCH };
 
         let h = rms_norm(x_in, &self.attn_norm, c.rms_eps);
@@ -434,6 +438,14 @@ impl CpuLayer {
         keys.slice_set(&new_k, 1, len)?;
         values.slice_set(&new_v, 1, len)?;
         cache.push_positions(s.positions);
+        // Revived rows fall among the cached positions: the rows from the first that moves
+        // are rewritten in position order, in place.
+        if let Some((from, order)) = cache.order_positions()? {
+            let ids = Tensor::new(order.iter().map(|&i| i as u32).collect::<Vec<_>>(), &Device::Cpu)?;
+            for t in [&keys, &values] {
+                t.slice_set(&t.index_select(&ids, 1)?, 1, from)?;
+            }
+        }
 
         let m = cache.len();
         let probe_rows = s.probe.last_queries.min(n);

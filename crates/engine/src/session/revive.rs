@@ -6,12 +6,13 @@
 //! the new token's attention at layer `l - 1` ranks every entry there; a pruned token
 //! that ranks within the share of the prompt the stage kept comes back (at most `N` per
 //! stage and step, the best-ranked first): from its saved hidden state it runs through
-//! layers `l..` at its original position, attending to the entries before it, and its
-//! keys and values join those layers' caches in position order. So a token is never
+//! layers `l..` at its original position, as extra rows of the step's own layer calls
+//! (the weights are read once for all of them), attending to the entries before it, and
+//! its keys and values join those layers' caches in position order. So a token is never
 //! computed twice in a layer, and never recomputed from layer 0. Revived tokens stay;
 //! the aux cache forgets them.
 
-use sieve_backend::{Backend, BackendTensor as BTensor, LayerCall, LayerOutput, Probe};
+use sieve_backend::{Backend, BackendTensor as BTensor, LayerOutput, Probe};
 use sieve_core::Tensor;
 
 use super::Session;
@@ -114,24 +115,27 @@ impl<T: Tensor> Aux<T> {
 
 impl<'b, B: Backend> Session<'b, B> {
     /// What layer `l` must report in a decode step for revival: the new token's attention
-    /// when a stage with pruned tokens follows.
+    /// (the call's last row) when a stage with pruned tokens follows.
     pub(super) fn revival_probe(&self, l: usize, probe: &mut Probe) {
         if self.aux.as_ref().is_some_and(|a| a.scored_by(l).is_some()) {
-            probe.column_sums = true;
+            probe.last_queries = probe.last_queries.max(1);
         }
     }
 
     /// After layer `l` of a decode step: when a stage follows, chooses which of its pruned
-    /// tokens come back, by the step's attention over layer `l`'s entries.
+    /// tokens come back, by the new token's attention over layer `l`'s entries.
     pub(super) fn choose_revivals(&mut self, l: usize, out: &LayerOutput<BTensor<B>>) -> Result<()> {
         let Some(aux) = &mut self.aux else { return Ok(()) };
         let Some(s) = aux.scored_by(l) else { return Ok(()) };
-        let Some(sums) = &out.attention_sums else { return Ok(()) };
+        let Some(attention) = &out.attention else { return Ok(()) };
         let cache = self.caches[l].positions();
         let m = cache.len();
-        let heads = sums.to_host()?;
+        // `[heads, rows, m]`: the last row is the new token's.
+        let (heads, rows) = (attention.dim(0)?, attention.dim(1)?);
+        let last = attention.to_host()?;
         let mut scores = vec![0f32; m];
-        for row in heads.chunks_exact(m) {
+        for h in 0..heads {
+            let row = &last[(h * rows + rows - 1) * m..(h * rows + rows) * m];
             scores.iter_mut().zip(row).for_each(|(s, &p)| *s += p);
         }
         // The entries the stage would keep now: its share of this layer's entries.
@@ -150,59 +154,72 @@ impl<'b, B: Backend> Session<'b, B> {
         Ok(())
     }
 
-    /// Before layer `l` of a decode step: the tokens chosen for a stage at `l` leave the
-    /// aux cache and join the revival, and every revived token runs through layer `l`.
-    pub(super) fn revive_at(&mut self, l: usize) -> Result<()> {
-        let Some(aux) = &mut self.aux else { return Ok(()) };
+    /// The rows layer `l` of a decode step runs before the new token's: the tokens being
+    /// revived, joined by those chosen for a stage at `l` (which leave the aux cache).
+    /// Their hidden states and positions (increasing, all before the new token's).
+    pub(super) fn revived_rows(&mut self, l: usize) -> Result<Option<(BTensor<B>, Vec<usize>)>> {
+        let Some(aux) = &mut self.aux else { return Ok(None) };
         if let Some(at) = aux.chosen.iter().position(|(s, _)| aux.stages[*s].layer == l) {
             let (s, rows) = aux.chosen.swap_remove(at);
             let stage = &mut aux.stages[s];
-            let Some(hidden) = &stage.hidden else { return Ok(()) };
-            let joining = hidden.index_select(0, &rows)?;
-            let joining_pos: Vec<usize> = rows.iter().map(|&r| stage.positions[r]).collect();
-            let rest: Vec<usize> = (0..stage.positions.len()).filter(|r| rows.binary_search(r).is_err()).collect();
-            stage.hidden = if rest.is_empty() { None } else { Some(hidden.index_select(0, &rest)?) };
-            stage.positions = rest.iter().map(|&r| stage.positions[r]).collect();
-            self.stats.revived_tokens += joining_pos.len();
-            aux.active = Some(match aux.active.take() {
-                None => (joining, joining_pos),
-                Some((h, pos)) => {
-                    let all = BTensor::<B>::cat(&[&h, &joining], 0)?;
-                    let merged: Vec<usize> = pos.iter().chain(&joining_pos).copied().collect();
-                    let mut order: Vec<usize> = (0..merged.len()).collect();
-                    order.sort_by_key(|&i| merged[i]);
-                    (all.index_select(0, &order)?, order.iter().map(|&i| merged[i]).collect())
-                }
-            });
+            if let Some(hidden) = &stage.hidden {
+                let joining = hidden.index_select(0, &rows)?;
+                let joining_pos: Vec<usize> = rows.iter().map(|&r| stage.positions[r]).collect();
+                let rest: Vec<usize> = (0..stage.positions.len()).filter(|r| rows.binary_search(r).is_err()).collect();
+                stage.hidden = if rest.is_empty() { None } else { Some(hidden.index_select(0, &rest)?) };
+                stage.positions = rest.iter().map(|&r| stage.positions[r]).collect();
+                self.stats.revived_tokens += joining_pos.len();
+                aux.active = Some(match aux.active.take() {
+                    None => (joining, joining_pos),
+                    Some((h, pos)) => {
+                        let all = BTensor::<B>::cat(&[&h, &joining], 0)?;
+                        let merged: Vec<usize> = pos.iter().chain(&joining_pos).copied().collect();
+                        let mut order: Vec<usize> = (0..merged.len()).collect();
+                        order.sort_by_key(|&i| merged[i]);
+                        (all.index_select(0, &order)?, order.iter().map(|&i| merged[i]).collect())
+                    }
+                });
+            }
         }
-        let Some((hidden, positions)) = aux.active.take() else { return Ok(()) };
-        let err = |e| crate::Error::backend(self.backend.name(), e);
-        let cache = &mut self.caches[l];
-        let mut outs = Vec::new();
-        let mut start = 0;
-        while start < positions.len() {
-            // A run: revived tokens with no cached entry between them.
-            let at = cache.positions().partition_point(|&p| p < positions[start]);
-            let next = cache.positions().get(at).copied().unwrap_or(usize::MAX);
-            let end = start + positions[start..].partition_point(|&p| p < next);
-            let run = &positions[start..end];
-            let rows = hidden.narrow(0, start, run.len())?;
-            let mut before = cache.prefix(at)?;
-            let out = self.backend.layer(LayerCall::new(l, &rows, run, Probe::NONE), &mut before).map_err(err)?;
-            let appended = |t: Option<BTensor<B>>| match t {
-                Some(t) => t.narrow(1, at, run.len()),
-                None => Err(sieve_core::Error::Shape { op: "revival", detail: "the layer cached nothing".into() }),
-            };
-            let (keys, values) = (appended(before.keys()?)?, appended(before.values()?)?);
-            drop(before);
-            cache.insert(at, keys, values, run)?;
-            outs.push(out.hidden);
-            start = end;
+        Ok(aux.active.take())
+    }
+
+    /// Layer `l`'s call for a decode step: the revived rows, then the new token's `hidden`
+    /// at `position`.
+    pub(super) fn step_input(
+        &mut self,
+        l: usize,
+        hidden: BTensor<B>,
+        position: usize,
+    ) -> Result<(BTensor<B>, Vec<usize>, usize)> {
+        match self.revived_rows(l)? {
+            None => Ok((hidden, vec![position], 0)),
+            Some((rows, mut positions)) => {
+                let n = positions.len();
+                positions.push(position);
+                Ok((BTensor::<B>::cat(&[&rows, &hidden], 0)?, positions, n))
+            }
         }
-        let outs: Vec<&BTensor<B>> = outs.iter().collect();
-        let aux = self.aux.as_mut().expect("checked above");
-        aux.active = Some((BTensor::<B>::cat(&outs, 0)?, positions));
-        Ok(())
+    }
+
+    /// Splits a decode step's layer output: the first `revived` rows go on as the revived
+    /// tokens' hidden states (at the call's first positions), the last is the new token's.
+    pub(super) fn step_output(
+        &mut self,
+        hidden: BTensor<B>,
+        positions: Vec<usize>,
+        revived: usize,
+    ) -> Result<BTensor<B>> {
+        if revived == 0 {
+            return Ok(hidden);
+        }
+        let rows = hidden.narrow(0, 0, revived)?;
+        let mut positions = positions;
+        positions.truncate(revived);
+        if let Some(aux) = &mut self.aux {
+            aux.active = Some((rows, positions));
+        }
+        Ok(hidden.narrow(0, revived, 1)?)
     }
 
     /// After the last layer of a decode step: the revived tokens are done.
