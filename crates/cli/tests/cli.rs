@@ -415,3 +415,32 @@ fn cuda_without_the_feature_is_one_clear_line() {
         assert!(err.contains("candle was built without CUDA"), "{err}");
     }
 }
+
+#[test]
+fn revival_brings_back_pruned_prompt_tokens_while_generating() {
+    // 2,000 bytes of WikiText-2 (about 500 tokens) under `lazy-revive`: the report and the
+    // JSON record say how many pruned tokens came back and what the aux cache still holds.
+    let text = std::fs::read_to_string(wikitext_path()).unwrap();
+    let prompt: String = text.chars().take(2000).collect();
+    let run = |policy: &str| {
+        let out = sieve()
+            .args(["generate", "--raw", "--json", "-n", "12", "--policy", policy])
+            .write_stdin(prompt.clone())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (record["stats"]["revived_tokens"].as_u64().unwrap(), record["stats"]["aux_bytes"].as_u64().unwrap())
+    };
+    let (revived, aux) = run("../../configs/lazy-revive.toml");
+    // At most 4 per stage (3 stages) at each of the 11 steps after the first token.
+    assert!(revived > 0 && revived <= 4 * 3 * 11, "{revived} revived");
+    assert!(aux > 0);
+    assert_eq!(run("../../configs/lazy-prefill.toml"), (0, 0), "no aux cache without `revive`");
+    let out = sieve()
+        .args(["generate", "-n", "2", "--raw", "--policy", "../../configs/lazy-revive.toml"])
+        .write_stdin(prompt)
+        .output()
+        .unwrap();
+    assert!(stderr_of(&out).contains("pruned prompt tokens while decoding"), "{}", stderr_of(&out));
+}

@@ -155,3 +155,27 @@ fn truncation_and_forks_carry_the_aux_cache() {
     // Only the pruned tokens before position 60 are left to revive or to hold.
     assert_eq!(t.stats.aux_bytes + t.stats.revived_tokens * config().hidden * 4, below * config().hidden * 4);
 }
+
+#[test]
+fn a_batched_step_revives_as_each_session_alone() {
+    let (a, b) = (tokens(120), tokens(90));
+    let mut alone = vec![run(lazy(4), &a, 0), run(lazy(2), &b, 0)];
+    let mut batched = vec![run(lazy(4), &a, 0), run(lazy(2), &b, 0)];
+    let mut next = [a[7], b[3]];
+    for _ in 0..3 {
+        let want: Vec<Vec<f32>> = alone.iter_mut().zip(next).map(|(s, t)| s.step(t).unwrap()).collect();
+        let mut refs: Vec<&mut Session<'static, HostBackend>> = batched.iter_mut().collect();
+        let got = Session::step_batch(&mut refs, &next).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(max_diff(g, w) < 1e-5, "batched logits differ by {}", max_diff(g, w));
+        }
+        next = [argmax(&want[0]), argmax(&want[1])];
+    }
+    for (s, t) in alone.iter().zip(&batched) {
+        assert!(s.stats.revived_tokens > 0);
+        assert_eq!(s.stats.revived_tokens, t.stats.revived_tokens);
+        for l in 0..LAYERS {
+            assert_eq!(s.caches()[l].positions(), t.caches()[l].positions(), "layer {l}");
+        }
+    }
+}
