@@ -159,7 +159,7 @@ fn truncation_and_forks_carry_the_aux_cache() {
 #[test]
 fn a_batched_step_revives_as_each_session_alone() {
     let (a, b) = (tokens(120), tokens(90));
-    let mut alone = vec![run(lazy(4), &a, 0), run(lazy(2), &b, 0)];
+    let mut alone = [run(lazy(4), &a, 0), run(lazy(2), &b, 0)];
     let mut batched = vec![run(lazy(4), &a, 0), run(lazy(2), &b, 0)];
     let mut next = [a[7], b[3]];
     for _ in 0..3 {
