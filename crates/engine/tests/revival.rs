@@ -3,30 +3,20 @@
 //! the entries the stage's layer computes for them, the aux cache shrinks by them, the
 //! per-step limit holds, and truncation and forks carry the aux cache along.
 
-use std::sync::OnceLock;
+mod common;
 
+use common::{LAYERS, backend, config, tokens_from};
+use sieve_backend::LayerCache;
 use sieve_backend::reference::HostBackend;
-use sieve_backend::{LayerCache, ModelConfig, synthetic};
-use sieve_core::rng::SplitMix64;
 use sieve_core::{HostTensor, Tensor};
 use sieve_engine::sampling::argmax;
 use sieve_engine::{Logits, Policy, Session};
 
-const LAYERS: usize = 24;
 const STAGES: [usize; 2] = [6, 14];
 
-fn config() -> ModelConfig {
-    ModelConfig { n_layers: LAYERS, context: 1024, ..synthetic::tiny_config() }
-}
-
-fn backend() -> &'static HostBackend {
-    static BACKEND: OnceLock<HostBackend> = OnceLock::new();
-    BACKEND.get_or_init(|| HostBackend::new(&config(), synthetic::weights(&config(), 11, false)).unwrap())
-}
-
+/// `n` pseudo-random token ids.
 fn tokens(n: usize) -> Vec<u32> {
-    let mut rng = SplitMix64::new(9);
-    (0..n).map(|_| (rng.next_u64() % 64) as u32).collect()
+    tokens_from(9, n)
 }
 
 fn lazy(revive: usize) -> Policy {

@@ -4,6 +4,9 @@
 //! budget, caches can be truncated and continued, and inputs are checked before a backend
 //! sees them.
 
+mod common;
+
+use common::{LAYERS, backend, config, tokens_from};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -11,25 +14,12 @@ use sieve_backend::ModelConfig;
 use sieve_backend::reference::HostBackend;
 use sieve_backend::synthetic;
 use sieve_core::policy::PolicyFile;
-use sieve_core::rng::SplitMix64;
 use sieve_engine::sampling::argmax;
 use sieve_engine::{Error, Logits, Policy, Session};
 
-const LAYERS: usize = 24;
-
-fn config() -> ModelConfig {
-    ModelConfig { n_layers: LAYERS, context: 1024, ..synthetic::tiny_config() }
-}
-
-fn backend() -> &'static HostBackend {
-    static BACKEND: OnceLock<HostBackend> = OnceLock::new();
-    BACKEND.get_or_init(|| HostBackend::new(&config(), synthetic::weights(&config(), 11, false)).unwrap())
-}
-
 /// `n` pseudo-random token ids.
 fn tokens(n: usize) -> Vec<u32> {
-    let mut rng = SplitMix64::new(5);
-    (0..n).map(|_| (rng.next_u64() % 64) as u32).collect()
+    tokens_from(5, n)
 }
 
 fn configs() -> Vec<PathBuf> {
