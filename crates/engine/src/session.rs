@@ -663,6 +663,8 @@ impl<'b, B: Backend> Session<'b, B> {
     /// every layer whose cache is at its budget, renumbering if the positions must stay
     /// within the cache or the context is full, then the checks of the input.
     fn prepare_step(&mut self, token: u32) -> Result<()> {
+        // Nothing of a step that failed midway is carried into this one.
+        self.end_revival();
         for l in 0..self.caches.len() {
             self.evict_for_decode(l)?;
         }
