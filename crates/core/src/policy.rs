@@ -139,7 +139,9 @@ pub struct PrefillFile {
     /// Revival (LazyLLM's aux cache; `kind = "lazy"` only): the hidden states of the pruned
     /// tokens are kept, and at each decoding step up to this many of a stage's pruned
     /// tokens that the new token's attention ranks within the stage's kept share come back,
-    /// computed from that stage's layer on. 0 (the default) keeps no aux cache.
+    /// computed from that stage's layer on. 0 (the default) keeps no aux cache. A
+    /// `[decode]` budget may be passed by the tokens a step revives until the next step
+    /// evicts.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub revive: usize,
 }
@@ -636,17 +638,13 @@ impl PolicyFile {
                 "decode: [kv] selects per KV head, so [decode] must too (selection = \"head\")".into(),
             ));
         }
-        if self.prefill.as_ref().is_some_and(|p| p.revive > 0) {
-            if self.decode.is_some() {
-                return Err(Error::InvalidPolicy(
-                    "prefill: `revive` does not combine with a [decode] budget (revived entries would join a cache the decode scorer tracks)".into(),
-                ));
-            }
-            if self.kv.as_ref().is_some_and(|k| k.selection.is_per_head()) {
-                return Err(Error::InvalidPolicy(
-                    "prefill: `revive` needs [kv] selection = \"layer\" (revived entries join every KV head)".into(),
-                ));
-            }
+        if self.prefill.as_ref().is_some_and(|p| p.revive > 0)
+            && (self.kv.as_ref().is_some_and(|k| k.selection.is_per_head())
+                || self.decode.as_ref().is_some_and(|d| d.selection.is_per_head()))
+        {
+            return Err(Error::InvalidPolicy(
+                "prefill: `revive` needs selection = \"layer\" in [kv] and [decode] (revived entries join every KV head)".into(),
+            ));
         }
         if self.decode.as_ref().is_some_and(|d| d.selection == Selection::Ada) {
             return Err(Error::InvalidPolicy(

@@ -288,7 +288,11 @@ fn revival_is_a_lazy_option_that_round_trips_and_is_range_checked() {
     assert!(!off.to_file().to_toml().unwrap().contains("revive"), "the default is not written out");
     rejects("[prefill]\nlayers = [4]\nkeep = 0.5\nrevive = 5000\n", "`prefill.revive` = 5000");
     rejects("[prefill]\nkind = \"gemfilter\"\nlayers = [4]\nkeep = 0.5\nrevive = 4\n", "kind = \"lazy\"");
-    rejects("[prefill]\nlayers = [4]\nkeep = 0.5\nrevive = 4\n[decode]\nbudget = 64\n", "[decode]");
+    rejects(
+        "[prefill]\nlayers = [4]\nkeep = 0.5\nrevive = 4\n[decode]\nbudget = 64\nselection = \"head\"\n",
+        "selection",
+    );
+    assert!(Policy::from_toml("[prefill]\nlayers = [4]\nkeep = 0.5\nrevive = 4\n[decode]\nbudget = 64\n").is_ok());
     rejects("[prefill]\nlayers = [4]\nkeep = 0.5\nrevive = 4\n[kv]\nkeep = 0.5\nselection = \"head\"\n", "selection");
     rejects("[prefill]\nlayers = [4]\nkeep = 0.5\nrevive = -1\n", "revive");
 }

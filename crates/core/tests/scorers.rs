@@ -139,6 +139,23 @@ fn normalised_h2o_divides_by_the_queries_that_saw_each_token() {
     assert_eq!(spec, ScorerSpec::H2o { aggregation: Aggregation::Mean, normalize: true });
 }
 
+/// Revived entries inserted among the scored ones start with no attention and no
+/// queries: the others keep theirs, in their new rows.
+#[test]
+fn normalised_h2o_takes_revived_entries_among_its_rows() {
+    let mut h2o = AccumulatedAttention::normalized(Aggregation::Mean);
+    let a1 = t(&[1.0, 0.0, 0.5, 0.5], &[1, 2, 2]);
+    h2o.score(&obs(&[0, 4], Some(&a1), None)).unwrap();
+    // Position 2 revived between them: rows [0, 2, 4].
+    h2o.insert(&[1]).unwrap();
+    close(&h2o.state().unwrap().to_host().unwrap(), &[1.5, 0.0, 0.5]);
+    // A step at position 5 over [0, 2, 4, 5]: every earlier entry was seen by it once more.
+    let a2 = t(&[0.2, 0.4, 0.2, 0.2], &[1, 1, 4]);
+    let s = h2o.score(&obs(&[0, 2, 4, 5], Some(&a2), None)).unwrap();
+    close(&s.to_host().unwrap(), &[1.7 / 3.0, 0.4, 0.7 / 2.0, 0.2]);
+    assert!(h2o.insert(&[9]).is_err(), "row 9 is past the entries");
+}
+
 /// After a per-head eviction each head's running sums (and query counts) keep that head's
 /// tokens; a stateless scorer has nothing to compact.
 #[test]

@@ -589,6 +589,7 @@ impl<'b, B: Backend> Session<'b, B> {
             let probe = self.before_step_layer(l)?;
             let call = LayerCall::new(l, &input, &positions, probe);
             let out = self.backend.layer(call, &mut self.caches[l]).map_err(&err)?;
+            self.note_revived(l, &positions, revived)?;
             self.choose_revivals(l, &out)?;
             self.after_step_layer(l, &out)?;
             hidden = self.step_output(out.hidden, positions, revived)?;
@@ -642,6 +643,7 @@ impl<'b, B: Backend> Session<'b, B> {
             let outs = backend.layer_batch(&calls, &mut caches).map_err(&err)?;
             drop((caches, calls));
             for ((s, out), (_, p, revived)) in sessions.iter_mut().zip(outs).zip(inputs) {
+                s.note_revived(l, &p, revived)?;
                 s.choose_revivals(l, &out)?;
                 s.after_step_layer(l, &out)?;
                 hidden.push(s.step_output(out.hidden, p, revived)?);

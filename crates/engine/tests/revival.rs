@@ -169,3 +169,29 @@ fn a_batched_step_revives_as_each_session_alone() {
         }
     }
 }
+
+#[test]
+fn revival_composes_with_a_decode_budget() {
+    let text = "[prefill]\nlayers = [6, 14]\nkeep = [0.7, 0.5]\nsinks = 2\nrecent = 4\nrevive = 2\n\
+                [decode]\nbudget = 96\nevery = 8\nsinks = 2\nrecent = 8\n";
+    for scorer in ["h2o", "tova"] {
+        let policy = Policy::from_toml(&format!("{text}[decode.scorer]\nkind = \"{scorer}\"\n")).unwrap();
+        let prompt = tokens(120);
+        let mut s = Session::new(backend(), policy).unwrap();
+        let mut next = argmax(s.prefill(&prompt, Logits::Last).unwrap().last());
+        for step in 0..40 {
+            next = argmax(&s.step(next).unwrap());
+            for (l, cache) in s.caches().iter().enumerate() {
+                let positions = cache.positions();
+                assert!(positions.windows(2).all(|w| w[0] < w[1]), "{scorer}, step {step}, layer {l}");
+                // Below the budget before the step (else evicted to budget - every), then
+                // this step's token and at most two revived tokens per stage.
+                assert!(positions.len() <= 96 + 2 * STAGES.len(), "{scorer}, step {step}, layer {l}");
+            }
+        }
+        assert!(s.stats.revived_tokens > 0, "{scorer}: nothing revived");
+        // The layers before the first stage hold the whole prompt: they reached the budget
+        // and evicted.
+        assert!(s.caches()[..STAGES[0]].iter().all(|c| c.len() <= 96), "{scorer}");
+    }
+}

@@ -226,6 +226,35 @@ impl<T: Tensor + Send + 'static> Scorer<T> for AccumulatedAttention<T> {
         Ok(())
     }
 
+    fn insert(&mut self, rows: &[usize]) -> Result<()> {
+        let Some(state) = &self.state else { return Ok(()) };
+        let (heads, seen) = (state.dim(0)?, state.dim(1)?);
+        // The new order: an inserted row reads a zero column appended after the old ones.
+        let total = seen + rows.len();
+        let mut from = Vec::with_capacity(total);
+        let (mut old, mut next) = (0, rows.iter().peekable());
+        for i in 0..total {
+            if next.peek() == Some(&&i) {
+                next.next();
+                from.push(seen);
+            } else {
+                from.push(old);
+                old += 1;
+            }
+        }
+        if old != seen || next.peek().is_some() {
+            return Err(Error::Shape { op: "h2o", detail: format!("rows {rows:?} inserted among {seen} entries") });
+        }
+        let zeros = T::from_host(&vec![0.0; heads], &[heads, 1], &state.device())?;
+        self.state = Some(T::cat(&[state, &zeros], 1)?.index_select(1, &from)?);
+        for row in &mut self.seen_by {
+            row.resize(seen, 0.0);
+            row.push(0.0);
+            *row = from.iter().map(|&i| row[i]).collect();
+        }
+        Ok(())
+    }
+
     fn retain_heads(&mut self, kept: &[Vec<usize>]) -> Result<()> {
         let Some(state) = &self.state else { return Ok(()) };
         let heads = state.dim(0)?;

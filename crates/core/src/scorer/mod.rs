@@ -144,6 +144,13 @@ pub trait Scorer<T: Tensor>: Send + ScorerClone<T> {
         Ok(())
     }
 
+    /// Entries joined the cache among the scored ones (revived tokens): `rows` are their
+    /// indices in the new order, increasing; every other entry keeps its order. A scorer
+    /// with state per entry gives them none yet (nothing has attended to them).
+    fn insert(&mut self, _rows: &[usize]) -> Result<()> {
+        Ok(())
+    }
+
     /// In KV head `h`, only the tokens at `kept[h]` remain (per-head selection). A scorer
     /// without state has nothing to compact; a stateful one that keeps one row per token
     /// must override this unless every head keeps the same tokens.

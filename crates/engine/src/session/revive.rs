@@ -202,6 +202,28 @@ impl<'b, B: Backend> Session<'b, B> {
         }
     }
 
+    /// After layer `l` of a decode step that revived the call's first `revived` rows (at
+    /// `positions`): the decode scorer learns where they joined the cache, before it
+    /// observes the step.
+    pub(super) fn note_revived(&mut self, l: usize, positions: &[usize], revived: usize) -> Result<()> {
+        let Some(d) = &mut self.decode else { return Ok(()) };
+        if revived == 0 {
+            return Ok(());
+        }
+        let cache = self.caches[l].positions();
+        let rows: Vec<usize> = positions[..revived].iter().filter_map(|p| cache.binary_search(p).ok()).collect();
+        d.scorers[l].insert(&rows)?;
+        if let Some(scores) = &mut d.scores[l] {
+            // One score per entry before the call (selection per layer): none yet for these.
+            for &r in &rows {
+                if r <= scores.len() {
+                    scores.insert(r, 0.0);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Splits a decode step's layer output: the first `revived` rows go on as the revived
     /// tokens' hidden states (at the call's first positions), the last is the new token's.
     pub(super) fn step_output(
