@@ -189,10 +189,7 @@ impl<T: Tensor> LayerCache<T> {
             .partition_point(|&p| p < self.positions[first + 1..].iter().copied().min().unwrap_or(usize::MAX));
         let mut order: Vec<usize> = (from..self.len()).collect();
         order.sort_by_key(|&i| self.positions[i]);
-        if let Some(w) = order.windows(2).find(|w| self.positions[w[0]] == self.positions[w[1]]) {
-            let detail = format!("position {} is cached twice", self.positions[w[0]]);
-            return Err(sieve_core::Error::Shape { op: "LayerCache::order_positions", detail });
-        }
+        self.check_distinct(&order, "LayerCache::order_positions")?;
         let tail: Vec<usize> = order.iter().map(|&i| self.positions[i]).collect();
         self.positions.splice(from.., tail);
         Ok(Some((from, order)))
@@ -211,10 +208,7 @@ impl<T: Tensor> LayerCache<T> {
         self.check_shared_rows("LayerCache::sort_rows")?;
         let mut order: Vec<usize> = (0..self.len()).collect();
         order.sort_by_key(|&i| self.positions[i]);
-        if let Some(w) = order.windows(2).find(|w| self.positions[w[0]] == self.positions[w[1]]) {
-            let detail = format!("position {} is cached twice", self.positions[w[0]]);
-            return Err(sieve_core::Error::Shape { op: "LayerCache::sort_rows", detail });
-        }
+        self.check_distinct(&order, "LayerCache::sort_rows")?;
         // From the whole storage (a narrowed view may not be contiguous); only live rows
         // are picked.
         let reorder = |t: &Option<T>| t.as_ref().map(|t| t.index_select(1, &order)).transpose();
@@ -222,6 +216,17 @@ impl<T: Tensor> LayerCache<T> {
         (self.keys, self.values) = (keys, values);
         self.positions = order.iter().map(|&i| self.positions[i]).collect();
         Ok(Some(order))
+    }
+
+    /// Fails when two rows of `order` (sorted by position) hold the same position.
+    fn check_distinct(&self, order: &[usize], op: &'static str) -> Result<()> {
+        match order.windows(2).find(|w| self.positions[w[0]] == self.positions[w[1]]) {
+            Some(w) => {
+                let detail = format!("position {} is cached twice", self.positions[w[0]]);
+                Err(sieve_core::Error::Shape { op, detail })
+            }
+            None => Ok(()),
+        }
     }
 
     fn check_shared_rows(&self, op: &'static str) -> Result<()> {
