@@ -13,17 +13,19 @@ use super::exp::exp_shifted_sum;
 use super::gemm::{View, matmul};
 use super::pool::Pool;
 use super::scratch::zeroed;
-use super::simd::{axpy, dot, dot4};
+use super::simd::{dot, dot4, weighted_sum};
 
 /// Query rows per task.
 const QUERY_BLOCK: usize = 64;
 
-/// Up to this many rows of `A` (query heads of a group times query rows: a decode step)
-/// and [`DIRECT_KEYS`] keys, `S = A · Kᵀ` and `O = S · V` run as dot products and row
-/// updates: for so few rows on a short cache the GEMM's packing costs more than the
-/// products; on a longer one the GEMM's blocking wins (measured on the default model).
+/// Up to this many rows of `A` (query heads of a group times query rows: a decode step),
+/// `S = A · Kᵀ` and `O = S · V` run as dot products and a weighted sum of value rows held
+/// in registers: for so few rows the GEMM's packing (a copy of every key and value it
+/// reads) costs more than the products, however long the cache. Such a task takes one
+/// query head, so that a group's heads spread over the threads (three KV heads on two
+/// threads would leave one idle for a third of the step); they read the same keys, which
+/// the first of them brings into the shared cache.
 const DIRECT_ROWS: usize = 8;
-const DIRECT_KEYS: usize = 512;
 
 /// Below this many multiply-adds in all, the tasks run on the calling thread (a decode
 /// step on a short cache), without waking the pool.
@@ -59,14 +61,16 @@ pub struct ProbeOut<'a> {
 /// One task's results: its output rows and its share of the probes.
 struct Part {
     kv: usize,
+    /// The group's query heads this task computed (`0..g`, or one of them).
+    heads: std::ops::Range<usize>,
     start: usize,
     rows: usize,
-    /// `[g, rows, head_dim]`.
+    /// `[heads, rows, head_dim]`.
     out: super::scratch::Buf,
-    /// `[g, probe rows in this block, keys]`, with the first such row's index.
+    /// `[heads, probe rows in this block, keys]`, with the first such row's index.
     probs: Vec<f32>,
     probe_from: usize,
-    /// `[g, keys]`.
+    /// `[heads, keys]`.
     sums: Vec<f32>,
 }
 
@@ -92,10 +96,20 @@ pub fn attention(
     let first_probe = n - probe_rows;
     let want_sums = probe.sums.is_some();
     let blocks = n.div_ceil(QUERY_BLOCK);
-    let tasks: Vec<(usize, usize)> = (0..s.kv_heads).flat_map(|kv| (0..blocks).map(move |b| (kv, b))).collect();
+    // A block of `QUERY_BLOCK` rows or fewer: direct when all its heads' rows are few.
+    let direct = g * n.min(QUERY_BLOCK) <= DIRECT_ROWS;
+    let head_sets: Vec<std::ops::Range<usize>> =
+        if direct { (0..g).map(|h| h..h + 1).collect() } else { std::iter::once(0..g).collect() };
+    let mut tasks = Vec::with_capacity(s.kv_heads * blocks * head_sets.len());
+    for kv in 0..s.kv_heads {
+        for b in 0..blocks {
+            tasks.extend(head_sets.iter().map(|h| (kv, b, h.clone())));
+        }
+    }
     let slots: Vec<Mutex<Option<Part>>> = tasks.iter().map(|_| Mutex::new(None)).collect();
     let task = |i: usize| {
-        let (kv, b) = tasks[i];
+        let (kv, b, heads) = tasks[i].clone();
+        let g = heads.len();
         let part = {
             let start = b * QUERY_BLOCK;
             let rows = QUERY_BLOCK.min(n - start);
@@ -105,8 +119,7 @@ pub fn attention(
             let (k_pos, visible) = (&k_pos[k0..], visible - k0);
             // A: the group's heads over the block's rows, [g * rows, hd], head-major.
             let mut a = zeroed(g * rows * hd);
-            for gi in 0..g {
-                let h = kv * g + gi;
+            for (gi, h) in heads.clone().map(|hi| kv * (s.heads / s.kv_heads) + hi).enumerate() {
                 for t in start..start + rows {
                     let dst = (gi * rows + t - start) * hd;
                     a[dst..dst + hd].copy_from_slice(&q[(t * s.heads + h) * hd..(t * s.heads + h + 1) * hd]);
@@ -116,7 +129,6 @@ pub fn attention(
             let k = View::transposed(&keys[base..base + visible.max(1) * hd], hd, visible);
             let mut scores = zeroed(g * rows * visible);
             let keys_of = |j: usize| &keys[base + j * hd..base + (j + 1) * hd];
-            let direct = g * rows <= DIRECT_ROWS && visible <= DIRECT_KEYS;
             if direct {
                 for (qi, srow) in a.chunks_exact(hd).zip(scores.chunks_exact_mut(visible.max(1))) {
                     let mut j = 0;
@@ -167,15 +179,13 @@ pub fn attention(
             let mut o = zeroed(g * rows * hd);
             if direct {
                 for (orow, srow) in o.chunks_exact_mut(hd).zip(scores.chunks_exact(visible.max(1))) {
-                    for (j, &p) in srow.iter().enumerate().take(visible) {
-                        axpy(p, &values[base + j * hd..base + (j + 1) * hd], orow);
-                    }
+                    weighted_sum(&srow[..visible], &values[base..base + visible * hd], orow);
                 }
             } else {
                 let v = View::rows(&values[base..base + visible.max(1) * hd], visible, hd);
                 matmul(View::rows(&scores, g * rows, visible), v, &mut o, hd, false);
             }
-            Part { kv, start, rows, out: o, probs, probe_from, sums }
+            Part { kv, heads, start, rows, out: o, probs, probe_from, sums }
         };
         *slots[i].lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(part);
     };
@@ -190,8 +200,7 @@ pub fn attention(
         sums.fill(0.0);
     }
     for p in parts {
-        for gi in 0..g {
-            let h = p.kv * g + gi;
+        for (gi, h) in p.heads.clone().map(|hi| p.kv * g + hi).enumerate() {
             for r in 0..p.rows {
                 let t = p.start + r;
                 out[(t * s.heads + h) * hd..(t * s.heads + h + 1) * hd]
@@ -210,6 +219,76 @@ pub fn attention(
                     *d += v;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain causal softmax attention in `f64`: `[n, heads, hd]` outputs, `[heads, n, m]`
+    /// probabilities.
+    fn reference(
+        q: &[f32],
+        q_pos: &[usize],
+        keys: &[f32],
+        values: &[f32],
+        k_pos: &[usize],
+        s: Shape<'_>,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (n, m, hd, g) = (q_pos.len(), k_pos.len(), s.head_dim, s.heads / s.kv_heads);
+        let (mut out, mut probs) = (vec![0f64; n * s.heads * hd], vec![0f64; s.heads * n * m]);
+        for h in 0..s.heads {
+            let kv = h / g;
+            for t in 0..n {
+                let qi = &q[(t * s.heads + h) * hd..(t * s.heads + h + 1) * hd];
+                let score = |j: usize| -> f64 {
+                    let k = &keys[(kv * s.capacity + j) * hd..(kv * s.capacity + j + 1) * hd];
+                    qi.iter().zip(k).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum()
+                };
+                let seen: Vec<usize> = (0..m).filter(|&j| k_pos[j] <= q_pos[t]).collect();
+                let max = seen.iter().map(|&j| score(j)).fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = seen.iter().map(|&j| (score(j) - max).exp()).sum();
+                for &j in &seen {
+                    let p = (score(j) - max).exp() / total;
+                    probs[(h * n + t) * m + j] = p;
+                    let v = &values[(kv * s.capacity + j) * hd..(kv * s.capacity + j + 1) * hd];
+                    for (o, &x) in out[(t * s.heads + h) * hd..(t * s.heads + h + 1) * hd].iter_mut().zip(v) {
+                        *o += p * f64::from(x);
+                    }
+                }
+            }
+        }
+        (out, probs)
+    }
+
+    /// A decode step (direct kernels, one task per query head) and a few rows (the GEMM)
+    /// over a cache longer than any block, against plain attention: outputs, the last
+    /// rows' probabilities and their column sums.
+    #[test]
+    fn direct_and_blocked_paths_match_plain_attention_on_a_long_cache() {
+        let (heads, kv_heads, hd, m) = (9, 3, 64, 700);
+        let value = |i: usize, salt: usize| ((i * 37 + salt * 11) % 101) as f32 / 50.0 - 1.0;
+        let keys: Vec<f32> = (0..kv_heads * m * hd).map(|i| value(i, 1) * 0.3).collect();
+        let values: Vec<f32> = (0..kv_heads * m * hd).map(|i| value(i, 2)).collect();
+        let k_pos: Vec<usize> = (0..m).map(|j| 2 * j).collect();
+        for n in [1, 3] {
+            let q_pos: Vec<usize> = (0..n).map(|t| 2 * m - 2 * n + 2 * t + 1).collect();
+            let q: Vec<f32> = (0..n * heads * hd).map(|i| value(i, 3) * 0.3).collect();
+            let s = Shape { heads, kv_heads, head_dim: hd, capacity: m, window: usize::MAX, padding: &[] };
+            let mut out = vec![0f32; q.len()];
+            let (mut probs, mut sums) = (vec![0f32; heads * n * m], vec![0f32; heads * m]);
+            let probe = ProbeOut { rows: n, probs: Some(&mut probs), sums: Some(&mut sums) };
+            attention(&q, &q_pos, &keys, &values, &k_pos, s, &mut out, probe);
+            let (want_out, want_probs) = reference(&q, &q_pos, &keys, &values, &k_pos, s);
+            let worst =
+                |a: &[f32], b: &[f64]| a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - y).abs()).fold(0.0, f64::max);
+            assert!(worst(&out, &want_out) < 1e-5, "{n} rows: outputs off by {}", worst(&out, &want_out));
+            assert!(worst(&probs, &want_probs) < 1e-6, "{n} rows: probabilities off by {}", worst(&probs, &want_probs));
+            let want_sums: Vec<f64> =
+                (0..heads * m).map(|i| (0..n).map(|t| want_probs[(i / m * n + t) * m + i % m]).sum()).collect();
+            assert!(worst(&sums, &want_sums) < 1e-5, "{n} rows: column sums off by {}", worst(&sums, &want_sums));
         }
     }
 }

@@ -81,6 +81,24 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `out += Σ_j p[j] · rows[j]` for the rows of `rows` (`p.len()` rows of `out.len()`
+/// values), each row added as [`axpy`] would add it, in order: the same values as a loop of
+/// `axpy`, with `out` held in registers instead of read and written for every row.
+pub fn weighted_sum(p: &[f32], rows: &[f32], out: &mut [f32]) {
+    let w = out.len();
+    assert_eq!(rows.len(), p.len() * w, "weighted_sum: {} values are not {} rows of {w}", rows.len(), p.len());
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: avx512f was detected; `rows` holds `p.len()` rows of `out.len()` (asserted).
+        Isa::Avx512 => unsafe { x86::weighted_sum_avx512(p, rows, out) },
+        _ => {
+            for (&a, row) in p.iter().zip(rows.chunks_exact(w.max(1))) {
+                axpy(a, row, out);
+            }
+        }
+    }
+}
+
 fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums, so that the compiler can keep them in one vector register.
     let mut acc = [0f32; 8];
@@ -149,6 +167,37 @@ mod x86 {
     }
 
     /// # Safety
+    /// The CPU has avx512f; `rows` holds `p.len()` rows of `out.len()` values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weighted_sum_avx512(p: &[f32], rows: &[f32], out: &mut [f32]) {
+        let w = out.len();
+        let (rp, op) = (rows.as_ptr(), out.as_mut_ptr());
+        // Up to 64 columns at a time, in four registers, over every row.
+        let mut c = 0;
+        while c < w {
+            let masks: [__mmask16; 4] = std::array::from_fn(|k| {
+                let left = w.saturating_sub(c + 16 * k).min(16);
+                ((1u32 << left) - 1) as u16
+            });
+            // SAFETY (all accesses): each mask covers only columns `c + 16 k ..` below `w`,
+            // in `out` and in row `j < p.len()` of `rows`.
+            let mut acc: [__m512; 4] =
+                std::array::from_fn(|k| unsafe { _mm512_maskz_loadu_ps(masks[k], op.add(c + 16 * k)) });
+            for (j, &a) in p.iter().enumerate() {
+                let av = _mm512_set1_ps(a);
+                let row = unsafe { rp.add(j * w + c) };
+                for k in 0..4 {
+                    acc[k] = _mm512_fmadd_ps(av, unsafe { _mm512_maskz_loadu_ps(masks[k], row.add(16 * k)) }, acc[k]);
+                }
+            }
+            for k in 0..4 {
+                unsafe { _mm512_mask_storeu_ps(op.add(c + 16 * k), masks[k], acc[k]) };
+            }
+            c += 64;
+        }
+    }
+
+    /// # Safety
     /// The CPU has avx2 and fma; every row has `x.len()` values.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot4_avx2(rows: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
@@ -198,6 +247,19 @@ mod tests {
             assert!((dot_scalar(&rows[2], &x) - got[2]).abs() < 1e-4);
             let mut y = rows[3].clone();
             axpy(0.5, &x, &mut y);
+            // A weighted sum of rows equals a loop of `axpy`, bit for bit.
+            let flat: Vec<f32> = rows.concat();
+            let p = [0.25, -1.5, 0.0, 3.0];
+            let (mut looped, mut summed) = (x.clone(), x.clone());
+            for (&a, r) in p.iter().zip(&rows) {
+                axpy(a, r, &mut looped);
+            }
+            weighted_sum(&p, &flat, &mut summed);
+            assert_eq!(
+                looped.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                summed.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "weighted_sum at {n}"
+            );
             assert!(y.iter().zip(&rows[3]).zip(&x).all(|((y, r), x)| (y - (r + 0.5 * x)).abs() < 1e-6), "axpy at {n}");
         }
     }
