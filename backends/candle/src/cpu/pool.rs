@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 /// How long an idle worker spins for the next job before it sleeps.
 const SPIN: Duration = Duration::from_millis(2);
 
+thread_local! {
+    /// Whether this thread is running a task of a job: a [`Pool::run`] from inside one runs
+    /// its tasks right there (the pool is busy with the job that called it).
+    static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// The job being run: a task function and how many tasks it has.
 struct Job {
     /// `&(dyn Fn(usize) + Sync)` with its lifetime erased; valid until every worker has
@@ -88,12 +94,12 @@ impl Pool {
     }
 
     /// Runs `f(0)`, ..., `f(tasks - 1)` across the pool and the calling thread; returns when
-    /// all have run.
+    /// all have run. Called from inside a task, it runs them on the calling thread.
     pub fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         if tasks == 0 {
             return;
         }
-        if self.workers == 0 || tasks == 1 {
+        if self.workers == 0 || tasks == 1 || IN_TASK.get() {
             (0..tasks).for_each(f);
             return;
         }
@@ -127,14 +133,16 @@ fn spin() {
 
 /// Claims and runs tasks of `job` until none is left.
 fn take_tasks(s: &Shared, job: &Job) {
+    IN_TASK.set(true);
     loop {
         let i = s.next.fetch_add(1, Ordering::AcqRel);
         if i >= job.tasks {
-            return;
+            break;
         }
         // SAFETY: `Pool::run` keeps the function alive until every worker has left the job.
         unsafe { (*job.f)(i) };
     }
+    IN_TASK.set(false);
 }
 
 fn worker(s: &Shared) {
@@ -192,6 +200,19 @@ mod tests {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 8);
+    }
+
+    /// A job whose tasks run jobs of their own finishes, each inner task once.
+    #[test]
+    fn a_job_started_inside_a_task_runs_there() {
+        let pool = Pool::new(2);
+        let hits: Vec<AtomicUsize> = (0..6 * 5).map(|_| AtomicUsize::new(0)).collect();
+        pool.run(6, &|i| {
+            pool.run(5, &|j| {
+                hits[5 * i + j].fetch_add(1, Ordering::Relaxed);
+            });
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
     }
 }
 
