@@ -118,17 +118,28 @@ impl Pool {
             s.wake.notify_all();
         }
         take_tasks(s, &job);
+        let mut spins = 0u32;
         while s.busy.load(Ordering::Acquire) != 0 {
-            spin();
+            spins = spin(spins);
         }
         *s.job.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 }
 
-/// One round of waiting.
+/// Spins between yields of the core: a waiting thread gives its core to any other thread
+/// that wants it (another process's, or a second pool's), and takes it back at once when
+/// none does.
+const SPINS_PER_YIELD: u32 = 256;
+
+/// One round of waiting, the `spins`-th; returns the count with this one.
 #[inline]
-fn spin() {
+fn spin(spins: u32) -> u32 {
     std::hint::spin_loop();
+    let spins = spins.wrapping_add(1);
+    if spins.is_multiple_of(SPINS_PER_YIELD) {
+        std::thread::yield_now();
+    }
+    spins
 }
 
 /// Claims and runs tasks of `job` until none is left.
@@ -153,8 +164,7 @@ fn worker(s: &Shared) {
         let start = Instant::now();
         let mut spins = 0u32;
         while s.generation.load(Ordering::Acquire) == seen {
-            spin();
-            spins = spins.wrapping_add(1);
+            spins = spin(spins);
             if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
                 let guard = s.job.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 s.sleepers.fetch_add(1, Ordering::SeqCst);
