@@ -25,14 +25,7 @@ pub fn run() -> anyhow::Result<()> {
     // sieve-tch (the CLI with libtorch), which `sieve --backend tch` runs; its tests must
     // not be skipped here.
     super::libtorch::build()?;
-    // One test at a time within each test binary: a model test keeps both cores busy (the
-    // CPU backend's pool spins between steps), so two at once only take turns. Measured
-    // here, default / one at a time: the CLI tests 130 / 65 s, the model tests 87 / 73 s,
-    // the kvpress comparison 196 / 200 s.
-    super::cargo_with(
-        &["test", "--workspace", "--locked", "--release"],
-        &[("SIEVE_REQUIRE_TCH", "1"), ("RUST_TEST_THREADS", "1")],
-    )?;
+    super::cargo_with(&["test", "--workspace", "--locked", "--release"], &[("SIEVE_REQUIRE_TCH", "1")])?;
     // The three backends against each other; the table goes to the log.
     super::parity::run(&[])?;
     // And with bf16 matrices, where libtorch's products run in bf16 (their own bounds): two
