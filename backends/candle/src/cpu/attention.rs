@@ -105,18 +105,19 @@ pub fn attention(
     let blocks = n.div_ceil(QUERY_BLOCK);
     // A block of `QUERY_BLOCK` rows or fewer: direct when all its heads' rows are few.
     let direct = g * n.min(QUERY_BLOCK) <= DIRECT_ROWS;
-    let head_sets: Vec<std::ops::Range<usize>> =
-        if direct { (0..g).map(|h| h..h + 1).collect() } else { std::iter::once(0..g).collect() };
-    let mut tasks = Vec::with_capacity(s.kv_heads * blocks * head_sets.len());
+    // Query heads of the group per task: one when direct, else all of them.
+    let per_task = if direct { 1 } else { g };
+    let mut tasks = Vec::with_capacity(s.kv_heads * blocks * (g / per_task));
     for kv in 0..s.kv_heads {
         for b in 0..blocks {
-            tasks.extend(head_sets.iter().map(|h| (kv, b, h.clone())));
+            tasks.extend((0..g).step_by(per_task).map(|h| (kv, b, h..h + per_task)));
         }
     }
     let slots: Vec<Mutex<Option<Part>>> = tasks.iter().map(|_| Mutex::new(None)).collect();
     let task = |i: usize| {
         let (kv, b, heads) = tasks[i].clone();
-        let g = heads.len();
+        // The task's first query head, and how many it computes.
+        let (first_head, g) = (kv * g + heads.start, heads.len());
         let part = {
             let start = b * QUERY_BLOCK;
             let rows = QUERY_BLOCK.min(n - start);
@@ -126,7 +127,7 @@ pub fn attention(
             let (k_pos, visible) = (&k_pos[k0..], visible - k0);
             // A: the group's heads over the block's rows, [g * rows, hd], head-major.
             let mut a = zeroed(g * rows * hd);
-            for (gi, h) in heads.clone().map(|hi| kv * (s.heads / s.kv_heads) + hi).enumerate() {
+            for (gi, h) in (first_head..first_head + g).enumerate() {
                 for t in start..start + rows {
                     let dst = (gi * rows + t - start) * hd;
                     a[dst..dst + hd].copy_from_slice(&q[(t * s.heads + h) * hd..(t * s.heads + h + 1) * hd]);
