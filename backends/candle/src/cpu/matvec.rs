@@ -3,10 +3,12 @@
 //! every token's row of `X` uses it while it is in cache: the product is bound by reading
 //! the weights, and this reads them at the memory's pace.
 
+use super::intdot::PANEL;
 use super::pool::Pool;
 use super::simd::dot4;
 use super::weights::{Matrix, Storage};
 use super::{qdot, vnni};
+use sieve_backend::quant::GgmlType;
 
 /// Weight rows handed to one task: enough that a task's bookkeeping is small against its
 /// reads (64 rows of 576 f32 are 144 KiB).
@@ -15,13 +17,13 @@ const MIN_ROWS_PER_TASK: usize = 64;
 /// How far ahead of the rows being multiplied their successors are fetched into cache.
 const PREFETCH_ROWS: usize = 8;
 
-/// Splits `rows` output rows into tasks of whole multiples of 4 and runs `f(start, end)` on
-/// each in parallel.
-pub(crate) fn par_rows(rows: usize, f: impl Fn(usize, usize) + Sync) {
+/// Splits `rows` output rows into tasks of whole multiples of `align` and runs
+/// `f(start, end)` on each in parallel.
+pub(crate) fn par_rows(rows: usize, align: usize, f: impl Fn(usize, usize) + Sync) {
     let pool = Pool::global();
     let threads = pool.threads();
     // A few tasks per thread, so that a thread that falls behind is helped.
-    let per = (rows.div_ceil(threads * 4)).max(MIN_ROWS_PER_TASK).next_multiple_of(4);
+    let per = (rows.div_ceil(threads * 4)).max(MIN_ROWS_PER_TASK).next_multiple_of(align);
     let tasks = rows.div_ceil(per);
     if tasks <= 1 {
         f(0, rows);
@@ -78,19 +80,21 @@ pub(crate) fn matmul_t_at(w: &Matrix, x: &[f32], out: Out, stride: usize, offset
     // The kernel for these rows: integer dots on a quantized input, `f32` dots on blocks
     // decoded in registers, or rows decoded to `f32` first.
     enum Input {
-        Integer(Vec<vnni::Quantized>),
         Blocks(Vec<Vec<f32>>),
         Decoded,
     }
     let rows_of_x = || x.chunks_exact(cols);
     let input = match (w.storage(), w.dtype()) {
-        (Storage::Split(_), _) => Input::Integer(rows_of_x().map(vnni::Quantized::new).collect()),
+        (Storage::Split(p), _) => {
+            let inputs: Vec<vnni::Quantized> = rows_of_x().map(vnni::Quantized::new).collect();
+            return matmul_panels(w, p.dtype, &inputs, out, stride, offset);
+        }
         (Storage::Packed(_), Some(d)) if qdot::supported(d) => {
             Input::Blocks(rows_of_x().map(qdot::block_sums).collect())
         }
         _ => Input::Decoded,
     };
-    par_rows(rows, |start, end| {
+    par_rows(rows, 4, |start, end| {
         let mut scratch = Vec::new();
         let mut r = start;
         while r < end {
@@ -98,7 +102,7 @@ pub(crate) fn matmul_t_at(w: &Matrix, x: &[f32], out: Out, stride: usize, offset
             let clamp = |i: usize| i.min(take - 1);
             let packed = match input {
                 Input::Decoded => None,
-                _ => w.packed_rows(r, take).map(|(p, bytes)| (p.dtype, p.dtype.row_bytes(cols), bytes)),
+                Input::Blocks(_) => w.packed_rows(r, take).map(|(p, bytes)| (p.dtype, p.dtype.row_bytes(cols), bytes)),
             };
             let block = if packed.is_none() { w.rows_f32(r, take, &mut scratch) } else { &[][..] };
             // Two groups ahead, into the outer caches: the hardware's prefetcher alone
@@ -106,27 +110,6 @@ pub(crate) fn matmul_t_at(w: &Matrix, x: &[f32], out: Out, stride: usize, offset
             // the default model); into L1 it measured slower still.
             if r + PREFETCH_ROWS + 4 <= end {
                 w.prefetch_rows(r + PREFETCH_ROWS, 4);
-            }
-            if let (Input::Integer(q), Some((dtype, rb, bytes))) = (&input, packed) {
-                // Up to four inputs per pass over the rows' blocks (a decode step of several
-                // sequences), each getting what it would alone.
-                let row = |i: usize| &bytes[clamp(i) * rb..(clamp(i) + 1) * rb];
-                let mut d = [[0f32; 4]; 4];
-                for (c, inputs) in q.chunks(4).enumerate() {
-                    let d = &mut d[..inputs.len()];
-                    vnni::dot4_many(dtype, [row(0), row(1), row(2), row(3)], inputs, d);
-                    for (j, d) in d.iter().enumerate() {
-                        let t = 4 * c + j;
-                        for (i, &v) in d.iter().enumerate().take(take) {
-                            // SAFETY: `t < n` and `offset + r + i < offset + rows <= stride`,
-                            // inside the output the caller gave; this task alone owns rows
-                            // `start..end`.
-                            unsafe { out.set(t * stride + offset + r + i, v) };
-                        }
-                    }
-                }
-                r += take;
-                continue;
             }
             for t in 0..n {
                 let xt = &x[t * cols..(t + 1) * cols];
@@ -147,6 +130,36 @@ pub(crate) fn matmul_t_at(w: &Matrix, x: &[f32], out: Out, stride: usize, offset
                 }
             }
             r += take;
+        }
+    });
+}
+
+/// [`matmul_t_at`] on a matrix in the integer kernels' panels ([`vnni::split`]), the
+/// inputs quantized: a panel's 16 rows against up to four inputs per pass over its
+/// blocks (a decode step of several sequences), each input getting what it would alone.
+fn matmul_panels(w: &Matrix, dtype: GgmlType, inputs: &[vnni::Quantized], out: Out, stride: usize, offset: usize) {
+    par_rows(w.rows(), PANEL, |start, end| {
+        let mut d = [[0f32; PANEL]; 4];
+        for r in (start..end).step_by(PANEL) {
+            // The next panel, into the outer caches: the hardware's prefetcher alone
+            // leaves a decode step waiting on memory.
+            if r + 2 * PANEL <= end {
+                w.prefetch_rows(r + PANEL, PANEL);
+            }
+            let (_, panel) = w.packed_rows(r, PANEL).expect("split rows are packed");
+            for (c, inputs) in inputs.chunks(4).enumerate() {
+                let d = &mut d[..inputs.len()];
+                vnni::panel_dots(dtype, panel, inputs, d);
+                for (j, d) in d.iter().enumerate() {
+                    let at = (4 * c + j) * stride + offset + r;
+                    for (i, &v) in d.iter().enumerate() {
+                        // SAFETY: input `4c + j` is below `n` and `offset + r + i < offset +
+                        // rows <= stride`, inside the output the caller gave; this task
+                        // alone owns rows `start..end`.
+                        unsafe { out.set(at + i, v) };
+                    }
+                }
+            }
         }
     });
 }

@@ -12,12 +12,16 @@
 
 use sieve_backend::quant::GgmlType;
 
-use super::intdot;
+use super::intdot::{self, PANEL};
 use super::simd::{Isa, isa};
 
-/// Whether rows of `cols` values of `dtype` have an integer kernel on this CPU.
-pub fn supported(dtype: GgmlType, cols: usize) -> bool {
-    cpu() && cols.is_multiple_of(64) && matches!(dtype, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
+/// Whether a matrix of `rows` rows of `cols` values of `dtype` has an integer kernel on
+/// this CPU (rows in whole panels of [`PANEL`]).
+pub fn supported(dtype: GgmlType, rows: usize, cols: usize) -> bool {
+    cpu()
+        && rows.is_multiple_of(PANEL)
+        && cols.is_multiple_of(32)
+        && matches!(dtype, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
 }
 
 /// Whether this CPU has the instructions of the kernels, detected once (set
@@ -41,29 +45,31 @@ pub(crate) fn cpu() -> bool {
 }
 
 /// Rows of GGUF blocks (`bytes`, rows of `cols` values) in the kernels' layout
-/// ([`intdot::split_row`]), the same bytes per row.
+/// ([`intdot::split_panel`]), the same bytes in all.
 ///
 /// # Panics
-/// If [`supported`] would refuse `dtype` and `cols` on any CPU (`cols` not a multiple of 64,
-/// or another format), or `bytes` is not whole rows.
+/// If [`supported`] would refuse the matrix on any CPU (rows not whole panels, another
+/// format), or `bytes` is not whole rows.
 pub fn split(dtype: GgmlType, cols: usize, bytes: &[u8]) -> Vec<u8> {
-    assert!(cols.is_multiple_of(64) && matches!(dtype, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0));
-    let rb = dtype.row_bytes(cols);
-    assert!(bytes.len().is_multiple_of(rb), "{} bytes are not rows of {rb}", bytes.len());
+    assert!(cols.is_multiple_of(32) && matches!(dtype, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0));
+    let pb = PANEL * dtype.row_bytes(cols);
+    assert!(bytes.len().is_multiple_of(pb), "{} bytes are not panels of {pb}", bytes.len());
     let mut out = vec![0u8; bytes.len()];
-    for (row, dst) in bytes.chunks_exact(rb).zip(out.chunks_exact_mut(rb)) {
-        intdot::split_row(dtype, cols / 32, row, dst);
+    for (panel, dst) in bytes.chunks_exact(pb).zip(out.chunks_exact_mut(pb)) {
+        intdot::split_panel(dtype, cols / 32, panel, dst);
     }
     out
 }
 
-/// Decodes split rows (from [`split`]) to `f32`, as [`sieve_backend::quant::dequantize`]
-/// decodes the GGUF rows they came from.
-pub fn dequantize(dtype: GgmlType, cols: usize, bytes: &[u8], out: &mut [f32]) {
-    let rb = dtype.row_bytes(cols);
-    assert_eq!(out.len() * rb, bytes.len() * cols, "dequantize: {} values from {} bytes", out.len(), bytes.len());
-    for (row, dst) in bytes.chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
-        intdot::dequantize_row(dtype, cols / 32, row, dst);
+/// Decodes rows `start..start + out.len() / cols` of a matrix in the kernels' layout (from
+/// [`split`]) to `f32`, as [`sieve_backend::quant::dequantize`] decodes the GGUF rows they
+/// came from.
+pub fn dequantize(dtype: GgmlType, cols: usize, bytes: &[u8], start: usize, out: &mut [f32]) {
+    let pb = PANEL * dtype.row_bytes(cols);
+    assert!(out.len().is_multiple_of(cols), "dequantize: {} values are not rows of {cols}", out.len());
+    for (r, dst) in (start..).zip(out.chunks_exact_mut(cols)) {
+        let panel = &bytes[r / PANEL * pb..(r / PANEL + 1) * pb];
+        intdot::dequantize_row(dtype, cols / 32, panel, r % PANEL, dst);
     }
 }
 
@@ -112,7 +118,7 @@ impl Quantized {
     }
 
     fn with_bytes(mut self) -> Self {
-        self.bytes = intdot::Bytes::new(&self.q, &self.d, &self.s);
+        self.bytes = intdot::Bytes::new(&self.q);
         self
     }
 
@@ -137,40 +143,40 @@ impl Quantized {
     }
 }
 
-/// `rows[r] · x` for four split rows (from [`split`]) of `x`'s length.
+/// A panel's rows (one panel from [`split`]) times `x`: value `i` is row `i` · `x`.
 ///
 /// # Panics
-/// If [`supported`] is false for `dtype` and the length (callers check it once per
-/// matrix), or a row is not one split row.
-pub fn dot4(dtype: GgmlType, rows: [&[u8]; 4], x: &Quantized) -> [f32; 4] {
-    let mut out = [[0f32; 4]];
-    dot4_many(dtype, rows, std::slice::from_ref(x), &mut out);
+/// If [`supported`] is false for `dtype` on this CPU (callers check it once per matrix), or
+/// `panel` is not one panel of `x`'s length.
+pub fn panel_dot(dtype: GgmlType, panel: &[u8], x: &Quantized) -> [f32; PANEL] {
+    let mut out = [[0f32; PANEL]];
+    panel_dots(dtype, panel, std::slice::from_ref(x), &mut out);
     out[0]
 }
 
-/// [`dot4`] for up to four inputs at once (`out[t]` for `xs[t]`), each row's registers
-/// made once for all of them: the same values as separate calls, for a decode step of
-/// several sequences.
+/// [`panel_dot`] for up to four inputs at once (`out[t]` for `xs[t]`), the weights'
+/// registers made once for all of them: the same values as separate calls, for a decode
+/// step of several sequences.
 ///
 /// # Panics
-/// As [`dot4`], or if `xs` holds more than four inputs or inputs of different lengths.
-pub fn dot4_many(dtype: GgmlType, rows: [&[u8]; 4], xs: &[Quantized], out: &mut [[f32; 4]]) {
+/// As [`panel_dot`], or if `xs` holds more than four inputs or inputs of different lengths.
+pub fn panel_dots(dtype: GgmlType, panel: &[u8], xs: &[Quantized], out: &mut [[f32; PANEL]]) {
     let cols = xs.first().map_or(0, |x| x.q.len());
-    assert!(supported(dtype, cols), "no integer kernel for {dtype:?} rows of {cols} on this CPU");
-    assert!(rows.iter().all(|r| r.len() == dtype.row_bytes(cols)));
+    assert!(supported(dtype, PANEL, cols), "no integer kernel for {dtype:?} rows of {cols} on this CPU");
+    assert!(panel.len() == PANEL * dtype.row_bytes(cols), "not one panel of {cols} columns");
     assert!(xs.iter().all(|x| x.q.len() == cols) && out.len() == xs.len());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `supported` detected avx512f, avx512bw, avx512vl, avx512vnni and f16c; every
-    // row is one split row of `cols` values (a multiple of 64) and every input has `cols`
-    // values, asserted above.
+    // SAFETY: `supported` detected avx512f, avx512bw, avx512vl, avx512vnni and f16c; the
+    // panel holds 16 rows of `cols` values and every input has `cols` values, asserted
+    // above.
     unsafe {
-        use intdot::x86::dots;
+        use intdot::x86::panel_dots as dots;
         match xs {
-            [a] => out[0] = dots(dtype, rows, [a])[0],
-            [a, b] => out.copy_from_slice(&dots(dtype, rows, [a, b])),
-            [a, b, c] => out.copy_from_slice(&dots(dtype, rows, [a, b, c])),
-            [a, b, c, d] => out.copy_from_slice(&dots(dtype, rows, [a, b, c, d])),
-            _ => panic!("dot4_many takes one to four inputs, not {}", xs.len()),
+            [a] => out[0] = dots(dtype, panel, [a])[0],
+            [a, b] => out.copy_from_slice(&dots(dtype, panel, [a, b])),
+            [a, b, c] => out.copy_from_slice(&dots(dtype, panel, [a, b, c])),
+            [a, b, c, d] => out.copy_from_slice(&dots(dtype, panel, [a, b, c, d])),
+            _ => panic!("panel_dots takes one to four inputs, not {}", xs.len()),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -223,23 +229,21 @@ mod tests {
     fn several_inputs_at_once_equal_each_alone() {
         for dtype in FORMATS {
             let cols = 576;
-            if !supported(dtype, cols) {
+            if !supported(dtype, PANEL, cols) {
                 eprintln!("skipped {dtype:?}: no integer kernel on this CPU");
                 return;
             }
-            let split = split(dtype, cols, &rows(dtype, 4, cols));
-            let rb = dtype.row_bytes(cols);
-            let row = |r: usize| &split[r * rb..(r + 1) * rb];
+            let panel = split(dtype, cols, &rows(dtype, PANEL, cols));
             let xs: Vec<Quantized> = (0..4)
                 .map(|t| {
                     Quantized::new(&(0..cols).map(|i| ((i * (29 + t) % 17) as f32 - 8.0) / 9.0).collect::<Vec<_>>())
                 })
                 .collect();
             for n in 1..=4 {
-                let mut out = vec![[0f32; 4]; n];
-                dot4_many(dtype, [row(0), row(1), row(2), row(3)], &xs[..n], &mut out);
+                let mut out = vec![[0f32; PANEL]; n];
+                panel_dots(dtype, &panel, &xs[..n], &mut out);
                 for (t, got) in out.iter().enumerate() {
-                    let alone = dot4(dtype, [row(0), row(1), row(2), row(3)], &xs[t]);
+                    let alone = panel_dot(dtype, &panel, &xs[t]);
                     assert_eq!(got.map(f32::to_bits), alone.map(f32::to_bits), "{dtype:?}, {n} inputs, input {t}");
                 }
             }
@@ -253,15 +257,22 @@ mod tests {
 
     #[test]
     fn the_split_layout_decodes_to_the_same_values() {
-        for (dtype, cols) in FORMATS.into_iter().flat_map(|d| [(d, 128), (d, 576), (d, 1536)]) {
-            let n = 3;
+        for (dtype, cols) in FORMATS.into_iter().flat_map(|d| [(d, 32), (d, 576), (d, 1536)]) {
+            let n = 3 * PANEL;
             let gguf = rows(dtype, n, cols);
             let split = split(dtype, cols, &gguf);
             assert_eq!(split.len(), gguf.len());
-            let (mut want, mut got) = (vec![0f32; n * cols], vec![0f32; n * cols]);
+            let mut want = vec![0f32; n * cols];
             decode(dtype, &gguf, &mut want);
-            dequantize(dtype, cols, &split, &mut got);
-            assert_eq!(got, want, "{dtype:?}");
+            // Every row alone, and a run of rows across panels from the middle of one.
+            for r in 0..n {
+                let mut got = vec![0f32; cols];
+                dequantize(dtype, cols, &split, r, &mut got);
+                assert_eq!(got, want[r * cols..(r + 1) * cols], "{dtype:?} {cols} row {r}");
+            }
+            let mut got = vec![0f32; 20 * cols];
+            dequantize(dtype, cols, &split, 7, &mut got);
+            assert_eq!(got, want[7 * cols..27 * cols], "{dtype:?} {cols} rows 7..27");
         }
     }
 
@@ -299,27 +310,24 @@ mod tests {
     }
 
     /// The kernels compute the decoded weights times the decoded input, and stay within
-    /// the quantization error of the `f32` product; every chunk length (16 blocks and the
-    /// tails) is covered.
+    /// the quantization error of the `f32` product, for every row of a panel.
     #[test]
     fn integer_dots_are_the_decoded_product() {
         for dtype in FORMATS {
-            for cols in [64, 576, 960, 1536] {
-                if !supported(dtype, cols) {
+            for cols in [32, 64, 576, 960, 1536] {
+                if !supported(dtype, PANEL, cols) {
                     eprintln!("skipped {dtype:?}: no integer kernel on this CPU");
                     return;
                 }
-                let gguf = rows(dtype, 4, cols);
-                let split = split(dtype, cols, &gguf);
+                let gguf = rows(dtype, PANEL, cols);
+                let panel = split(dtype, cols, &gguf);
                 let x: Vec<f32> = (0..cols).map(|i| ((i * 29 % 13) as f32 - 6.0) / 7.0).collect();
                 let q = Quantized::new(&x);
-                let rb = dtype.row_bytes(cols);
-                let row = |r: usize| &split[r * rb..(r + 1) * rb];
-                let got = dot4(dtype, [row(0), row(1), row(2), row(3)], &q);
-                let mut w = vec![0f32; 4 * cols];
+                let got = panel_dot(dtype, &panel, &q);
+                let mut w = vec![0f32; PANEL * cols];
                 decode(dtype, &gguf, &mut w);
                 let xq = q.values();
-                for r in 0..4 {
+                for r in 0..PANEL {
                     let w = &w[r * cols..(r + 1) * cols];
                     let exact: f64 = w.iter().zip(&xq).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
                     let mass: f64 = w.iter().zip(&xq).map(|(&a, &b)| f64::from((a * b).abs())).sum();
@@ -338,7 +346,7 @@ mod tests {
 
     /// The byte split stays exact at the extremes: every weight at its largest or smallest
     /// stored value (8-bit -128 included, which quantizing never makes but a file may hold)
-    /// against inputs at full scale of both signs, in full groups and in the tail.
+    /// against inputs at full scale of both signs.
     #[test]
     fn extreme_values_are_exact() {
         let cols = 576;
@@ -349,7 +357,7 @@ mod tests {
             (GgmlType::Q8_0, 0x80),
             (GgmlType::Q8_0, 0x7f),
         ] {
-            if !supported(dtype, cols) {
+            if !supported(dtype, PANEL, cols) {
                 eprintln!("skipped {dtype:?}: no integer kernel on this CPU");
                 return;
             }
@@ -359,14 +367,13 @@ mod tests {
                 GgmlType::Q8_0 => [&[0x00, 0x3c][..], &[byte; 32]].concat(),
                 _ => [&[0x00, 0x3c][..], &[byte; 16]].concat(),
             };
-            let gguf: Vec<u8> = (0..4 * cols / 32).flat_map(|_| block.iter().copied()).collect();
-            let split = split(dtype, cols, &gguf);
+            let gguf: Vec<u8> = (0..PANEL * cols / 32).flat_map(|_| block.iter().copied()).collect();
+            let panel = split(dtype, cols, &gguf);
             let rb = dtype.row_bytes(cols);
-            let row = |r: usize| &split[r * rb..(r + 1) * rb];
             for sign in [1.0f32, -1.0] {
                 let x: Vec<f32> = (0..cols).map(|i| if i % 3 == 0 { -sign } else { sign } * 3.0).collect();
                 let q = Quantized::new(&x);
-                let got = dot4(dtype, [row(0), row(1), row(2), row(3)], &q);
+                let got = panel_dot(dtype, &panel, &q);
                 let mut w = vec![0f32; cols];
                 decode(dtype, &gguf[..rb], &mut w);
                 let exact: f64 = w.iter().zip(q.values()).map(|(&a, b)| f64::from(a) * f64::from(b)).sum();

@@ -14,7 +14,7 @@ pub enum Storage {
     F32(Vec<f32>),
     /// Rows of blocks, as the file stores them.
     Packed(Packed),
-    /// Rows of blocks in the layout of [`vnni::split`] (same bytes per row).
+    /// Panels of 16 rows of blocks in the layout of [`vnni::split`] (the same bytes in all).
     Split(Packed),
 }
 
@@ -39,13 +39,13 @@ impl Matrix {
         let (rows, cols) = (w.shape[0], w.shape.get(1).copied().unwrap_or(1));
         // Q5_0 has no integer kernel of its own; as Q8_0 (exact) it uses Q8_0's.
         let packed = match w.packed {
-            Some(p) if p.dtype == GgmlType::Q5_0 && vnni::supported(GgmlType::Q8_0, cols) => {
+            Some(p) if p.dtype == GgmlType::Q5_0 && vnni::supported(GgmlType::Q8_0, rows, cols) => {
                 Some(Packed { dtype: GgmlType::Q8_0, bytes: sieve_backend::quant::q5_0_to_q8_0(&p.bytes) })
             }
             other => other,
         };
         match packed {
-            Some(p) if vnni::supported(p.dtype, cols) => {
+            Some(p) if vnni::supported(p.dtype, rows, cols) => {
                 let bytes = vnni::split(p.dtype, cols, &p.bytes);
                 Self { rows, cols, storage: Storage::Split(Packed { dtype: p.dtype, bytes }) }
             }
@@ -89,7 +89,8 @@ impl Matrix {
         }
     }
 
-    /// The packed bytes of rows `start..start + n` (in either layout: see [`Self::storage`]).
+    /// The packed bytes of rows `start..start + n` (in either layout: see [`Self::storage`];
+    /// split rows come in whole panels, so `start` and `n` are multiples of 16 there).
     pub fn packed_rows(&self, start: usize, n: usize) -> Option<(&Packed, &[u8])> {
         let p = self.packed()?;
         let rb = p.dtype.row_bytes(self.cols);
@@ -128,12 +129,11 @@ impl Matrix {
             Storage::F32(d) => &d[start * self.cols..(start + n) * self.cols],
             Storage::Packed(p) | Storage::Split(p) => {
                 let rb = p.dtype.row_bytes(self.cols);
-                let bytes = &p.bytes[start * rb..(start + n) * rb];
                 scratch.resize(n * self.cols, 0.0);
                 if matches!(self.storage, Storage::Split(_)) {
-                    vnni::dequantize(p.dtype, self.cols, bytes, &mut scratch[..n * self.cols]);
+                    vnni::dequantize(p.dtype, self.cols, &p.bytes, start, &mut scratch[..n * self.cols]);
                 } else {
-                    dequantize(p.dtype, bytes, &mut scratch[..n * self.cols]);
+                    dequantize(p.dtype, &p.bytes[start * rb..(start + n) * rb], &mut scratch[..n * self.cols]);
                 }
                 &scratch[..n * self.cols]
             }
