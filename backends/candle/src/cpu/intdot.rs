@@ -128,6 +128,16 @@ impl Bytes {
         let excess = q.chunks_exact(32).map(|b| 128 * b.iter().map(|&v| i32::from(v >> 8)).sum::<i32>()).collect();
         Self { hi, lo, excess }
     }
+
+    /// The high bytes, in the input's order.
+    pub(crate) fn hi(&self) -> &[i8] {
+        &self.hi
+    }
+
+    /// The low bytes, in the input's order.
+    pub(crate) fn lo(&self) -> &[u8] {
+        &self.lo
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

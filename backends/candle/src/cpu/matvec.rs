@@ -7,12 +7,15 @@ use super::intdot::PANEL;
 use super::pool::Pool;
 use super::simd::dot4;
 use super::weights::{Matrix, Storage};
-use super::{qdot, vnni};
+use super::{amx, qdot, vnni};
 use sieve_backend::quant::GgmlType;
 
 /// Weight rows handed to one task: enough that a task's bookkeeping is small against its
 /// reads (64 rows of 576 f32 are 144 KiB).
 const MIN_ROWS_PER_TASK: usize = 64;
+
+/// From how many inputs a product on panels runs on AMX tiles (where the CPU has them).
+const AMX_INPUTS: usize = 5;
 
 /// How far ahead of the rows being multiplied their successors are fetched into cache.
 const PREFETCH_ROWS: usize = 8;
@@ -135,33 +138,81 @@ pub(crate) fn matmul_t_at(w: &Matrix, x: &[f32], out: Out, stride: usize, offset
 }
 
 /// [`matmul_t_at`] on a matrix in the integer kernels' panels ([`vnni::split`]), the
-/// inputs quantized: a panel's 16 rows against up to four inputs per pass over its
-/// blocks (a decode step of several sequences), each input getting what it would alone.
+/// inputs quantized: a panel's 16 rows against several inputs per pass over its blocks (a
+/// decode step of several sequences), on AMX tiles (up to [`amx::GROUP`] inputs per pass)
+/// from [`AMX_INPUTS`] inputs where the CPU has them, else four inputs at a time by VNNI.
+/// Each input gets what it would alone.
 fn matmul_panels(w: &Matrix, dtype: GgmlType, inputs: &[vnni::Quantized], out: Out, stride: usize, offset: usize) {
+    let n = inputs.len();
+    // Groups of inputs as equal as possible, each one tile product's rows.
+    #[cfg(target_arch = "x86_64")]
+    let batches: Vec<amx::Batch> = if n >= AMX_INPUTS && amx::available() {
+        let per = n.div_ceil(n.div_ceil(amx::GROUP));
+        inputs.chunks(per).map(amx::Batch::new).collect()
+    } else {
+        Vec::new()
+    };
+    let store = |r: usize, first: usize, d: &[[f32; PANEL]]| {
+        for (t, d) in (first..).zip(d) {
+            // SAFETY: `t < n` and `offset + r + 16 <= offset + rows <= stride`, inside the
+            // output the caller gave; the task calling this alone owns rows `r..r + 16`.
+            unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), out.at(t * stride + offset + r), PANEL) };
+        }
+    };
     par_rows(w.rows(), PANEL, |start, end| {
-        let mut d = [[0f32; PANEL]; 4];
+        let panel = |r: usize| w.packed_rows(r, PANEL).expect("split rows are packed").1;
+        let mut d = [[[0f32; PANEL]; PANEL]; 2];
+        #[cfg(target_arch = "x86_64")]
+        if !batches.is_empty() {
+            let mut first = 0;
+            for batch in &batches {
+                let (m, tiles) = (batch.len(), amx::Tiles::new(batch.len()));
+                let mut r = start;
+                while r < end {
+                    // Two panels at a time, and the next two into the outer caches.
+                    if r + 4 * PANEL <= end {
+                        w.prefetch_rows(r + 2 * PANEL, 2 * PANEL);
+                    }
+                    let [d0, d1] = &mut d;
+                    if r + 2 * PANEL <= end {
+                        amx::panel_dots(
+                            &tiles,
+                            dtype,
+                            [panel(r), panel(r + PANEL)],
+                            batch,
+                            [&mut d0[..m], &mut d1[..m]],
+                        );
+                        store(r, first, &d0[..m]);
+                        store(r + PANEL, first, &d1[..m]);
+                        r += 2 * PANEL;
+                    } else {
+                        amx::panel_dots(&tiles, dtype, [panel(r)], batch, [&mut d0[..m]]);
+                        store(r, first, &d0[..m]);
+                        r += PANEL;
+                    }
+                }
+                first += m;
+            }
+            return;
+        }
         for r in (start..end).step_by(PANEL) {
             // The next panel, into the outer caches: the hardware's prefetcher alone
             // leaves a decode step waiting on memory.
             if r + 2 * PANEL <= end {
                 w.prefetch_rows(r + PANEL, PANEL);
             }
-            let (_, panel) = w.packed_rows(r, PANEL).expect("split rows are packed");
-            for (c, inputs) in inputs.chunks(4).enumerate() {
-                let d = &mut d[..inputs.len()];
-                vnni::panel_dots(dtype, panel, inputs, d);
-                for (j, d) in d.iter().enumerate() {
-                    let at = (4 * c + j) * stride + offset + r;
-                    for (i, &v) in d.iter().enumerate() {
-                        // SAFETY: input `4c + j` is below `n` and `offset + r + i < offset +
-                        // rows <= stride`, inside the output the caller gave; this task
-                        // alone owns rows `start..end`.
-                        unsafe { out.set(at + i, v) };
-                    }
-                }
-            }
+            let d = &mut d[0][..n];
+            vnni_dots(dtype, panel(r), inputs, d);
+            store(r, 0, d);
         }
     });
+}
+
+/// A panel times every input, four inputs per pass.
+fn vnni_dots(dtype: GgmlType, panel: &[u8], inputs: &[vnni::Quantized], out: &mut [[f32; PANEL]]) {
+    for (inputs, out) in inputs.chunks(4).zip(out.chunks_mut(4)) {
+        vnni::panel_dots(dtype, panel, inputs, out);
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! blocks of queries through the `gemm` crate with a vectorised exponential ([`exp`]), and
 //! prefill projections use the same GEMM on the fused matrices.
 
+pub mod amx;
 pub mod attention;
 pub mod exp;
 pub mod gemm;
