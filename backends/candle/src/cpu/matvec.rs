@@ -169,10 +169,8 @@ fn matmul_panels(w: &Matrix, dtype: GgmlType, inputs: &[vnni::Quantized], out: O
                 let (m, tiles) = (batch.len(), amx::Tiles::new(batch.len()));
                 let mut r = start;
                 while r < end {
-                    // Two panels at a time, and the next two into the outer caches.
-                    if r + 4 * PANEL <= end {
-                        w.prefetch_rows(r + 2 * PANEL, 2 * PANEL);
-                    }
+                    // Two panels at a time. (Fetching the next ones ahead measured slower
+                    // here: the tiles wait on arithmetic, not memory.)
                     let [d0, d1] = &mut d;
                     if r + 2 * PANEL <= end {
                         amx::panel_dots(
