@@ -64,11 +64,16 @@ impl Sampler {
 
     /// The next token given `logits` and the ids seen so far (for the repetition penalty).
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> Result<u32> {
-        if let Some(position) = logits.iter().position(|x| !x.is_finite()) {
+        // `all` first (it vectorises); the position only when something is wrong.
+        if !logits.iter().all(|x| x.is_finite()) {
+            let position = logits.iter().position(|x| !x.is_finite()).unwrap_or(0);
             return Err(Error::NonFiniteLogits { position, value: logits[position] });
         }
-        let mut logits = logits.to_vec();
         let p = &self.params;
+        if p.temperature == 0.0 && p.repetition_penalty == 1.0 {
+            return Ok(argmax(logits));
+        }
+        let mut logits = logits.to_vec();
         if p.repetition_penalty != 1.0 {
             let mut seen: Vec<u32> = history.to_vec();
             seen.sort_unstable();
@@ -118,13 +123,18 @@ impl Sampler {
 
 /// Index of the largest logit, ties to the lower index.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in logits.iter().enumerate() {
-        if x > logits[best] {
-            best = i;
+    // The largest value, 16 lanes at a time (this vectorises; NaN never wins a
+    // comparison), then its first position.
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = logits.chunks_exact(16);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = if x > *m { x } else { *m };
         }
     }
-    best as u32
+    let max = lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    logits.iter().position(|&x| x == max).unwrap_or(0) as u32
 }
 
 #[cfg(test)]
@@ -135,6 +145,26 @@ mod tests {
     fn greedy_takes_the_argmax() {
         let mut s = Sampler::new(SamplingParams::default()).unwrap();
         assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0], &[]).unwrap(), 1);
+    }
+
+    /// The lane-wise maximum finds the first largest value wherever it sits: in a lane
+    /// of any chunk, in the remainder, tied across chunks, or only negative values.
+    #[test]
+    fn argmax_finds_the_first_largest_anywhere() {
+        for len in [1, 15, 16, 17, 49_152, 49_153] {
+            for at in [0, len / 3, len - 1] {
+                let mut x: Vec<f32> = (0..len).map(|i| -1.0 - (i % 7) as f32).collect();
+                x[at] = 2.0;
+                assert_eq!(argmax(&x), at as u32, "len {len}, at {at}");
+                if at + 20 < len {
+                    x[at + 20] = 2.0;
+                    assert_eq!(argmax(&x), at as u32, "len {len}, tie after {at}");
+                }
+            }
+            let plain = (0..len).map(|i| -((i * 37 % 101) as f32)).collect::<Vec<_>>();
+            let want = plain.iter().enumerate().fold(0, |b, (i, &v)| if v > plain[b] { i } else { b });
+            assert_eq!(argmax(&plain), want as u32, "len {len}, negative values");
+        }
     }
 
     #[test]
