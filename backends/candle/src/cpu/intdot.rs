@@ -111,7 +111,7 @@ pub fn dequantize_row(dtype: GgmlType, nb: usize, panel: &[u8], lane: usize, dst
 
 /// A 16-bit input split into high and low bytes (the input's order), with `128 Σ h` per
 /// block for the 8-bit weights.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Bytes {
     /// High bytes (`q >> 8`).
     hi: Vec<i8>,
@@ -126,6 +126,11 @@ impl Bytes {
     pub fn new(q: &[i16]) -> Self {
         let (hi, lo) = q.iter().map(|&v| ((v >> 8) as i8, (v & 0xff) as u8)).unzip();
         let excess = q.chunks_exact(32).map(|b| 128 * b.iter().map(|&v| i32::from(v >> 8)).sum::<i32>()).collect();
+        Self { hi, lo, excess }
+    }
+
+    /// Bytes made elsewhere in one pass with the values (the same as [`Self::new`] gives).
+    pub(crate) fn from_parts(hi: Vec<i8>, lo: Vec<u8>, excess: Vec<i32>) -> Self {
         Self { hi, lo, excess }
     }
 

@@ -92,14 +92,20 @@ impl Quantized {
         let mut out = Self { q: vec![0; x.len()], d: vec![0.0; nb], s: vec![0.0; nb], ..Self::default() };
         #[cfg(target_arch = "x86_64")]
         if cpu() {
+            // The bytes for the kernels in the same pass (see `intdot::Bytes::new`).
+            let (mut hi, mut lo, mut excess) = (vec![0i8; x.len()], vec![0u8; x.len()], Vec::with_capacity(nb));
             for (b, block) in x.chunks_exact(32).enumerate() {
+                let at = 32 * b..32 * b + 32;
                 // SAFETY: `cpu` detected avx512f and avx512bw; the block has 32 values
-                // and its output 32 slots.
-                let (d, sum) = unsafe { x86::quantize_block(block, &mut out.q[32 * b..32 * b + 32]) };
+                // and each of its outputs 32 slots.
+                let (d, sum, h) =
+                    unsafe { x86::quantize_block(block, &mut out.q[at.clone()], &mut hi[at.clone()], &mut lo[at]) };
                 out.d[b] = d;
                 out.s[b] = d * sum as f32;
+                excess.push(128 * h);
             }
-            return out.with_bytes();
+            out.bytes = intdot::Bytes::from_parts(hi, lo, excess);
+            return out;
         }
         for (b, block) in x.chunks_exact(32).enumerate() {
             let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -187,14 +193,16 @@ pub fn panel_dots(dtype: GgmlType, panel: &[u8], xs: &[Quantized], out: &mut [[f
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// One block of [`Quantized::new`]: the scale and the sum of the 16-bit values (the
-    /// same values as the scalar code: products rounded to the nearest even step).
+    /// One block of [`Quantized::new`]: the 16-bit values into `q` and their high and
+    /// low bytes into `hi` and `lo`; returns the scale, the sum of the values and the sum
+    /// of their high bytes (the same values as the scalar code: products rounded to the
+    /// nearest even step).
     ///
     /// # Safety
-    /// avx512f and avx512bw; `x` and `q` hold 32 values.
+    /// avx512f and avx512bw; `x`, `q`, `hi` and `lo` hold 32 values.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub unsafe fn quantize_block(x: &[f32], q: &mut [i16]) -> (f32, i32) {
-        assert!(x.len() == 32 && q.len() == 32);
+    pub unsafe fn quantize_block(x: &[f32], q: &mut [i16], hi: &mut [i8], lo: &mut [u8]) -> (f32, i32, i32) {
+        assert!(x.len() == 32 && q.len() == 32 && hi.len() == 32 && lo.len() == 32);
         // SAFETY: 32 values each side (asserted).
         let (a, b) = unsafe { (_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(x.as_ptr().add(16))) };
         let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
@@ -207,12 +215,18 @@ mod x86 {
             _mm512_cvtps_epi32(v) // the current rounding mode: to nearest, ties to even
         };
         let (qa, qb) = (round(a), round(b));
-        // SAFETY: 16 values at each of `q` and `q + 16`.
+        let (ha, hb) = (_mm512_srai_epi32::<8>(qa), _mm512_srai_epi32::<8>(qb));
+        let byte = _mm512_set1_epi32(0xff);
+        // SAFETY: 16 values at each of `q`, `hi` and `lo` and 16 past each.
         unsafe {
             _mm256_storeu_si256(q.as_mut_ptr().cast(), _mm512_cvtepi32_epi16(qa));
             _mm256_storeu_si256(q.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi16(qb));
+            _mm_storeu_si128(hi.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(ha));
+            _mm_storeu_si128(hi.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi8(hb));
+            _mm_storeu_si128(lo.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(_mm512_and_si512(qa, byte)));
+            _mm_storeu_si128(lo.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi8(_mm512_and_si512(qb, byte)));
         }
-        (d, _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)))
+        (d, _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)), _mm512_reduce_add_epi32(_mm512_add_epi32(ha, hb)))
     }
 }
 
@@ -291,6 +305,7 @@ mod tests {
             }
             (scalar.d[b], scalar.s[b]) = (d, d * sum as f32);
         }
+        assert_eq!(fast.bytes, intdot::Bytes::new(&fast.q), "the bytes made in the same pass");
         assert_eq!(fast.d, scalar.d);
         assert_eq!(fast.s, scalar.s);
         let fast_q = fast.q.clone();
