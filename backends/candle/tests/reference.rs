@@ -109,9 +109,11 @@ fn long_prompts_spanning_several_attention_blocks_match() {
 
 /// Decode steps of several sessions at once (the server's batched decoding) against the
 /// same sessions stepped alone, on the default model's stored blocks. A decode batch (up to
-/// 16 rows) runs every product through the same vector kernel as one row, row by row, and
-/// each sequence's attention alone (side by side on the pool when each is small): the
-/// logits are bitwise equal, for padded caches (Ada-KV budgets) too.
+/// 16 rows) forms each row's integer sums and finishes them in `f32` as one row alone
+/// does (VNNI for up to four rows; AMX tiles from five where the CPU has them, in groups
+/// of up to eight), and runs each sequence's attention alone (side by side on the pool
+/// when each is small): the logits are bitwise equal, for padded caches (Ada-KV budgets)
+/// too. Two sessions take the VNNI kernel, six one tile group, twelve two groups.
 #[test]
 fn batched_decode_steps_match_steps_alone() {
     let backend = &candle().0;
@@ -124,10 +126,10 @@ fn batched_decode_steps_match_steps_alone() {
         "[kv]\nkeep = 0.5\nsinks = 4\nrecent = 16\nselection = \"ada\"\n[kv.scorer]\nkind = \"snapkv\"\n",
     ];
     let passage = passage_tokens(300);
-    for sessions in [2, 6] {
+    for sessions in [2, 6, 12] {
         let start = |i: usize| {
-            let mut s = Session::new(backend, Policy::from_toml(policies[i]).unwrap()).unwrap();
-            let logits = s.prefill(&passage[..120 + 30 * i], Logits::Last).unwrap().last().to_vec();
+            let mut s = Session::new(backend, Policy::from_toml(policies[i % policies.len()]).unwrap()).unwrap();
+            let logits = s.prefill(&passage[..120 + 15 * i], Logits::Last).unwrap().last().to_vec();
             (s, argmax(&logits) as u32)
         };
         let (mut alone, mut next): (Vec<_>, Vec<_>) = (0..sessions).map(start).unzip();
