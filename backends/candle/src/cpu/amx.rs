@@ -179,21 +179,13 @@ mod x86 {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    use super::super::intdot::PANEL;
+    use super::super::intdot::x86::{finish_block, kind_dtype, nibbles, unit_scales};
+    use super::super::intdot::{PANEL, unit_bytes};
     use super::Batch;
 
     /// 64-byte aligned scratch for tiles stored and loaded.
     #[repr(C, align(64))]
     struct Aligned<T>(T);
-
-    /// The bytes of a block's values in one row, and of a unit (16 rows' blocks).
-    fn sizes<const KIND: u8>() -> (usize, usize) {
-        match KIND {
-            8 => (32, PANEL * 34),
-            1 => (16, PANEL * 20),
-            _ => (16, PANEL * 18),
-        }
-    }
 
     /// A unit's block of weights as 8 rows of 64 bytes (values `4j..4j + 4` of each of the
     /// 16 rows in row `j`) into `dst`: as stored for 8 bits, the two halves of the 4-bit
@@ -204,7 +196,6 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn block_weights<const KIND: u8>(unit: *const u8, dst: *mut u8) {
-        let low = _mm512_set1_epi8(0x0f);
         // SAFETY (all below): 8 x 64 bytes at `dst`, the unit's value bytes at `unit`.
         unsafe {
             if unit.is_null() {
@@ -216,19 +207,16 @@ mod x86 {
                     _mm512_store_si512(dst.add(64 * j).cast(), _mm512_loadu_si512(unit.add(64 * j).cast()));
                 }
             } else {
-                for c in 0..4 {
-                    let v = _mm512_loadu_si512(unit.add(64 * c).cast());
-                    _mm512_store_si512(dst.add(64 * c).cast(), _mm512_and_si512(v, low));
-                    let high = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
-                    _mm512_store_si512(dst.add(64 * (4 + c)).cast(), high);
+                for (j, w) in nibbles(unit).into_iter().enumerate() {
+                    _mm512_store_si512(dst.add(64 * j).cast(), w);
                 }
             }
         }
     }
 
     /// Finishes block `b` of a unit for every input: the integer sums in rows `first..` of
-    /// `sh` (`Σ w·h`) and `sl` (`Σ w·l`) scaled into `acc` by the VNNI kernel's operations,
-    /// in its order.
+    /// `sums[0]` (`Σ w·h`) and `sums[1]` (`Σ w·l`) scaled into `acc` as the VNNI kernel
+    /// does ([`finish_block`]).
     ///
     /// # Safety
     /// avx512f, avx512bw and f16c; `unit` is one unit of a panel; the sums hold a row per
@@ -243,28 +231,14 @@ mod x86 {
         first: usize,
         acc: &mut [__m512; 8],
     ) {
-        let (vb, _) = sizes::<KIND>();
-        // SAFETY: the scales (and minimums) follow the unit's values.
-        let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(unit.add(PANEL * vb).cast()) });
-        let m = match KIND {
-            1 => _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(unit.add(PANEL * vb + 32).cast()) }),
-            0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
-            _ => _mm512_setzero_ps(),
-        };
+        // SAFETY: `unit` is one unit of a panel.
+        let scales = unsafe { unit_scales::<KIND>(unit) };
         for (t, acc) in acc.iter_mut().enumerate().take(batch.len()) {
-            // SAFETY: row `first + t` of each sum tile.
-            let (h, l) = unsafe {
-                (
-                    _mm512_load_si512(sums[0].add(PANEL * (first + t)).cast()),
-                    _mm512_load_si512(sums[1].add(PANEL * (first + t)).cast()),
-                )
-            };
-            let sum = _mm512_add_epi32(_mm512_slli_epi32::<8>(h), l);
-            let x = &batch.inputs[t];
-            let scale = _mm512_mul_ps(d, _mm512_set1_ps(x.d()[b]));
-            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, *acc);
-            if KIND != 8 {
-                *acc = _mm512_fmadd_ps(m, _mm512_set1_ps(x.s()[b]), *acc);
+            // SAFETY: row `first + t` of each sum tile; block `b` of input `t`.
+            unsafe {
+                let h = _mm512_load_si512(sums[0].add(PANEL * (first + t)).cast());
+                let l = _mm512_load_si512(sums[1].add(PANEL * (first + t)).cast());
+                *acc = finish_block::<KIND>(*acc, (h, l), scales, &batch.inputs[t], b);
             }
         }
     }
@@ -279,7 +253,7 @@ mod x86 {
         batch: &Batch,
         out: [&mut [[f32; PANEL]]; P],
     ) {
-        let (_, ub) = sizes::<KIND>();
+        let ub = unit_bytes(kind_dtype(KIND));
         let (m, nb) = (batch.len(), batch.blocks);
         let mut acc = [[_mm512_setzero_ps(); 8]; P];
         let mut weights = [Aligned([0u8; 1024]), Aligned([0u8; 1024])];

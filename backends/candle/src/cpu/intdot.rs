@@ -32,12 +32,12 @@ use sieve_backend::quant::{GgmlType, f16_to_f32};
 pub const PANEL: usize = 16;
 
 /// Bytes of one block's values in a row (32 values).
-fn value_bytes(dtype: GgmlType) -> usize {
+pub(crate) fn value_bytes(dtype: GgmlType) -> usize {
     if dtype == GgmlType::Q8_0 { 32 } else { 16 }
 }
 
 /// Bytes of one unit: a block of each of a panel's rows.
-fn unit_bytes(dtype: GgmlType) -> usize {
+pub(crate) fn unit_bytes(dtype: GgmlType) -> usize {
     PANEL * dtype.block_bytes()
 }
 
@@ -189,6 +189,74 @@ pub mod x86 {
         }
     }
 
+    /// The format a kernel's `KIND` names: Q4_0 (0), Q4_1 (1) or Q8_0 (8).
+    pub(crate) const fn kind_dtype(kind: u8) -> GgmlType {
+        match kind {
+            1 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            _ => GgmlType::Q4_0,
+        }
+    }
+
+    /// A 4-bit unit's values as 8 registers, register `j` holding values `4j..4j + 4` of
+    /// each of the 16 rows: the low halves of its four loads, then their high halves.
+    ///
+    /// # Safety
+    /// avx512f and avx512bw; `unit` is one 4-bit unit of a panel.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(crate) unsafe fn nibbles(unit: *const u8) -> [__m512i; 8] {
+        let low = _mm512_set1_epi8(0x0f);
+        let mut w = [_mm512_setzero_si512(); 8];
+        for c in 0..4 {
+            // SAFETY: four loads of 64 value bytes at `unit`.
+            let v = unsafe { _mm512_loadu_si512(unit.add(64 * c).cast()) };
+            w[c] = _mm512_and_si512(v, low);
+            w[4 + c] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+        }
+        w
+    }
+
+    /// A unit's 16 rows' scales `d` and what multiplies each input block's scaled sum:
+    /// the minimums (Q4_1), `-8 d` (Q4_0) or nothing (Q8_0).
+    ///
+    /// # Safety
+    /// avx512f and f16c; `unit` is one unit of a panel of format `KIND`.
+    #[inline]
+    #[target_feature(enable = "avx512f,f16c")]
+    pub(crate) unsafe fn unit_scales<const KIND: u8>(unit: *const u8) -> (__m512, __m512) {
+        let at = PANEL * value_bytes(kind_dtype(KIND));
+        // SAFETY: the scales (and minimums) follow the unit's values.
+        let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(unit.add(at).cast()) });
+        let m = match KIND {
+            1 => _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(unit.add(at + 32).cast()) }),
+            0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
+            _ => _mm512_setzero_ps(),
+        };
+        (d, m)
+    }
+
+    /// Block `b`'s integer sums `Σ w·h` (`h`) and `Σ w·l` (`l`) for 16 rows and input `x`,
+    /// scaled into `acc`. Every kernel finishes a block with these operations in this
+    /// order, so each gives the same bits.
+    ///
+    /// # Safety
+    /// avx512f; `b` is a block of `x`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn finish_block<const KIND: u8>(
+        acc: __m512,
+        (h, l): (__m512i, __m512i),
+        (d, m): (__m512, __m512),
+        x: &Quantized,
+        b: usize,
+    ) -> __m512 {
+        let sum = _mm512_add_epi32(_mm512_slli_epi32::<8>(h), l);
+        let scale = _mm512_mul_ps(d, _mm512_set1_ps(x.d()[b]));
+        let acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc);
+        if KIND == 8 { acc } else { _mm512_fmadd_ps(m, _mm512_set1_ps(x.s()[b]), acc) }
+    }
+
     /// A panel's 16 rows times each of `T` inputs: `out[t][i]` is row `i` · `xs[t]`. The
     /// weights' registers are made once per block for all inputs, and each input's sums
     /// are formed in the same order whatever `T`, so the results are those of `T`
@@ -221,15 +289,10 @@ pub mod x86 {
     /// As [`panel_dots`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
     unsafe fn panel_of<const T: usize, const KIND: u8>(panel: &[u8], xs: [&Quantized; T]) -> [__m512; T] {
-        let dtype = match KIND {
-            1 => GgmlType::Q4_1,
-            8 => GgmlType::Q8_0,
-            _ => GgmlType::Q4_0,
-        };
-        let (ub, vb) = (unit_bytes(dtype), value_bytes(dtype));
+        let ub = unit_bytes(kind_dtype(KIND));
         let nb = xs[0].d().len();
         assert!(panel.len() == nb * ub);
-        let (low, sign, zero) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(-128), _mm512_setzero_si512());
+        let (sign, zero) = (_mm512_set1_epi8(-128), _mm512_setzero_si512());
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
             // SAFETY (all reads below): unit `b` of the panel, block `b` of every input.
@@ -243,19 +306,10 @@ pub mod x86 {
                     wh[j] = _mm512_xor_si512(wl[j], sign);
                 }
             } else {
-                for c in 0..4 {
-                    let v = unsafe { _mm512_loadu_si512(unit.add(64 * c).cast()) };
-                    wh[c] = _mm512_and_si512(v, low);
-                    wh[4 + c] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
-                }
+                wh = unsafe { nibbles(unit) };
                 wl = wh;
             }
-            let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(unit.add(PANEL * vb).cast()) });
-            let m = match KIND {
-                1 => _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(unit.add(PANEL * vb + 32).cast()) }),
-                0 => _mm512_mul_ps(d, _mm512_set1_ps(-8.0)),
-                _ => _mm512_setzero_ps(),
-            };
+            let scales = unsafe { unit_scales::<KIND>(unit) };
             for t in 0..T {
                 let bytes = xs[t].bytes();
                 let (hi, lo) = unsafe {
@@ -277,12 +331,8 @@ pub mod x86 {
                 if KIND == 8 {
                     ah = _mm512_sub_epi32(ah, _mm512_set1_epi32(bytes.excess[b]));
                 }
-                let sum = _mm512_add_epi32(_mm512_slli_epi32::<8>(ah), _mm512_add_epi32(al[0], al[1]));
-                let scale = _mm512_mul_ps(d, _mm512_set1_ps(xs[t].d()[b]));
-                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[t]);
-                if KIND != 8 {
-                    acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(xs[t].s()[b]), acc[t]);
-                }
+                let sums = (ah, _mm512_add_epi32(al[0], al[1]));
+                acc[t] = unsafe { finish_block::<KIND>(acc[t], sums, scales, xs[t], b) };
             }
         }
         acc
