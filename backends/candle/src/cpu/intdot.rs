@@ -262,17 +262,25 @@ pub mod x86 {
     /// are formed in the same order whatever `T`, so the results are those of `T`
     /// separate calls.
     ///
+    /// `fetch`, a later panel of the same length, is prefetched into L2 a unit per block
+    /// as this one is multiplied (see [`panel_of`]).
+    ///
     /// # Safety
     /// avx512f, avx512bw, avx512vl, avx512vnni and f16c; `panel` is one panel of the
     /// inputs' length in the layout of [`super::split_panel`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    pub unsafe fn panel_dots<const T: usize>(dtype: GgmlType, panel: &[u8], xs: [&Quantized; T]) -> [[f32; PANEL]; T] {
+    pub unsafe fn panel_dots<const T: usize>(
+        dtype: GgmlType,
+        panel: &[u8],
+        fetch: Option<&[u8]>,
+        xs: [&Quantized; T],
+    ) -> [[f32; PANEL]; T] {
         // SAFETY: as this function's.
         let acc = unsafe {
             match dtype {
-                GgmlType::Q4_1 => panel_of::<T, 1>(panel, xs),
-                GgmlType::Q8_0 => panel_of::<T, 8>(panel, xs),
-                _ => panel_of::<T, 0>(panel, xs),
+                GgmlType::Q4_1 => panel_of::<T, 1>(panel, fetch, xs),
+                GgmlType::Q8_0 => panel_of::<T, 8>(panel, fetch, xs),
+                _ => panel_of::<T, 0>(panel, fetch, xs),
             }
         };
         let mut out = [[0f32; PANEL]; T];
@@ -285,16 +293,31 @@ pub mod x86 {
 
     /// [`panel_dots`] for Q4_0 (`KIND` 0), Q4_1 (1) or Q8_0 (8) rows.
     ///
+    /// The panel being fetched gets its unit `b` requested while unit `b` of this one is
+    /// multiplied, so that the requests to memory are spread over the arithmetic. Issued
+    /// all at once before the panel (a panel is 90 lines of the default model's rows), they
+    /// waited for free line-fill buffers, and the arithmetic waited behind them.
+    ///
     /// # Safety
     /// As [`panel_dots`].
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
-    unsafe fn panel_of<const T: usize, const KIND: u8>(panel: &[u8], xs: [&Quantized; T]) -> [__m512; T] {
+    unsafe fn panel_of<const T: usize, const KIND: u8>(
+        panel: &[u8],
+        fetch: Option<&[u8]>,
+        xs: [&Quantized; T],
+    ) -> [__m512; T] {
         let ub = unit_bytes(kind_dtype(KIND));
         let nb = xs[0].d().len();
-        assert!(panel.len() == nb * ub);
+        assert!(panel.len() == nb * ub && fetch.is_none_or(|f| f.len() == panel.len()));
         let (sign, zero) = (_mm512_set1_epi8(-128), _mm512_setzero_si512());
         let mut acc = [_mm512_setzero_ps(); T];
         for b in 0..nb {
+            if let Some(f) = fetch {
+                for line in (ub * b..ub * (b + 1)).step_by(64) {
+                    // SAFETY: a prefetch has no observable effect; `line` is inside `f`.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(f.as_ptr().add(line).cast()) };
+                }
+            }
             // SAFETY (all reads below): unit `b` of the panel, block `b` of every input.
             let unit = unsafe { panel.as_ptr().add(ub * b) };
             // The weights against `h` (unsigned: 4-bit values, or 8-bit ones plus 128)

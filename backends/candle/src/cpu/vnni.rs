@@ -156,20 +156,23 @@ impl Quantized {
 /// `panel` is not one panel of `x`'s length.
 pub fn panel_dot(dtype: GgmlType, panel: &[u8], x: &Quantized) -> [f32; PANEL] {
     let mut out = [[0f32; PANEL]];
-    panel_dots(dtype, panel, std::slice::from_ref(x), &mut out);
+    panel_dots(dtype, panel, None, std::slice::from_ref(x), &mut out);
     out[0]
 }
 
 /// [`panel_dot`] for up to four inputs at once (`out[t]` for `xs[t]`), the weights'
 /// registers made once for all of them: the same values as separate calls, for a decode
-/// step of several sequences.
+/// step of several sequences. `fetch`, a panel to be multiplied later, is requested from
+/// memory along the way (its values are not used).
 ///
 /// # Panics
-/// As [`panel_dot`], or if `xs` holds more than four inputs or inputs of different lengths.
-pub fn panel_dots(dtype: GgmlType, panel: &[u8], xs: &[Quantized], out: &mut [[f32; PANEL]]) {
+/// As [`panel_dot`], or if `xs` holds more than four inputs or inputs of different lengths,
+/// or `fetch` is not a panel of the same length.
+pub fn panel_dots(dtype: GgmlType, panel: &[u8], fetch: Option<&[u8]>, xs: &[Quantized], out: &mut [[f32; PANEL]]) {
     let cols = xs.first().map_or(0, |x| x.q.len());
     assert!(supported(dtype, PANEL, cols), "no integer kernel for {dtype:?} rows of {cols} on this CPU");
     assert!(panel.len() == PANEL * dtype.row_bytes(cols), "not one panel of {cols} columns");
+    assert!(fetch.is_none_or(|f| f.len() == panel.len()), "the panel to fetch is not one panel");
     assert!(xs.iter().all(|x| x.q.len() == cols) && out.len() == xs.len());
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `supported` detected avx512f, avx512bw, avx512vl, avx512vnni and f16c; the
@@ -178,10 +181,10 @@ pub fn panel_dots(dtype: GgmlType, panel: &[u8], xs: &[Quantized], out: &mut [[f
     unsafe {
         use intdot::x86::panel_dots as dots;
         match xs {
-            [a] => out[0] = dots(dtype, panel, [a])[0],
-            [a, b] => out.copy_from_slice(&dots(dtype, panel, [a, b])),
-            [a, b, c] => out.copy_from_slice(&dots(dtype, panel, [a, b, c])),
-            [a, b, c, d] => out.copy_from_slice(&dots(dtype, panel, [a, b, c, d])),
+            [a] => out[0] = dots(dtype, panel, fetch, [a])[0],
+            [a, b] => out.copy_from_slice(&dots(dtype, panel, fetch, [a, b])),
+            [a, b, c] => out.copy_from_slice(&dots(dtype, panel, fetch, [a, b, c])),
+            [a, b, c, d] => out.copy_from_slice(&dots(dtype, panel, fetch, [a, b, c, d])),
             _ => panic!("panel_dots takes one to four inputs, not {}", xs.len()),
         }
     }
@@ -255,7 +258,7 @@ mod tests {
                 .collect();
             for n in 1..=4 {
                 let mut out = vec![[0f32; PANEL]; n];
-                panel_dots(dtype, &panel, &xs[..n], &mut out);
+                panel_dots(dtype, &panel, None, &xs[..n], &mut out);
                 for (t, got) in out.iter().enumerate() {
                     let alone = panel_dot(dtype, &panel, &xs[t]);
                     assert_eq!(got.map(f32::to_bits), alone.map(f32::to_bits), "{dtype:?}, {n} inputs, input {t}");
