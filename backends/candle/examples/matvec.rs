@@ -1,6 +1,8 @@
 //! Weights read per second by the CPU kernels' matrix × vector products (a decode step's
-//! work), for one Q4_1 matrix of 1,536 × 576 from cache and for 64 of them streamed from
-//! memory: `cargo run --release -p sieve-candle --example matvec [q4_0|q4_1|q8_0] [inputs]`.
+//! work), for one matrix of 1,536 × 576 from cache, for 64 of them streamed from memory,
+//! and for the default model's matrices (30 layers' products in the format given and the
+//! 49,152 × 576 Q8_0 output, as a decode step reads them):
+//! `cargo run --release -p sieve-candle --example matvec [q4_0|q4_1|q8_0] [inputs]`.
 //! Set `SIEVE_THREADS` as for sieve.
 
 use std::time::Instant;
@@ -19,7 +21,7 @@ fn main() {
     };
     let inputs: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(1);
     let (rows, cols) = (1536, 576);
-    let matrix = |seed: usize| {
+    let matrix_of = |dtype: GgmlType, rows: usize, cols: usize, seed: usize| {
         let values: Vec<f32> =
             (0..rows * cols).map(|i| (((i + seed) * 2_654_435_761 % 1000) as f32 - 500.0) / 700.0).collect();
         let bytes = quantize(dtype, &values).expect("a quantizable format");
@@ -29,21 +31,43 @@ fn main() {
             packed: Some(Packed { dtype, bytes }),
         })
     };
-    let x: Vec<f32> = (0..inputs * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 60.0).collect();
-    let mut y = vec![0f32; inputs * rows];
-    for (name, count, reps) in [("from cache", 1, 20_000), ("streamed", 64, 300)] {
-        let ms: Vec<Matrix> = (0..count).map(matrix).collect();
-        let bytes: usize = ms.iter().map(Matrix::bytes).sum();
-        for m in &ms {
-            matmul_t(m, &x, &mut y);
-        }
-        let start = Instant::now();
-        for _ in 0..reps {
-            for m in &ms {
-                matmul_t(m, &x, &mut y);
+    let matrix = |seed: usize| matrix_of(dtype, rows, cols, seed);
+    // The default model's products per layer (q/k/v and gate/up fused) and its output.
+    let model = || {
+        let mut ms = Vec::new();
+        for layer in 0..30 {
+            for (r, c) in [(960, 576), (576, 576), (3072, 576), (576, 1536)] {
+                ms.push(matrix_of(dtype, r, c, 7 * layer + r));
             }
         }
+        ms.push(matrix_of(GgmlType::Q8_0, 49_152, 576, 3));
+        ms
+    };
+    let x: Vec<f32> = (0..inputs * 1536).map(|i| ((i * 37 % 101) as f32 - 50.0) / 60.0).collect();
+    let cases: [(&str, Vec<Matrix>, usize); 3] = [
+        ("from cache", vec![matrix(0)], 20_000),
+        ("streamed", (0..64).map(matrix).collect(), 300),
+        ("the default model's matrices", model(), 100),
+    ];
+    for (name, ms, reps) in cases {
+        let bytes: usize = ms.iter().map(Matrix::bytes).sum();
+        let pass = || {
+            for m in &ms {
+                let mut y = vec![0f32; inputs * m.rows()];
+                matmul_t(m, &x[..inputs * m.cols()], &mut y);
+                std::hint::black_box(&y);
+            }
+        };
+        pass();
+        let start = Instant::now();
+        for _ in 0..reps {
+            pass();
+        }
         let s = start.elapsed().as_secs_f64();
-        println!("{dtype:?} {inputs} input(s), {name}: {:.1} GB/s of weights", (bytes * reps) as f64 / s / 1e9);
+        println!(
+            "{dtype:?} {inputs} input(s), {name}: {:.1} GB/s of weights, {:.2} ms per pass",
+            (bytes * reps) as f64 / s / 1e9,
+            s * 1e3 / reps as f64
+        );
     }
 }
