@@ -23,9 +23,9 @@ const PREFETCH_ROWS: usize = 8;
 /// How many panels ahead of the one being multiplied the integer kernels request rows from
 /// memory. Measured on the default model's shapes (30 layers' Q4_1 matrices and the Q8_0
 /// output, one input, two threads, variants alternating in one process): 4.24 ms per
-/// token at two panels, 4.33 at three, against 5.18 with the next panel requested all at
-/// once before each panel; 6.0 at six; no request at all was slowest (8.7 against 6.3 in
-/// a noisier run).
+/// pass over them at two panels, 4.33 at three, against 5.18 with the next panel requested all at
+/// once before each panel; in noisier runs, 5.50 at four and 5.97 at eight against 6.33,
+/// and no request at all slowest (8.7 against 6.3).
 const FETCH_PANELS: usize = 2;
 
 /// Splits `rows` output rows into tasks of whole multiples of `align` and runs
