@@ -342,9 +342,15 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "512,2048")]
     pub lengths: Vec<usize>,
     /// Tokens after each context scored for perplexity against the pruned cache
-    /// (compressed-context protocol, one window).
+    /// (compressed-context protocol).
     #[arg(long, default_value_t = 64)]
     pub continuation: usize,
+
+    /// Consecutive windows (context plus continuation) scored for perplexity: the first is
+    /// the text the timed runs read; with more than one, the table adds the perplexity over
+    /// all of them and the frontier plots that (one window is a noisy measure).
+    #[arg(long, default_value_t = 1)]
+    pub ppl_windows: usize,
     /// Tokens generated (greedy) after each context to time decoding, as `generate -n`.
     #[arg(long, default_value_t = 32)]
     pub decode_tokens: usize,

@@ -91,6 +91,53 @@ fn unpruned_bench_agrees_with_generate() {
 /// One passkey trial per policy: 256 tokens, the key in the middle.
 const PASSKEY_256: [&str; 7] = ["passkey", "--lengths", "256", "--depths", "0.5", "--seeds", "1"];
 
+/// `--ppl-windows`: the first window's perplexity and the pooled one over every window are
+/// exactly what `sieve perplexity` reports for the same policy, windows and text.
+#[test]
+fn bench_perplexity_windows_match_sieve_perplexity() {
+    let _serial = serial();
+    let text: String = wikitext().chars().take(30_000).collect();
+    let dir = TempDir::dir("bench-windows");
+    let (text_file, out) = (dir.0.join("text.txt"), dir.0.join("results"));
+    std::fs::write(&text_file, &text).unwrap();
+    let policy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/lazy-prefill.toml");
+    run_ok(
+        sieve()
+            .args(["bench", "--keeps", "0.5", "--lengths", "256", "--continuation", "32", "--ppl-windows", "3"])
+            .args(["--decode-tokens", "2", "--policies"])
+            .arg(&policy)
+            .arg("--file")
+            .arg(&text_file)
+            .arg("--out")
+            .arg(&out),
+    );
+    let results: Value = serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["ppl_windows"], 3);
+    let points = results["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2, "{results}");
+    for (point, policy) in points.iter().zip([None, Some(&policy)]) {
+        let mut cmd = sieve();
+        cmd.args(["perplexity", "--context", "256", "--continuation", "32", "--windows", "3", "--json", "--file"])
+            .arg(&text_file);
+        if let Some(p) = policy {
+            cmd.arg("--policy").arg(p).args(["--keep", "0.5"]);
+        }
+        let report: Value = serde_json::from_slice(&run_ok(&mut cmd).stdout).unwrap();
+        let first = &report["windows"][0];
+        let first = (first["nll"].as_f64().unwrap() / first["scored"].as_f64().unwrap()).exp();
+        let pooled = report["perplexity"].as_f64().unwrap();
+        let close = |a: &Value, b: f64| (a.as_f64().unwrap() - b).abs() <= 1e-9 * b;
+        assert!(close(&point["perplexity"], first), "first window: bench {point}, perplexity {report}");
+        assert!(close(&point["perplexity_windows"], pooled), "pooled: bench {point}, perplexity {report}");
+        // The windows differ, so the pooled figure is not the first window's.
+        assert!((first - pooled).abs() > 1e-3 * pooled, "{report}");
+    }
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("| ppl, 3 windows | change |"), "{md}");
+    let frontier = std::fs::read_to_string(out.join("frontier.svg")).unwrap();
+    assert!(frontier.contains("perplexity change over all windows"), "{frontier}");
+}
+
 #[test]
 fn unpruned_model_finds_the_passkey() {
     let _serial = serial();
@@ -125,6 +172,7 @@ fn bad_grids_are_clear_errors() {
     let cases: &[(&[&str], &str)] = &[
         (&["bench", "--keeps", "1.5"], "--keeps: 1.5"),
         (&["bench", "--policies", "nosuch"], "configs/nosuch.toml does not exist"),
+        (&["bench", "--ppl-windows", "0"], "perplexity windows"),
         (&["passkey", "--depths", "2"], "depths: 2 is outside 0..=1"),
         (&["passkey", "--policies", "/nonexistent/p.toml"], "/nonexistent/p.toml"),
         (&["passkey", "--lengths", "10", "--policies", "none"], "too short"),

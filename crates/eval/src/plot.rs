@@ -157,12 +157,15 @@ pub fn quality(points: &[Point]) -> Result<String> {
 }
 
 /// The frontier: TTFT speedup against the perplexity change (%), one line per policy (and
-/// length) through its kept fractions; the unpruned model is the point (0, 1).
+/// length) through its kept fractions; the unpruned model is the point (0, 1). The change
+/// is over every perplexity window where the run scored several, else the first.
 pub fn frontier(points: &[Point]) -> Result<String> {
     let mut out: Vec<Line> = Vec::new();
+    let pooled = points.iter().any(|p| p.perplexity_windows_ratio.is_finite());
     for p in points.iter().filter(|p| p.policy != "none") {
         let label = format!("{} ({} tokens)", p.policy, p.length);
-        let at = (100.0 * (p.perplexity_ratio - 1.0), p.ttft_speedup);
+        let change = if pooled { p.perplexity_windows_ratio } else { p.perplexity_ratio };
+        let at = (100.0 * (change - 1.0), p.ttft_speedup);
         if !(at.0.is_finite() && at.1.is_finite()) {
             continue;
         }
@@ -175,7 +178,8 @@ pub fn frontier(points: &[Point]) -> Result<String> {
         l.points.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
     out.insert(0, Line { label: "none".into(), points: vec![(0.0, 1.0)], baseline: false, joined: false });
-    let axes = Axes { x_desc: "perplexity change (%)", y_desc: "TTFT speedup over none (x)", x_range: None };
+    let x_desc = if pooled { "perplexity change over all windows (%)" } else { "perplexity change (%)" };
+    let axes = Axes { x_desc, y_desc: "TTFT speedup over none (x)", x_range: None };
     svg("Time to first token against perplexity", &axes, &out)
 }
 

@@ -38,10 +38,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let options = BenchOptions {
         lengths: args.lengths.clone(),
         continuation: args.continuation,
+        ppl_windows: args.ppl_windows,
         decode_tokens: args.decode_tokens,
         repeats: args.repeats,
     };
-    options.validate().context("--lengths, --continuation, --decode-tokens, --repeats")?;
+    options.validate().context("--lengths, --continuation, --ppl-windows, --decode-tokens, --repeats")?;
     let grid = grid(&args)?;
     let text_path =
         args.file.clone().unwrap_or_else(|| sieve_eval::data::wikitext_test_split(Path::new("../shared/data")));
@@ -55,7 +56,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .check_model(model.config.n_layers)
             .with_context(|| format!("policy `{name}` does not fit the model"))?;
     }
-    if options.tokens_needed() > model.config.context {
+    if options.window_tokens() > model.config.context {
         bail!("--lengths plus the continuation exceed the model's context of {} tokens", model.config.context);
     }
     let tokens = sieve_eval::data::first_tokens(&model.tokenizer, &text, options.tokens_needed())
@@ -72,6 +73,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         backend: args.runtime.backend.to_string(),
         text: text_path.display().to_string(),
         continuation: args.continuation,
+        ppl_windows: args.ppl_windows,
         decode_tokens: args.decode_tokens,
         repeats: args.repeats,
         peak_rss_bytes: peak_rss_bytes(),
