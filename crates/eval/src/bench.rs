@@ -51,6 +51,12 @@ pub struct Point {
     /// The same over every window of the run's `ppl_windows` (the first included), their
     /// scored tokens pooled; NaN (null) with one window.
     pub perplexity_windows: f64,
+    /// Median TTFT of the unpruned runs timed alternately with this point's (the
+    /// baseline's own for `none`): the speedups compare with these, so a machine whose
+    /// speed drifts during the grid moves both sides alike.
+    pub baseline_ttft_ms: f64,
+    /// Median decode speed of those unpruned runs.
+    pub baseline_decode_tok_s: f64,
     /// Baseline TTFT over this TTFT.
     pub ttft_speedup: f64,
     /// Decode speed over the baseline's.
@@ -88,6 +94,9 @@ struct Raw {
     stats: RunStats,
     ttft_ms_runs: Vec<f64>,
     decode_runs: Vec<f64>,
+    /// The unpruned runs timed alternately with these (none for the baseline itself).
+    base_ttft_ms_runs: Vec<f64>,
+    base_decode_runs: Vec<f64>,
     kv_prefill: usize,
     perplexity: f64,
     perplexity_windows: f64,
@@ -121,7 +130,13 @@ fn measure<B: Backend>(
     options: &BenchOptions,
 ) -> Result<Raw> {
     let (mut ttft_ms_runs, mut decode_runs, mut last) = (Vec::new(), Vec::new(), None);
+    let (mut base_ttft_ms_runs, mut base_decode_runs) = (Vec::new(), Vec::new());
     for _ in 0..options.repeats {
+        if !policy.is_none() {
+            let stats = generation(backend, tokenizer, &Policy::none(), &tokens[..length], options.decode_tokens)?;
+            base_ttft_ms_runs.push(stats.ttft_ms);
+            base_decode_runs.push(stats.decode_tok_s);
+        }
         let stats = generation(backend, tokenizer, policy, &tokens[..length], options.decode_tokens)?;
         ttft_ms_runs.push(stats.ttft_ms);
         decode_runs.push(stats.decode_tok_s);
@@ -133,7 +148,16 @@ fn measure<B: Backend>(
     let first = report.windows.first().ok_or_else(|| Error::Invalid("no perplexity window".into()))?;
     let (kv_prefill, perplexity) = (first.kv_bytes, (first.nll / first.scored.max(1) as f64).exp());
     let perplexity_windows = if windows > 1 { report.perplexity } else { f64::NAN };
-    Ok(Raw { stats, ttft_ms_runs, decode_runs, kv_prefill, perplexity, perplexity_windows })
+    Ok(Raw {
+        stats,
+        ttft_ms_runs,
+        decode_runs,
+        base_ttft_ms_runs,
+        base_decode_runs,
+        kv_prefill,
+        perplexity,
+        perplexity_windows,
+    })
 }
 
 fn point(length: usize, name: &str, keep: f64, raw: Raw, base: Option<&Point>) -> Point {
@@ -141,6 +165,11 @@ fn point(length: usize, name: &str, keep: f64, raw: Raw, base: Option<&Point>) -
     let layers = s.tokens_per_layer.len().max(1);
     let ttft_ms = median(&raw.ttft_ms_runs);
     let decode_tok_s = median(&raw.decode_runs);
+    let (baseline_ttft_ms, baseline_decode_tok_s) = if raw.base_ttft_ms_runs.is_empty() {
+        (ttft_ms, decode_tok_s)
+    } else {
+        (median(&raw.base_ttft_ms_runs), median(&raw.base_decode_runs))
+    };
     let mut p = Point {
         length,
         policy: name.into(),
@@ -157,6 +186,8 @@ fn point(length: usize, name: &str, keep: f64, raw: Raw, base: Option<&Point>) -
         flops_saved: s.flops_saved,
         perplexity: raw.perplexity,
         perplexity_windows: raw.perplexity_windows,
+        baseline_ttft_ms,
+        baseline_decode_tok_s,
         ttft_speedup: 1.0,
         decode_speedup: 1.0,
         kv_ratio: 1.0,
@@ -165,8 +196,8 @@ fn point(length: usize, name: &str, keep: f64, raw: Raw, base: Option<&Point>) -
         perplexity_windows_ratio: if raw.perplexity_windows.is_finite() { 1.0 } else { f64::NAN },
     };
     if let Some(b) = base {
-        p.ttft_speedup = ratio(b.ttft_ms, p.ttft_ms);
-        p.decode_speedup = ratio(p.decode_tok_s, b.decode_tok_s);
+        p.ttft_speedup = ratio(p.baseline_ttft_ms, p.ttft_ms);
+        p.decode_speedup = ratio(p.decode_tok_s, p.baseline_decode_tok_s);
         p.kv_ratio = ratio(p.kv_bytes as f64, b.kv_bytes as f64);
         p.kv_prefill_ratio = ratio(p.kv_bytes_prefill as f64, b.kv_bytes_prefill as f64);
         p.perplexity_ratio = ratio(p.perplexity, b.perplexity);
@@ -230,7 +261,8 @@ pub struct GridEntry {
 }
 
 /// Measures every entry of `grid` at every length of `options`, the unpruned model first
-/// at each length (the baseline of the ratios), after one unmeasured warm-up run.
+/// at each length (the baseline of the ratios), after one unmeasured warm-up run. Each
+/// point's timed runs alternate with as many unpruned ones, its speedups' baseline.
 /// `tokens` holds at least [`BenchOptions::tokens_needed`] tokens; `progress` receives one
 /// line per point.
 pub fn run_grid<B: Backend>(

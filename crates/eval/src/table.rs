@@ -58,7 +58,9 @@ pub fn markdown(r: &Results) -> String {
     out.push_str(&format!(
         "\nNotes:\n\n\
          - Every ratio compares a point with the unpruned model (`none`) at the same length, measured in the same \
-         process (after one unmeasured warm-up generation).\n\
+         process (after one unmeasured warm-up generation). The speedups compare with unpruned runs timed \
+         alternately with the point's own (`baseline_ttft_ms` in results.json), so a drift of the machine's speed \
+         during the grid moves both sides alike.\n\
          - TTFT (prefill plus the first token) and decode tokens/s come from a greedy generation of up to {} tokens \
          after the first `length` tokens of the text: the run `sieve generate --raw -n {}` makes (median of {} run(s)).\n\
          - KV after prefill: the cache right after the context's prefill. KV at end: after the generation, as \
