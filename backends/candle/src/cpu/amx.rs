@@ -41,7 +41,7 @@ pub fn available() -> bool {
             // ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA: 0 once granted.
             const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
             const XFEATURE_XTILEDATA: libc::c_long = 18;
-            cpu && vnni::cpu()
+            cpu && vnni::vnni()
                 && std::env::var_os("SIEVE_NO_AMX").is_none()
                 // SAFETY: a request for a permission; it touches no memory of ours.
                 && unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0

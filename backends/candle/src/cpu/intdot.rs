@@ -1,5 +1,6 @@
 //! Integer dot products of quantized rows (Q4_0, Q4_1, Q8_0) with a 16-bit input, by
-//! 8-bit VNNI (`vpdpbusd`, 64 byte products per instruction) without losing a bit.
+//! 8-bit VNNI (`vpdpbusd`, 64 byte products per instruction) without losing a bit, or on
+//! CPUs without VNNI by AVX-512BW's 16-bit products (`vpmaddwd`), to the same bits.
 //!
 //! Each 16-bit input value `q` is split in bytes, `q = 256 h + l` (`h` signed, `l`
 //! unsigned), and a block's integer sum is `256 Σ w·h + Σ w·l`. `vpdpbusd` multiplies
@@ -265,22 +266,30 @@ pub mod x86 {
     /// `fetch`, a later panel of the same length, is prefetched into L2 a unit per block
     /// as this one is multiplied (see [`panel_of`]).
     ///
+    /// With `vnni`, the products are VNNI's byte products ([`panel_of`]); without, the
+    /// 16-bit products of AVX-512BW ([`panel_of_bw`]). Both form the same integer sums, so
+    /// they give the same bits.
+    ///
     /// # Safety
-    /// avx512f, avx512bw, avx512vl, avx512vnni and f16c; `panel` is one panel of the
-    /// inputs' length in the layout of [`super::split_panel`].
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,f16c")]
+    /// avx512f, avx512bw, avx512vl and f16c, and avx512vnni if `vnni`; `panel` is one panel
+    /// of the inputs' length in the layout of [`super::split_panel`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
     pub unsafe fn panel_dots<const T: usize>(
         dtype: GgmlType,
         panel: &[u8],
         fetch: Option<&[u8]>,
         xs: [&Quantized; T],
+        vnni: bool,
     ) -> [[f32; PANEL]; T] {
         // SAFETY: as this function's.
         let acc = unsafe {
-            match dtype {
-                GgmlType::Q4_1 => panel_of::<T, 1>(panel, fetch, xs),
-                GgmlType::Q8_0 => panel_of::<T, 8>(panel, fetch, xs),
-                _ => panel_of::<T, 0>(panel, fetch, xs),
+            match (dtype, vnni) {
+                (GgmlType::Q4_1, true) => panel_of::<T, 1>(panel, fetch, xs),
+                (GgmlType::Q8_0, true) => panel_of::<T, 8>(panel, fetch, xs),
+                (_, true) => panel_of::<T, 0>(panel, fetch, xs),
+                (GgmlType::Q4_1, false) => panel_of_bw::<T, 1>(panel, fetch, xs),
+                (GgmlType::Q8_0, false) => panel_of_bw::<T, 8>(panel, fetch, xs),
+                (_, false) => panel_of_bw::<T, 0>(panel, fetch, xs),
             }
         };
         let mut out = [[0f32; PANEL]; T];
@@ -356,6 +365,91 @@ pub mod x86 {
                 }
                 let sums = (ah, _mm512_add_epi32(al[0], al[1]));
                 acc[t] = unsafe { finish_block::<KIND>(acc[t], sums, scales, xs[t], b) };
+            }
+        }
+        acc
+    }
+
+    /// [`panel_of`] on CPUs without VNNI (AVX-512BW, as on Skylake-SP): each block's sum
+    /// `Σ w·q` by `vpmaddwd`, 16-bit weights times the 16-bit input two values at a time.
+    /// A lane's four weights are taken apart into two registers of 16-bit words (values
+    /// `4j` and `4j + 2` of each row, then `4j + 1` and `4j + 3`), and the input's block is
+    /// put in the same pair order once per block, so each lane still sums its own row. The
+    /// sum is the integer `256 Σ w·h + Σ w·l` the VNNI kernel forms (no 16-bit product or
+    /// pair of them overflows: `|w| ≤ 128`, `|q| ≤ 32767`), finished the same way: the
+    /// same bits.
+    ///
+    /// # Safety
+    /// avx512f, avx512bw, avx512vl and f16c; `panel` as in [`panel_dots`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    unsafe fn panel_of_bw<const T: usize, const KIND: u8>(
+        panel: &[u8],
+        fetch: Option<&[u8]>,
+        xs: [&Quantized; T],
+    ) -> [__m512; T] {
+        /// Word `i` of a block in pair order is value `PAIR_ORDER[i]`: 0, 2, 1, 3, 4, 6, 5, 7...
+        const PAIR_ORDER: [i16; 32] = {
+            let mut order = [0i16; 32];
+            let mut i = 0;
+            while i < 32 {
+                order[i] = (i - i % 4 + [0, 2, 1, 3][i % 4]) as i16;
+                i += 1;
+            }
+            order
+        };
+        let ub = unit_bytes(kind_dtype(KIND));
+        let nb = xs[0].d().len();
+        assert!(panel.len() == nb * ub && fetch.is_none_or(|f| f.len() == panel.len()));
+        assert!(xs.iter().all(|x| x.q().len() == 32 * nb));
+        let zero = _mm512_setzero_si512();
+        let nibble = _mm512_set1_epi16(0x0f);
+        // SAFETY: 32 words.
+        let order = unsafe { _mm512_loadu_si512(PAIR_ORDER.as_ptr().cast()) };
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            if let Some(f) = fetch {
+                for line in (ub * b..ub * (b + 1)).step_by(64) {
+                    // SAFETY: a prefetch has no observable effect; `line` is inside `f`.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(f.as_ptr().add(line).cast()) };
+                }
+            }
+            // SAFETY (all reads below): unit `b` of the panel, block `b` of every input.
+            let unit = unsafe { panel.as_ptr().add(ub * b) };
+            // Register `j`'s values `4j, 4j + 2` (`even`) and `4j + 1, 4j + 3` (`odd`) of
+            // each row, as 16-bit words.
+            let (mut even, mut odd) = ([zero; 8], [zero; 8]);
+            if KIND == 8 {
+                for j in 0..8 {
+                    let w = unsafe { _mm512_loadu_si512(unit.add(64 * j).cast()) };
+                    even[j] = _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(w));
+                    odd[j] = _mm512_srai_epi16::<8>(w);
+                }
+            } else {
+                // Load `c`'s low halves are values `4c..`, its high halves `16 + 4c..`.
+                for c in 0..4 {
+                    let v = unsafe { _mm512_loadu_si512(unit.add(64 * c).cast()) };
+                    even[c] = _mm512_and_si512(v, nibble);
+                    odd[c] = _mm512_and_si512(_mm512_srli_epi16::<8>(v), nibble);
+                    even[4 + c] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
+                    odd[4 + c] = _mm512_srli_epi16::<12>(v);
+                }
+            }
+            let scales = unsafe { unit_scales::<KIND>(unit) };
+            for t in 0..T {
+                let mut pairs = [0i32; 16];
+                unsafe {
+                    let q = _mm512_loadu_si512(xs[t].q().as_ptr().add(32 * b).cast());
+                    _mm512_storeu_si512(pairs.as_mut_ptr().cast(), _mm512_permutexvar_epi16(order, q));
+                }
+                // Four chains, so that each waits less on the one before.
+                let (mut ae, mut ao) = ([zero; 2], [zero; 2]);
+                for j in 0..8 {
+                    let (e, o) = (_mm512_set1_epi32(pairs[2 * j]), _mm512_set1_epi32(pairs[2 * j + 1]));
+                    ae[j % 2] = _mm512_add_epi32(ae[j % 2], _mm512_madd_epi16(even[j], e));
+                    ao[j % 2] = _mm512_add_epi32(ao[j % 2], _mm512_madd_epi16(odd[j], o));
+                }
+                let sum = _mm512_add_epi32(_mm512_add_epi32(ae[0], ae[1]), _mm512_add_epi32(ao[0], ao[1]));
+                acc[t] = unsafe { finish_block::<KIND>(acc[t], (zero, sum), scales, xs[t], b) };
             }
         }
         acc

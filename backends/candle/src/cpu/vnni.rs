@@ -1,6 +1,6 @@
 //! Integer dot products for Q4_0, Q4_1 and Q8_0 rows: the input vector is quantized to
 //! 16 bits per block of 32 values (one `f32` scale per block), each block's products are
-//! summed as integers by AVX-512 VNNI and then scaled in `f32` ([`super::intdot`] holds the
+//! summed as integers by AVX-512 VNNI (or, without it, AVX-512BW) and then scaled in `f32` ([`super::intdot`] holds the
 //! kernels and their layout). That is far fewer instructions per weight than decoding the
 //! blocks to `f32` ([`super::qdot`]).
 //!
@@ -24,8 +24,8 @@ pub fn supported(dtype: GgmlType, rows: usize, cols: usize) -> bool {
         && matches!(dtype, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0)
 }
 
-/// Whether this CPU has the instructions of the kernels, detected once (set
-/// `SIEVE_NO_VNNI` to use the `f32` kernels instead).
+/// Whether this CPU has the instructions of the integer kernels (AVX-512 F, BW and VL, and
+/// F16C), detected once (set `SIEVE_NO_INTDOT` to use the `f32` kernels instead).
 pub(crate) fn cpu() -> bool {
     use std::sync::OnceLock;
     static CPU: OnceLock<bool> = OnceLock::new();
@@ -33,11 +33,26 @@ pub(crate) fn cpu() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             isa() == Isa::Avx512
-                && std::env::var_os("SIEVE_NO_VNNI").is_none()
+                && std::env::var_os("SIEVE_NO_INTDOT").is_none()
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512vnni")
                 && is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+/// Whether the integer kernels use VNNI's byte products (else AVX-512BW's 16-bit ones, the
+/// same bits with about twice the instructions), detected once (set `SIEVE_NO_VNNI` to use
+/// the 16-bit ones on a CPU that has VNNI).
+pub(crate) fn vnni() -> bool {
+    use std::sync::OnceLock;
+    static VNNI: OnceLock<bool> = OnceLock::new();
+    *VNNI.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            cpu() && std::env::var_os("SIEVE_NO_VNNI").is_none() && is_x86_feature_detected!("avx512vnni")
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
@@ -128,6 +143,11 @@ impl Quantized {
         self
     }
 
+    /// The 16-bit values.
+    pub(crate) fn q(&self) -> &[i16] {
+        &self.q
+    }
+
     /// The scale of each block.
     pub(crate) fn d(&self) -> &[f32] {
         &self.d
@@ -175,16 +195,17 @@ pub fn panel_dots(dtype: GgmlType, panel: &[u8], fetch: Option<&[u8]>, xs: &[Qua
     assert!(fetch.is_none_or(|f| f.len() == panel.len()), "the panel to fetch is not one panel");
     assert!(xs.iter().all(|x| x.q.len() == cols) && out.len() == xs.len());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `supported` detected avx512f, avx512bw, avx512vl, avx512vnni and f16c; the
-    // panel holds 16 rows of `cols` values and every input has `cols` values, asserted
-    // above.
+    // SAFETY: `supported` detected avx512f, avx512bw, avx512vl and f16c, and `vnni`
+    // avx512vnni; the panel holds 16 rows of `cols` values and every input has `cols`
+    // values, asserted above.
     unsafe {
         use intdot::x86::panel_dots as dots;
+        let v = vnni();
         match xs {
-            [a] => out[0] = dots(dtype, panel, fetch, [a])[0],
-            [a, b] => out.copy_from_slice(&dots(dtype, panel, fetch, [a, b])),
-            [a, b, c] => out.copy_from_slice(&dots(dtype, panel, fetch, [a, b, c])),
-            [a, b, c, d] => out.copy_from_slice(&dots(dtype, panel, fetch, [a, b, c, d])),
+            [a] => out[0] = dots(dtype, panel, fetch, [a], v)[0],
+            [a, b] => out.copy_from_slice(&dots(dtype, panel, fetch, [a, b], v)),
+            [a, b, c] => out.copy_from_slice(&dots(dtype, panel, fetch, [a, b, c], v)),
+            [a, b, c, d] => out.copy_from_slice(&dots(dtype, panel, fetch, [a, b, c, d], v)),
             _ => panic!("panel_dots takes one to four inputs, not {}", xs.len()),
         }
     }
@@ -358,6 +379,62 @@ mod tests {
                         "{dtype:?} {cols} row {r}: input error over the bound"
                     );
                 }
+            }
+        }
+    }
+
+    /// The 16-bit products (for CPUs without VNNI) are the decoded product on every CPU
+    /// with AVX-512BW, and give the VNNI kernel's bits where that runs too, for every
+    /// format, the 8-bit extreme -128 and inputs at full scale included.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn both_integer_kernels_give_the_same_bits() {
+        if !cpu() {
+            eprintln!("skipped: no integer kernel on this CPU");
+            return;
+        }
+        let vnni = is_x86_feature_detected!("avx512vnni");
+        for (dtype, cols) in FORMATS.into_iter().flat_map(|d| [(d, 32), (d, 576), (d, 1536)]) {
+            let mut gguf = rows(dtype, PANEL, cols);
+            if dtype == GgmlType::Q8_0 {
+                // Row 3's first block all -128.
+                let at = 3 * dtype.row_bytes(cols);
+                gguf[at + 2..at + 34].fill(0x80);
+            }
+            let panel = split(dtype, cols, &gguf);
+            let mut w = vec![0f32; PANEL * cols];
+            decode(dtype, &gguf, &mut w);
+            let xs: Vec<Quantized> = (0..4)
+                .map(|t| {
+                    Quantized::new(
+                        &(0..cols)
+                            .map(|i| if (i + t) % 3 == 0 { -3.0 } else { ((i * (29 + t) % 17) as f32 - 8.0) / 9.0 })
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .collect();
+            let inputs = [&xs[0], &xs[1], &xs[2], &xs[3]];
+            // SAFETY: `cpu` detected avx512f, avx512bw, avx512vl and f16c; one panel of
+            // `cols` columns, inputs of `cols` values.
+            let bw = unsafe { intdot::x86::panel_dots(dtype, &panel, None, inputs, false) };
+            for (t, got) in bw.iter().enumerate() {
+                let xq = xs[t].values();
+                for r in 0..PANEL {
+                    let w = &w[r * cols..(r + 1) * cols];
+                    let exact: f64 = w.iter().zip(&xq).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                    let mass: f64 = w.iter().zip(&xq).map(|(&a, &b)| f64::from((a * b).abs())).sum();
+                    assert!(
+                        (f64::from(got[r]) - exact).abs() <= 1e-5 * mass.max(1.0),
+                        "{dtype:?} {cols} input {t} row {r}"
+                    );
+                }
+            }
+            if vnni {
+                // SAFETY: as above, and avx512vnni detected.
+                let v = unsafe { intdot::x86::panel_dots(dtype, &panel, None, inputs, true) };
+                assert_eq!(bw.map(|o| o.map(f32::to_bits)), v.map(|o| o.map(f32::to_bits)), "{dtype:?} {cols}");
+            } else {
+                eprintln!("{dtype:?} {cols}: no VNNI here, the 16-bit products checked alone");
             }
         }
     }
