@@ -132,6 +132,17 @@ fn bench_perplexity_windows_match_sieve_perplexity() {
         // The windows differ, so the pooled figure is not the first window's.
         assert!((first - pooled).abs() > 1e-3 * pooled, "{report}");
     }
+    // Each point's speedups are against the unpruned runs timed alternately with it; the
+    // baseline's own are its runs.
+    let ms = |p: &Value, key: &str| p[key].as_f64().unwrap();
+    assert_eq!(ms(&points[0], "baseline_ttft_ms"), ms(&points[0], "ttft_ms"), "{results}");
+    assert_eq!(ms(&points[0], "baseline_decode_tok_s"), ms(&points[0], "decode_tok_s"), "{results}");
+    let pruned = &points[1];
+    assert!(ms(pruned, "baseline_ttft_ms") > 0.0 && ms(pruned, "baseline_decode_tok_s") > 0.0, "{pruned}");
+    let speedup = ms(pruned, "baseline_ttft_ms") / ms(pruned, "ttft_ms");
+    assert!((ms(pruned, "ttft_speedup") - speedup).abs() <= 1e-9 * speedup, "{pruned}");
+    let decode = ms(pruned, "decode_tok_s") / ms(pruned, "baseline_decode_tok_s");
+    assert!((ms(pruned, "decode_speedup") - decode).abs() <= 1e-9 * decode, "{pruned}");
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("| ppl, 3 windows | change |"), "{md}");
     let frontier = std::fs::read_to_string(out.join("frontier.svg")).unwrap();
