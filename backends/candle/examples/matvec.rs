@@ -28,7 +28,7 @@ fn main() {
         Matrix::from_weight(HostWeight {
             data: Vec::new(),
             shape: vec![rows, cols],
-            packed: Some(Packed { dtype, bytes }),
+            packed: Some(Packed::new(dtype, bytes)),
         })
     };
     let matrix = |seed: usize| matrix_of(dtype, rows, cols, seed);

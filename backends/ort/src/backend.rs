@@ -6,9 +6,9 @@ use std::sync::Mutex;
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::DynValue;
-use sieve_backend::quant::Packed;
 use sieve_backend::{Backend, LayerCache, LayerCall, LayerOutput, ModelConfig, Probe, Weights};
 
+use crate::embed::{Embed, Table, host_rows};
 use crate::error::{Error, Result};
 use crate::graph::Graph;
 use crate::layer::{LAYER_OUTPUTS, decoder_layer, embedding, lm_head};
@@ -91,30 +91,6 @@ impl Rope {
 /// One [`Rope`] per rotary base, as [`ModelConfig::rope_set`] indexes them.
 fn rope_sets(config: &ModelConfig) -> Vec<Rope> {
     config.rope_inv_freq_sets().into_iter().map(Rope::new).collect()
-}
-
-/// The embedding lookup: a graph over an `f32` table, or rows of a packed table decoded on
-/// the host (the table stays in its blocks; a graph would need it decoded).
-enum Embed {
-    Graph(Mutex<Session>),
-    Host { table: Packed, rows: usize, cols: usize, scale: f32 },
-}
-
-/// Rows `tokens` of the packed `table` (`[rows, cols]`), decoded and scaled, `[tokens, cols]`.
-fn host_rows(table: &Packed, (rows, cols): (usize, usize), scale: f32, tokens: &[u32]) -> Result<Vec<f32>> {
-    let rb = table.dtype.row_bytes(cols);
-    let mut out = vec![0f32; tokens.len() * cols];
-    for (&t, o) in tokens.iter().zip(out.chunks_exact_mut(cols)) {
-        let t = t as usize;
-        if t >= rows {
-            return Err(sieve_backend::Error::Input(format!("token id {t} is outside the vocabulary ({rows})")).into());
-        }
-        sieve_backend::quant::dequantize(table.dtype, &table.bytes[t * rb..(t + 1) * rb], o);
-        if scale != 1.0 {
-            o.iter_mut().for_each(|v| *v *= scale);
-        }
-    }
-    Ok(out)
 }
 
 /// Hands the heap's free pages back to the system. Building the sessions frees the
@@ -212,7 +188,7 @@ impl OrtBackend {
         let embed = match weights.embed.packed.take() {
             Some(table) => {
                 let (rows, cols) = (weights.embed.shape[0], weights.embed.cols());
-                Embed::Host { table, rows, cols, scale: config.style.embed_scale }
+                Embed::Host { table: Table::new(table), rows, cols, scale: config.style.embed_scale }
             }
             None => {
                 Embed::Graph(Mutex::new(session(&embedding(config, &weights).into_model_bytes(), device, "embedding")?))

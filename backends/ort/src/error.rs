@@ -45,6 +45,14 @@ pub enum Error {
     #[error(transparent)]
     Contract(#[from] sieve_backend::Error),
 
+    /// The model file could not be read where the backend reads its embedding rows.
+    #[error("reading embedding rows from {}: {source} (the model file must stay as it was while sieve runs)", path.display())]
+    ModelFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A tensor-trait operation failed.
     #[error(transparent)]
     Core(#[from] sieve_core::Error),

@@ -9,6 +9,7 @@
 //! the same core rules as on the other backends.
 
 mod backend;
+mod embed;
 mod error;
 mod graph;
 pub mod layer;

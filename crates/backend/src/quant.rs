@@ -107,6 +107,26 @@ pub struct Packed {
     pub dtype: GgmlType,
     /// The blocks, row after row.
     pub bytes: Vec<u8>,
+    /// Where the same bytes lie in the model file, when they were read from one unchanged:
+    /// a backend that needs a few rows at a time (an embedding table) may read those from
+    /// the file rather than hold the matrix.
+    pub file: Option<FileRegion>,
+}
+
+impl Packed {
+    /// Blocks of `dtype` that come from no file (made or converted in memory).
+    pub fn new(dtype: GgmlType, bytes: Vec<u8>) -> Self {
+        Self { dtype, bytes, file: None }
+    }
+}
+
+/// A run of bytes in a file: `path`, from byte `offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRegion {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// The first byte's offset.
+    pub offset: u64,
 }
 
 /// An f16 value as `f32`.

@@ -29,7 +29,7 @@ impl HostWeight {
 
     /// A packed matrix of `shape` `[rows, cols]`.
     pub fn packed(dtype: GgmlType, bytes: Vec<u8>, shape: Vec<usize>) -> Self {
-        Self { data: Vec::new(), shape, packed: Some(Packed { dtype, bytes }) }
+        Self { data: Vec::new(), shape, packed: Some(Packed::new(dtype, bytes)) }
     }
 
     /// Values per row (the last dimension).

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use candle_core::quantized::GgmlDType;
 use candle_core::quantized::gguf_file::{Content, Value};
-use sieve_backend::quant::GgmlType;
+use sieve_backend::quant::{FileRegion, GgmlType};
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -72,7 +72,7 @@ impl Model {
 /// source `<memory>`. Malformed input of any kind is an error, never a panic (the `gguf`
 /// fuzz target drives this).
 pub fn load_gguf_bytes(bytes: &[u8]) -> Result<Model> {
-    load_gguf_from(Cursor::new(bytes), bytes.len() as u64, Path::new("<memory>"), Dtype::default())
+    load_gguf_from(Cursor::new(bytes), bytes.len() as u64, Path::new("<memory>"), false, Dtype::default())
 }
 
 /// The packed format of a GGUF tensor type, when sieve keeps that type as blocks.
@@ -96,6 +96,8 @@ struct GgufSource<R> {
     path: PathBuf,
     reader: R,
     content: Content,
+    /// Whether `reader` reads the file at `path`.
+    on_disk: bool,
 }
 
 impl<R: Read + Seek> TensorSource for GgufSource<R> {
@@ -113,7 +115,12 @@ impl<R: Read + Seek> TensorSource for GgufSource<R> {
         let q = self.content.tensor(&mut self.reader, name, &Device::Cpu).map_err(gguf)?;
         if let (Some(dtype), 2) = (packed_type(q.dtype()), shape.len()) {
             let bytes = q.data().map_err(gguf)?.into_owned();
-            return Ok(Some(HostWeight::packed(dtype, bytes, shape)));
+            let mut w = HostWeight::packed(dtype, bytes, shape);
+            if let Some(p) = w.packed.as_mut().filter(|_| self.on_disk) {
+                let offset = self.content.tensor_data_offset + info.offset;
+                p.file = Some(FileRegion { path: self.path.clone(), offset });
+            }
+            return Ok(Some(w));
         }
         let t = q.dequantize(&Device::Cpu).map_err(gguf)?;
         let data = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(gguf)?;
@@ -124,11 +131,13 @@ impl<R: Read + Seek> TensorSource for GgufSource<R> {
 fn load_gguf(path: &Path, dtype: Dtype) -> Result<Model> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = weights::file_len(path)?;
-    load_gguf_from(BufReader::new(file), len, path, dtype)
+    load_gguf_from(BufReader::new(file), len, path, true, dtype)
 }
 
-/// Loads a GGUF model from `reader` (a file of `len` bytes), named `path` in messages.
-fn load_gguf_from<R: Read + Seek>(mut reader: R, len: u64, path: &Path, dtype: Dtype) -> Result<Model> {
+/// Loads a GGUF model from `reader` (a file of `len` bytes), named `path` in messages;
+/// `on_disk` when `reader` reads the file at `path` (its packed weights then say where in
+/// it they lie).
+fn load_gguf_from<R: Read + Seek>(mut reader: R, len: u64, path: &Path, on_disk: bool, dtype: Dtype) -> Result<Model> {
     crate::gguf::check_header(&mut reader, len, path)?;
     reader.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
     let content = Content::read(&mut reader).map_err(|source| Error::gguf(path, source))?;
@@ -157,7 +166,7 @@ fn load_gguf_from<R: Read + Seek>(mut reader: R, len: u64, path: &Path, dtype: D
         .map(|(n, i)| (n.clone(), format!("{:?}", i.ggml_dtype), i.shape.dims().to_vec()))
         .collect();
     tensor_summary.sort();
-    let mut src = GgufSource { path: path.to_path_buf(), reader, content };
+    let mut src = GgufSource { path: path.to_path_buf(), reader, content, on_disk };
     let interleaved = weights::gguf_interleaved(config.arch);
     let weights = weights::read_weights(&mut src, &weights::GGUF_NAMES, &config, interleaved, dtype)?;
     let parts = Parts { config, weights, tokenizer, template_source, tensor_summary };

@@ -40,14 +40,14 @@ impl Matrix {
         // Q5_0 has no integer kernel of its own; as Q8_0 (exact) it uses Q8_0's.
         let packed = match w.packed {
             Some(p) if p.dtype == GgmlType::Q5_0 && vnni::supported(GgmlType::Q8_0, rows, cols) => {
-                Some(Packed { dtype: GgmlType::Q8_0, bytes: sieve_backend::quant::q5_0_to_q8_0(&p.bytes) })
+                Some(Packed::new(GgmlType::Q8_0, sieve_backend::quant::q5_0_to_q8_0(&p.bytes)))
             }
             other => other,
         };
         match packed {
             Some(p) if vnni::supported(p.dtype, rows, cols) => {
                 let bytes = vnni::split(p.dtype, cols, &p.bytes);
-                Self { rows, cols, storage: Storage::Split(Packed { dtype: p.dtype, bytes }) }
+                Self { rows, cols, storage: Storage::Split(Packed::new(p.dtype, bytes)) }
             }
             Some(p) => Self { rows, cols, storage: Storage::Packed(p) },
             None => Self::f32(w.data, rows, cols),
@@ -164,7 +164,7 @@ impl Matrix {
             ),
             Some(dtype) => {
                 let bytes = parts.iter().flat_map(|p| p.packed().map_or(&[][..], |q| &q.bytes)).copied().collect();
-                let packed = Packed { dtype, bytes };
+                let packed = Packed::new(dtype, bytes);
                 if kind(&parts[0]).1 { Storage::Split(packed) } else { Storage::Packed(packed) }
             }
         };
