@@ -27,7 +27,8 @@ enum Command {
     /// source package into the cache, as a peer to benchmark against, and make the exact F32
     /// copy of the default model with it (about 9 minutes the first time).
     SetupLlamacpp,
-    /// Build the `sieve` binary with the libtorch backend (sets up libtorch first).
+    /// Build the `sieve` binary and the parity tool with the libtorch backend (sets up
+    /// libtorch first).
     BuildTch,
     /// Install nvcc 13.0 from PyPI into the cache, with stub CUDA libraries to link against
     /// without a GPU; prints the environment of a `--features cuda` build.

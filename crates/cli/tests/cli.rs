@@ -224,34 +224,41 @@ fn chat_reuses_the_kv_cache_between_turns() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("Paris"));
 }
 
-/// `backend` gives the same greedy text and KV bytes as candle with every preset.
-#[allow(dead_code)]
-fn generates_like_candle_with_every_policy(backend: &str) {
+/// Every preset of `configs/`.
+fn presets() -> Vec<std::path::PathBuf> {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
     let mut configs: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     configs.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    configs.sort();
     assert!(configs.len() >= 10);
-    for policy in configs {
-        let run = |backend: &str| {
-            let out = sieve()
-                .args([
-                    "generate",
-                    "What is the capital of France?",
-                    "-n",
-                    "12",
-                    "--json",
-                    "--backend",
-                    backend,
-                    "--policy",
-                ])
-                .arg(&policy)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{backend} {}: {}", policy.display(), stderr_of(&out));
-            let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            (record["text"].as_str().unwrap().to_string(), record["kv_bytes"].as_u64().unwrap())
-        };
-        assert_eq!(run(backend), run("candle"), "{}", policy.display());
+    configs
+}
+
+/// The greedy text and KV bytes of `sieve generate` on `backend` with `policy`.
+fn generated(backend: &str, policy: &std::path::Path) -> (String, u64) {
+    let out = sieve()
+        .args(["generate", "What is the capital of France?", "-n", "12", "--json", "--backend", backend, "--policy"])
+        .arg(policy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{backend} {}: {}", policy.display(), stderr_of(&out));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (record["text"].as_str().unwrap().to_string(), record["kv_bytes"].as_u64().unwrap())
+}
+
+/// candle's runs of every preset, made once for the tests that compare another backend
+/// with them.
+#[allow(dead_code)]
+fn candle_runs() -> &'static [(std::path::PathBuf, (String, u64))] {
+    static RUNS: std::sync::OnceLock<Vec<(std::path::PathBuf, (String, u64))>> = std::sync::OnceLock::new();
+    RUNS.get_or_init(|| presets().into_iter().map(|p| (p.clone(), generated("candle", &p))).collect())
+}
+
+/// `backend` gives the same greedy text and KV bytes as candle with every preset.
+#[allow(dead_code)]
+fn generates_like_candle_with_every_policy(backend: &str) {
+    for (policy, candle) in candle_runs() {
+        assert_eq!(&generated(backend, policy), candle, "{}", policy.display());
     }
 }
 

@@ -9,9 +9,11 @@
 //! - [`schedule`]: how the kept fraction varies across layers (constant, progressive, pyramid).
 //! - [`policy`]: the pruning policy as written in a TOML file, validated; [`preset`]:
 //!   policies by name (`none`, a preset, a path, `NAME@K`).
+//! - [`fuzzing`]: the checks of the policy fuzz target, which tests run too.
 
 pub mod conformance;
 pub mod error;
+pub mod fuzzing;
 pub mod host;
 pub mod policy;
 pub mod preset;

@@ -296,3 +296,64 @@ fn revival_is_a_lazy_option_that_round_trips_and_is_range_checked() {
     rejects("[prefill]\nlayers = [4]\nkeep = 0.5\nrevive = 4\n[kv]\nkeep = 0.5\nselection = \"head\"\n", "selection");
     rejects("[prefill]\nlayers = [4]\nkeep = 0.5\nrevive = -1\n", "revive");
 }
+
+/// What CI runs in place of the `policy` fuzz target (`cargo xtask fuzz` runs that): every
+/// preset of `configs/` with each line dropped, and with each number on a line replaced by
+/// values at and past the edges of every range. Each text parses or is an error; one that
+/// parses computes its budgets and round-trips (`sieve_core::fuzzing::policy_text`).
+#[test]
+fn every_preset_with_a_line_dropped_or_a_number_changed_parses_or_is_an_error() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let mut presets: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    presets.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    presets.sort();
+    assert!(presets.len() >= 10);
+    let values = ["0", "-1", "1", "0.5", "1.5", "1e9", "-0.0", "nan", "inf", "4294967296", "\"x\"", "[]"];
+    let (mut parsed, mut refused) = (0, 0);
+    let mut count = |text: String| {
+        if sieve_core::fuzzing::policy_text(text.as_bytes()) { parsed += 1 } else { refused += 1 }
+    };
+    for preset in presets {
+        let text = std::fs::read_to_string(&preset).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let with = |replacement: &str| {
+                let mut changed = lines.clone();
+                changed[i] = replacement;
+                changed.join("\n")
+            };
+            count(with(""));
+            for (start, end) in numbers_in(line) {
+                for value in values {
+                    count(with(&format!("{}{value}{}", &line[..start], &line[end..])));
+                }
+            }
+        }
+    }
+    eprintln!("{parsed} parsed, {refused} refused");
+    assert!(parsed > 0 && refused > 0, "{parsed} parsed, {refused} refused");
+}
+
+/// The byte ranges of the numbers in `line` (digits with a sign, a point or an exponent),
+/// outside quotes and comments.
+fn numbers_in(line: &str) -> Vec<(usize, usize)> {
+    let code = line.split('#').next().unwrap_or("");
+    let bytes = code.as_bytes();
+    let (mut out, mut quoted, mut i) = (Vec::new(), false, 0);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'"' {
+            quoted = !quoted;
+        } else if !quoted && (b.is_ascii_digit() || (b == b'-' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit))) {
+            let start = i;
+            i += 1;
+            while i < bytes.len() && (bytes[i].is_ascii_digit() || matches!(bytes[i], b'.' | b'e' | b'E' | b'_')) {
+                i += 1;
+            }
+            out.push((start, i));
+            continue;
+        }
+        i += 1;
+    }
+    out
+}

@@ -1,12 +1,12 @@
 //! `cargo xtask ci`: the checks CI runs, cheapest first, stopping at the first failure.
 //! It installs what the tests need first: the default model, libtorch and the ONNX Runtime
 //! library (all from PyPI); the CUDA compiler (PyPI too) comes just before the `cuda` build.
+//!
+//! Fuzzing is not part of it: its instrumented build alone took 11 of CI's minutes on 2
+//! cores. `cargo xtask fuzz` runs it; the GGUF reader's and the policy parser's bad inputs
+//! are tests of their own (`gguf_hardening`, `policy`), which CI runs.
 
 use super::cargo;
-
-/// Seconds per fuzz target in CI: enough for a few hundred thousand inputs each, a small
-/// part of CI's time next to the build of the instrumented targets.
-const CI_FUZZ_SECONDS: u64 = 30;
 
 pub fn run() -> anyhow::Result<()> {
     let started = std::time::Instant::now();
@@ -22,22 +22,18 @@ pub fn run() -> anyhow::Result<()> {
     let tch_tools =
         ["--release", "-p", "sieve-parity", "-p", "sieve-benches", "--all-targets", "--features", "tch", "--locked"];
     cargo(&[&["clippy"][..], &tch_tools, &["--", "-D", "warnings"]].concat())?;
-    // sieve-tch (the CLI with libtorch), which `sieve --backend tch` runs; its tests must
-    // not be skipped here.
+    // sieve-tch (the CLI with libtorch), which `sieve --backend tch` runs, and the parity
+    // tool with libtorch; the tch tests must not be skipped here.
     super::libtorch::build()?;
     super::cargo_with(&["test", "--workspace", "--locked", "--release"], &[("SIEVE_REQUIRE_TCH", "1")])?;
     // The three backends against each other; the table goes to the log.
-    super::parity::run(&[])?;
+    super::parity::run_built(&[])?;
     // And with bf16 matrices, where libtorch's products run in bf16 (their own bounds): two
     // prompts and two policies, a minute.
-    let bf16 = ["--dtype", "bf16", "--prompts", "chat,passkey", "--policies", "none,snapkv@"];
-    super::parity::run(&bf16.map(String::from))?;
+    super::parity::run_built(&["--dtype", "bf16", "--prompts", "chat,passkey", "--policies", "none,snapkv@"])?;
     // candle's `cuda` feature: nvcc from PyPI, stub CUDA libraries, the build and its tests
     // (which skip, saying so: CI has no GPU).
     super::cuda::test()?;
-    // A short bounded fuzz run of the GGUF reader and the policy parser (`cargo xtask fuzz`
-    // runs them longer).
-    super::fuzz::run(CI_FUZZ_SECONDS, &[])?;
     eprintln!("\nxtask ci: all checks passed in {:.1} min", started.elapsed().as_secs_f64() / 60.0);
     Ok(())
 }

@@ -81,22 +81,43 @@ pub fn run() -> Result<()> {
 
 /// `cargo xtask build-tch`: libtorch, then `target/release/sieve-tch` (the CLI with the
 /// `tch` feature, an rpath to the cached libtorch) beside the default `target/release/sieve`,
-/// which hands `--backend tch` to it.
+/// which hands `--backend tch` to it, and `target/release/sieve-parity-tch`, the parity
+/// tool with all three backends, which `cargo xtask ci` runs.
 ///
-/// Both binaries are built as `cargo test --workspace` builds them (with the CLI's tests,
-/// not run): the same features for every dependency, so that the workspace's tests reuse
-/// all of it instead of compiling most crates a second time under other features.
+/// The binaries are built as `cargo test --workspace` builds them (with the tests that
+/// need them, not run): the same features for every dependency, so that the workspace's
+/// tests reuse all of it instead of compiling most crates a second time under other
+/// features.
 pub fn build() -> Result<()> {
     setup()?;
-    let cli = ["test", "--release", "--locked", "--workspace", "--no-run", "--test", "cli"];
-    super::cargo(&[&cli[..], &["--features", "sieve-cli/tch"]].concat())?;
+    // One build gives `sieve` and `sieve-parity` with libtorch (the tests `cli` and
+    // `perturbed` need their packages' binaries); the second, without, only what the
+    // feature changes.
+    let tests = ["test", "--release", "--locked", "--workspace", "--no-run", "--test", "cli", "--test", "perturbed"];
+    super::cargo(&[&tests[..], &["--features", "sieve-cli/tch,sieve-parity/tch"]].concat())?;
     let release = super::target_dir().join("release");
-    let (built, tch) = (release.join("sieve"), release.join("sieve-tch"));
-    // Copy through a temporary name so that a running sieve-tch is never half-written.
-    let partial = release.join("sieve-tch.partial");
-    fs::copy(&built, &partial).with_context(|| format!("copying {} to {}", built.display(), partial.display()))?;
-    fs::rename(&partial, &tch)?;
-    super::cargo(&cli)?;
-    eprintln!("built {} (libtorch) beside {}; `sieve --backend tch` runs it", tch.display(), built.display());
+    keep_copy(&release.join("sieve"), &release.join("sieve-tch"))?;
+    keep_copy(&release.join("sieve-parity"), &parity_bin())?;
+    super::cargo(&tests)?;
+    eprintln!(
+        "built {} and {} (libtorch) beside {}; `sieve --backend tch` runs the first",
+        release.join("sieve-tch").display(),
+        parity_bin().display(),
+        release.join("sieve").display()
+    );
+    Ok(())
+}
+
+/// `sieve-parity` with the tch backend, written by [`build`].
+pub fn parity_bin() -> PathBuf {
+    super::target_dir().join("release").join("sieve-parity-tch")
+}
+
+/// Copies `built` to `kept` through a temporary name, so that a running copy is never
+/// half-written.
+fn keep_copy(built: &std::path::Path, kept: &std::path::Path) -> Result<()> {
+    let partial = kept.with_extension("partial");
+    fs::copy(built, &partial).with_context(|| format!("copying {} to {}", built.display(), partial.display()))?;
+    fs::rename(&partial, kept)?;
     Ok(())
 }

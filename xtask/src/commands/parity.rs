@@ -3,7 +3,7 @@
 //! libtorch, ONNX Runtime), then runs the `sieve-parity` binary with ARGS
 //! (`--backends candle,tch,ort`, `--model M`, `--json FILE`, ...; see its `--help`).
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 
 pub fn run(args: &[String]) -> Result<()> {
     super::fetch::run()?;
@@ -12,6 +12,27 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut cargo_args = vec!["run", "--release", "--locked", "-q", "-p", "sieve-parity", "--features", "tch", "--"];
     cargo_args.extend(args.iter().map(String::as_str));
     super::cargo(&cargo_args)
+}
+
+/// Runs `target/release/sieve-parity-tch`, written by `cargo xtask build-tch`, with ARGS:
+/// the suite without a build of its own (CI builds it beside `sieve-tch`).
+pub fn run_built(args: &[&str]) -> Result<()> {
+    let bin = super::libtorch::parity_bin();
+    if !bin.is_file() {
+        bail!("{} is missing: `cargo xtask build-tch` builds it", bin.display());
+    }
+    eprintln!("\n==> sieve-parity-tch {}", args.join(" "));
+    let started = std::time::Instant::now();
+    let status = std::process::Command::new(&bin)
+        .args(args)
+        .current_dir(super::workspace_root())
+        .status()
+        .with_context(|| format!("could not start {}", bin.display()))?;
+    eprintln!("<== sieve-parity-tch ({:.0} s)", started.elapsed().as_secs_f64());
+    if !status.success() {
+        bail!("sieve-parity-tch {} failed ({status})", args.join(" "));
+    }
+    Ok(())
 }
 
 /// `cargo xtask scoring-bench`: the criterion benchmark of scoring + selection, which needs
