@@ -19,23 +19,26 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
 /// [`cargo`] with extra environment variables.
 pub fn cargo_with(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("\n==> cargo {}", args.join(" "));
     let mut command = Command::new(&cargo);
     // Builds that include the tch backend find libtorch where setup-libtorch put it.
     let libtorch = libtorch::dir();
     if libtorch.join("build-version").is_file() && std::env::var_os("LIBTORCH").is_none() {
         command.env("LIBTORCH", &libtorch);
     }
+    command.envs(env.iter().copied()).args(args).current_dir(workspace_root());
+    let first = args.first().copied().unwrap_or("");
+    run_step(&format!("cargo {}", args.join(" ")), &format!("cargo {first}"), &mut command)
+}
+
+/// Runs `command` as one step of a task: `==> what` before, `<== short (N s)` after, and
+/// an error naming `what` if it fails.
+pub fn run_step(what: &str, short: &str, command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("\n==> {what}");
     let started = std::time::Instant::now();
-    let status = command
-        .envs(env.iter().copied())
-        .args(args)
-        .current_dir(workspace_root())
-        .status()
-        .with_context(|| format!("could not start `{cargo}`"))?;
-    eprintln!("<== cargo {} ({:.0} s)", args.first().copied().unwrap_or(""), started.elapsed().as_secs_f64());
+    let status = command.status().with_context(|| format!("could not start `{what}`"))?;
+    eprintln!("<== {short} ({:.0} s)", started.elapsed().as_secs_f64());
     if !status.success() {
-        bail!("`cargo {}` failed ({status})", args.join(" "));
+        bail!("`{what}` failed ({status})");
     }
     Ok(())
 }

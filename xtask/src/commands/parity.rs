@@ -3,7 +3,7 @@
 //! libtorch, ONNX Runtime), then runs the `sieve-parity` binary with ARGS
 //! (`--backends candle,tch,ort`, `--model M`, `--json FILE`, ...; see its `--help`).
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 pub fn run(args: &[String]) -> Result<()> {
     super::fetch::run()?;
@@ -21,18 +21,9 @@ pub fn run_built(args: &[&str]) -> Result<()> {
     if !bin.is_file() {
         bail!("{} is missing: `cargo xtask build-tch` builds it", bin.display());
     }
-    eprintln!("\n==> sieve-parity-tch {}", args.join(" "));
-    let started = std::time::Instant::now();
-    let status = std::process::Command::new(&bin)
-        .args(args)
-        .current_dir(super::workspace_root())
-        .status()
-        .with_context(|| format!("could not start {}", bin.display()))?;
-    eprintln!("<== sieve-parity-tch ({:.0} s)", started.elapsed().as_secs_f64());
-    if !status.success() {
-        bail!("sieve-parity-tch {} failed ({status})", args.join(" "));
-    }
-    Ok(())
+    let mut command = std::process::Command::new(&bin);
+    command.args(args).current_dir(super::workspace_root());
+    super::run_step(&format!("sieve-parity-tch {}", args.join(" ")), "sieve-parity-tch", &mut command)
 }
 
 /// `cargo xtask scoring-bench`: the criterion benchmark of scoring + selection, which needs
