@@ -103,53 +103,87 @@ pub fn compressed_perplexity_with_bos<B: Backend>(
     continuation: usize,
     windows: usize,
 ) -> Result<PerplexityReport> {
-    if context == 0 || continuation == 0 || windows == 0 {
-        return Err(Error::Invalid("context, continuation and windows must be at least 1".into()));
-    }
-    let span = context + continuation;
-    if span > backend.config().context {
-        let context = backend.config().context;
-        return Err(sieve_engine::Error::ContextOverflow { needed: span, context }.into());
-    }
-    let mut out = Vec::new();
-    let step = span - usize::from(bos.is_some());
-    for w in 0..windows {
-        let start = w * step;
-        if start + step > tokens.len() {
-            break;
+    Compressed { context, continuation, windows, bos }.run(backend, policy, tokens, |_, _, _| Ok(()))
+}
+
+/// The compressed-context protocol's cut of a text: up to `windows` consecutive windows of
+/// `context + continuation` tokens (with `bos`, that token and `context + continuation - 1`
+/// tokens of the text, windows stepping by as many).
+#[derive(Debug, Clone, Copy)]
+pub struct Compressed {
+    pub context: usize,
+    pub continuation: usize,
+    pub windows: usize,
+    pub bos: Option<u32>,
+}
+
+impl Compressed {
+    /// The perplexity of `tokens` under `policy`, with `inspect` called on each window's
+    /// session once its context is prefilled, before the continuation is scored (the
+    /// window's index, the session, the logits of the context's last position): a caller
+    /// can read the kept positions there, or fork the session and generate from the same
+    /// prefill, instead of prefilling the context a second time.
+    pub fn run<'b, B, F>(
+        &self,
+        backend: &'b B,
+        policy: &Policy,
+        tokens: &[u32],
+        mut inspect: F,
+    ) -> Result<PerplexityReport>
+    where
+        B: Backend,
+        F: FnMut(usize, &Session<'b, B>, &[f32]) -> Result<()>,
+    {
+        let Self { context, continuation, windows, bos } = *self;
+        if context == 0 || continuation == 0 || windows == 0 {
+            return Err(Error::Invalid("context, continuation and windows must be at least 1".into()));
         }
-        let window: Vec<u32> = bos.into_iter().chain(tokens[start..start + step].iter().copied()).collect();
-        let (ctx, cont) = (&window[..context], &window[context..]);
-        let mut session = Session::new(backend, policy.clone())?;
-        let prefill = session.prefill(ctx, Logits::Last)?;
-        let (kv_bytes, kv_unpruned) = (session.stats.kv_bytes, session.stats.kv_bytes_unpruned);
-        let layers = session.stats.tokens_per_layer.len().max(1);
-        let computed = session.stats.tokens_per_layer.iter().sum::<usize>() as f64 / (context * layers) as f64;
-        let mut total = nll(prefill.last(), cont[0])?;
-        if policy.decode.is_none() && !policy.revives() && cont.len() > 1 {
-            // Nothing is evicted or revived between tokens: one call scores the whole
-            // continuation. (Revival follows each new token's attention, so a policy that
-            // revives is fed one token at a time, as generation feeds it.)
-            let rest = session.extend(&cont[..cont.len() - 1], Logits::All)?;
-            for (i, &next) in cont[1..].iter().enumerate() {
-                total += nll(rest.row(i), next)?;
-            }
-        } else {
-            for pair in cont.windows(2) {
-                let logits = session.step(pair[0])?;
-                total += nll(&logits, pair[1])?;
-            }
+        let span = context + continuation;
+        if span > backend.config().context {
+            let context = backend.config().context;
+            return Err(sieve_engine::Error::ContextOverflow { needed: span, context }.into());
         }
-        out.push(WindowScore {
-            start,
-            scored: continuation,
-            nll: total,
-            kv_bytes,
-            kv_bytes_unpruned: kv_unpruned,
-            computed,
-        });
+        let mut out = Vec::new();
+        let step = span - usize::from(bos.is_some());
+        for w in 0..windows {
+            let start = w * step;
+            if start + step > tokens.len() {
+                break;
+            }
+            let window: Vec<u32> = bos.into_iter().chain(tokens[start..start + step].iter().copied()).collect();
+            let (ctx, cont) = (&window[..context], &window[context..]);
+            let mut session = Session::new(backend, policy.clone())?;
+            let prefill = session.prefill(ctx, Logits::Last)?;
+            inspect(w, &session, prefill.last())?;
+            let (kv_bytes, kv_unpruned) = (session.stats.kv_bytes, session.stats.kv_bytes_unpruned);
+            let layers = session.stats.tokens_per_layer.len().max(1);
+            let computed = session.stats.tokens_per_layer.iter().sum::<usize>() as f64 / (context * layers) as f64;
+            let mut total = nll(prefill.last(), cont[0])?;
+            if policy.decode.is_none() && !policy.revives() && cont.len() > 1 {
+                // Nothing is evicted or revived between tokens: one call scores the whole
+                // continuation. (Revival follows each new token's attention, so a policy that
+                // revives is fed one token at a time, as generation feeds it.)
+                let rest = session.extend(&cont[..cont.len() - 1], Logits::All)?;
+                for (i, &next) in cont[1..].iter().enumerate() {
+                    total += nll(rest.row(i), next)?;
+                }
+            } else {
+                for pair in cont.windows(2) {
+                    let logits = session.step(pair[0])?;
+                    total += nll(&logits, pair[1])?;
+                }
+            }
+            out.push(WindowScore {
+                start,
+                scored: continuation,
+                nll: total,
+                kv_bytes,
+                kv_bytes_unpruned: kv_unpruned,
+                computed,
+            });
+        }
+        PerplexityReport::new("compressed", &policy.name, out)
     }
-    PerplexityReport::new("compressed", &policy.name, out)
 }
 
 /// Streaming perplexity of the first `length` tokens (after the first) under a policy whose

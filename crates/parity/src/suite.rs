@@ -1,7 +1,7 @@
 //! The fixed suite: prompts × policies, run on one backend at a time. For each case the
 //! run records what the comparison needs: the final logits after prefill, the kept
 //! positions of every layer, 32 greedy tokens, KV bytes, and (for the passage) the
-//! compressed-context perplexity.
+//! compressed-context perplexity of its last tokens after its first ones.
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -32,8 +32,8 @@ pub struct Prompt {
 }
 
 /// The suite's prompts for `model`: a short chat prompt (a plain question for a model
-/// without a chat template), a WikiText-2 passage of
-/// [`PASSAGE_TOKENS`] tokens from `text`, and a passkey prompt.
+/// without a chat template), a WikiText-2 passage of [`PASSAGE_TOKENS`] tokens from `text`
+/// (its first [`PERPLEXITY_CONTEXT`] prefilled, the rest scored), and a passkey prompt.
 pub fn prompts(model: &Model, text: &str) -> Result<Vec<Prompt>> {
     // A base model without a chat template gets the question as plain text.
     let question = "What is the capital of France?";
@@ -53,7 +53,7 @@ pub fn prompts(model: &Model, text: &str) -> Result<Vec<Prompt>> {
         .ids;
     Ok(vec![
         Prompt { name: "chat", ids: chat, perplexity: false },
-        Prompt { name: "passage-1024", ids: passage, perplexity: true },
+        Prompt { name: "passage-768+256", ids: passage, perplexity: true },
         Prompt { name: "passkey-512", ids: passkey, perplexity: false },
     ])
 }
@@ -142,44 +142,67 @@ pub struct CaseRun {
     pub perplexity: Option<f64>,
 }
 
-/// Runs `prompts` × `policies` on `backend`.
+/// What a case records from the session its prompt was prefilled into: the last
+/// position's logits, every KV head's kept positions, the KV bytes, then (on `session`
+/// itself, which this advances) [`GENERATED`] greedy tokens and the KV bytes after them.
+fn record<B: Backend>(
+    prompt: &Prompt,
+    policy: &Policy,
+    mut session: Session<'_, B>,
+    first: &[f32],
+) -> sieve_engine::Result<CaseRun> {
+    // Every KV head's positions (the same set in each unless selection is per head).
+    let heads = session.backend().config().n_kv_heads;
+    let kept = session.caches().iter().flat_map(|c| (0..heads).map(move |h| c.head_positions(h).to_vec())).collect();
+    let kv_bytes_prefill = session.kv_bytes();
+    let mut tokens = vec![argmax(first)];
+    while tokens.len() < GENERATED {
+        let next = session.step(tokens[tokens.len() - 1])?;
+        tokens.push(argmax(&next));
+    }
+    Ok(CaseRun {
+        prompt: prompt.name.to_string(),
+        policy: policy.name.clone(),
+        logits: first.to_vec(),
+        kept,
+        tokens,
+        kv_bytes_prefill,
+        kv_bytes_end: session.kv_bytes(),
+        perplexity: None,
+    })
+}
+
+/// Runs `prompts` × `policies` on `backend`. The passage is prefilled once, with its first
+/// [`PERPLEXITY_CONTEXT`] tokens: the case's logits, kept positions and greedy tokens come
+/// from a fork of that session, the perplexity of the rest from the session itself.
 pub fn run<B: Backend>(backend: &B, prompts: &[Prompt], policies: &[Policy]) -> Result<Vec<CaseRun>> {
     let mut out = Vec::new();
     for prompt in prompts {
         for policy in policies {
             let what = || format!("{} on `{}` with `{}`", backend.name(), prompt.name, policy.name);
-            let mut session = Session::new(backend, policy.clone()).with_context(what)?;
-            let first = session.prefill(&prompt.ids, Logits::Last).with_context(what)?;
-            // Every KV head's positions (the same set in each unless selection is per head).
-            let heads = backend.config().n_kv_heads;
-            let kept =
-                session.caches().iter().flat_map(|c| (0..heads).map(move |h| c.head_positions(h).to_vec())).collect();
-            let kv_bytes_prefill = session.kv_bytes();
-            let logits = first.last().to_vec();
-            let mut tokens = vec![argmax(&logits)];
-            while tokens.len() < GENERATED {
-                let next = session.step(tokens[tokens.len() - 1]).with_context(what)?;
-                tokens.push(argmax(&next));
-            }
-            let perplexity = if prompt.perplexity {
-                let continuation = prompt.ids.len() - PERPLEXITY_CONTEXT;
-                let report =
-                    eval::compressed_perplexity(backend, policy, &prompt.ids, PERPLEXITY_CONTEXT, continuation, 1)
-                        .with_context(what)?;
-                Some(report.perplexity)
+            let case = if prompt.perplexity {
+                let protocol = eval::Compressed {
+                    context: PERPLEXITY_CONTEXT,
+                    continuation: prompt.ids.len() - PERPLEXITY_CONTEXT,
+                    windows: 1,
+                    bos: None,
+                };
+                let mut case = None;
+                let report = protocol
+                    .run(backend, policy, &prompt.ids, |_, session, first| {
+                        case = Some(record(prompt, policy, session.fork()?, first)?);
+                        Ok(())
+                    })
+                    .with_context(what)?;
+                let mut case = case.with_context(|| format!("{}: no window was prefilled", what()))?;
+                case.perplexity = Some(report.perplexity);
+                case
             } else {
-                None
+                let mut session = Session::new(backend, policy.clone()).with_context(what)?;
+                let first = session.prefill(&prompt.ids, Logits::Last).with_context(what)?;
+                record(prompt, policy, session, first.last()).with_context(what)?
             };
-            out.push(CaseRun {
-                prompt: prompt.name.to_string(),
-                policy: policy.name.clone(),
-                logits,
-                kept,
-                tokens,
-                kv_bytes_prefill,
-                kv_bytes_end: session.kv_bytes(),
-                perplexity,
-            });
+            out.push(case);
         }
     }
     Ok(out)

@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 use sieve_backend::DeviceSpec;
-use sieve_engine::{Logits, Model, Policy, Session};
+use sieve_engine::{Model, Policy, Session};
+use sieve_eval::perplexity::Compressed;
 use sieve_runtime::{BackendKind, Runtime};
 
 /// Mean Jaccard index of the kept positions over layers and heads, at least.
@@ -96,52 +97,47 @@ fn jaccard(a: &[usize], b: &[usize], ties: &[usize]) -> f64 {
     if union == 0 { 1.0 } else { a.intersection(&b).count() as f64 / union as f64 }
 }
 
-#[test]
-fn kept_positions_agree_with_kvpress() {
-    let (runtime, model) = loaded();
+/// Checks the kept positions of `session`, prefilled with the fixture's first window
+/// under `press` at `ratio`, against kvpress's: every layer's Jaccard index (tied
+/// positions left out), averaged over the KV heads.
+fn check_kept(session: &Session<'_, Runtime>, press: &str, ratio: &str) {
     let context = fixture()["protocol"]["context"].as_u64().unwrap() as usize;
-    let ids = &tokens()[..context];
-    let heads = model.config.n_kv_heads;
-    for press in PRESSES {
-        for ratio in ["0.5", "0.75"] {
-            let reference = &fixture()["presses"][press][ratio];
-            let keep = 1.0 - ratio.parse::<f64>().unwrap();
-            let mut session = Session::new(runtime, policy(press, keep)).unwrap();
-            session.prefill(ids, Logits::Last).unwrap();
-            let mut per_layer = Vec::new();
-            for (l, cache) in session.caches().iter().enumerate() {
-                let theirs = reference["kept"][l].as_array().unwrap();
-                let ties = reference["ties"][l].as_array().unwrap();
-                let mean = (0..heads)
-                    .map(|h| {
-                        let tied: Vec<usize> =
-                            ties[h].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
-                        jaccard(cache.head_positions(h), &positions(theirs[h].as_str().unwrap(), context), &tied)
-                    })
-                    .sum::<f64>()
-                    / heads as f64;
-                per_layer.push(mean);
-            }
-            let mean = per_layer.iter().sum::<f64>() / per_layer.len() as f64;
-            let worst = per_layer.iter().copied().fold(1.0, f64::min);
-            eprintln!("{press}@{ratio}: kept-position Jaccard mean {mean:.4}, worst layer {worst:.4}");
-            assert!(mean >= KEPT_JACCARD_MEAN, "{press}@{ratio}: mean Jaccard {mean:.4} < {KEPT_JACCARD_MEAN}");
-            assert!(
-                worst >= KEPT_JACCARD_LAYER,
-                "{press}@{ratio}: a layer at {worst:.4} < {KEPT_JACCARD_LAYER}: {per_layer:?}"
-            );
-        }
+    let heads = loaded().1.config.n_kv_heads;
+    let reference = &fixture()["presses"][press][ratio];
+    let mut per_layer = Vec::new();
+    for (l, cache) in session.caches().iter().enumerate() {
+        let theirs = reference["kept"][l].as_array().unwrap();
+        let ties = reference["ties"][l].as_array().unwrap();
+        let mean = (0..heads)
+            .map(|h| {
+                let tied: Vec<usize> =
+                    ties[h].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+                jaccard(cache.head_positions(h), &positions(theirs[h].as_str().unwrap(), context), &tied)
+            })
+            .sum::<f64>()
+            / heads as f64;
+        per_layer.push(mean);
     }
+    assert_eq!(per_layer.len(), reference["kept"].as_array().unwrap().len(), "{press}@{ratio}: layers");
+    let mean = per_layer.iter().sum::<f64>() / per_layer.len() as f64;
+    let worst = per_layer.iter().copied().fold(1.0, f64::min);
+    eprintln!("{press}@{ratio}: kept-position Jaccard mean {mean:.4}, worst layer {worst:.4}");
+    assert!(mean >= KEPT_JACCARD_MEAN, "{press}@{ratio}: mean Jaccard {mean:.4} < {KEPT_JACCARD_MEAN}");
+    assert!(
+        worst >= KEPT_JACCARD_LAYER,
+        "{press}@{ratio}: a layer at {worst:.4} < {KEPT_JACCARD_LAYER}: {per_layer:?}"
+    );
 }
 
 /// Windows of the fixture checked here, each on its own (stricter than the pooled figure,
 /// whose differences can cancel) and then pooled: the first two of the fixture's eight, a
 /// quarter of the time of all of them. `SIEVE_KVPRESS_WINDOWS=8` checks every window and
-/// the fixture's pooled perplexity.
+/// the fixture's pooled perplexity. The kept positions are checked on the first window's
+/// prefill, the one the fixture's kept sets come from.
 const WINDOWS_CHECKED: usize = 2;
 
 #[test]
-fn compressed_perplexity_agrees_with_kvpress() {
+fn kept_positions_and_compressed_perplexity_agree_with_kvpress() {
     let (runtime, _) = loaded();
     let p = &fixture()["protocol"];
     let (context, continuation, windows) = (
@@ -153,10 +149,16 @@ fn compressed_perplexity_agrees_with_kvpress() {
         .ok()
         .map_or(WINDOWS_CHECKED, |v| v.parse().expect("SIEVE_KVPRESS_WINDOWS: a number of windows"))
         .clamp(1, windows);
-    let check = |name: &str, policy: &Policy, reference: &Value| {
-        let report =
-            sieve_eval::perplexity::compressed_perplexity(runtime, policy, tokens(), context, continuation, checked)
-                .unwrap();
+    let check = |name: &str, policy: &Policy, reference: &Value, press: Option<(&str, &str)>| {
+        let protocol = Compressed { context, continuation, windows: checked, bos: None };
+        let report = protocol
+            .run(runtime, policy, tokens(), |w, session, _| {
+                if let (0, Some((press, ratio))) = (w, press) {
+                    check_kept(session, press, ratio);
+                }
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(report.windows.len(), checked, "{name}: the text holds fewer windows than the fixture");
         let theirs: Vec<f64> = reference["nll"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         assert_eq!(theirs.len(), windows, "{name}: the fixture's windows");
@@ -183,11 +185,12 @@ fn compressed_perplexity_agrees_with_kvpress() {
             assert!((ours - all).abs() / all <= PERPLEXITY_RELATIVE, "{name}: sieve {ours:.4} vs kvpress {all:.4}");
         }
     };
-    check("unpruned", &Policy::none(), &fixture()["unpruned"]);
+    check("unpruned", &Policy::none(), &fixture()["unpruned"], None);
     for press in PRESSES {
         for ratio in ["0.5", "0.75"] {
             let keep = 1.0 - ratio.parse::<f64>().unwrap();
-            check(&format!("{press}@{ratio}"), &policy(press, keep), &fixture()["presses"][press][ratio]);
+            let reference = &fixture()["presses"][press][ratio];
+            check(&format!("{press}@{ratio}"), &policy(press, keep), reference, Some((press, ratio)));
         }
     }
 }

@@ -267,24 +267,26 @@ fn an_unsupported_rope_type_is_an_error_naming_the_key() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// StreamingLLM past the context (the model's context cut to 1,024 positions here, so that
+/// StreamingLLM past the context (the model's context cut to 640 positions here, so that
 /// the run stays short): three contexts of WikiText-2 fed one token at a time through the
-/// `streaming` preset's 512 entries, which renumbers its cache within itself. The loss of the
-/// last context stays that of a fresh start on the same text: no blow-up after the
-/// positions run out.
+/// `streaming` preset's 512 entries (528 at most, evicting every 16 steps), which
+/// renumbers its cache within itself. The loss of the last context stays that of a fresh
+/// start on the same text: no blow-up after the positions run out.
 #[test]
 fn streaming_runs_three_times_past_a_short_context() {
+    const CONTEXT: usize = 640;
     let mut m = model();
-    m.config.context = 1024;
+    m.config.context = CONTEXT;
     let weights = m.take_weights();
     let runtime = Runtime::load(BackendKind::Candle, DeviceSpec::Cpu, &m.config, weights).unwrap();
     let policy = sieve_core::preset::load_file(&configs().join("streaming.toml")).unwrap();
     let tokens = m.tokenizer.encode(&wikitext()).unwrap();
-    let report = sieve_eval::perplexity::streaming_perplexity(&runtime, &policy, &tokens, 3 * 1024).unwrap();
+    let report = sieve_eval::perplexity::streaming_perplexity(&runtime, &policy, &tokens, 3 * CONTEXT).unwrap();
     let ppl: Vec<f64> = report.windows.iter().map(|w| (w.nll / w.scored as f64).exp()).collect();
     assert_eq!(ppl.len(), 3, "{ppl:?}");
     assert!(report.windows.iter().all(|w| w.kv_bytes <= 528 * 30 * m.config.kv_bytes_per_token_layer()));
-    let fresh = sieve_eval::perplexity::streaming_perplexity(&runtime, &policy, &tokens[2048..], 1024).unwrap();
+    let fresh =
+        sieve_eval::perplexity::streaming_perplexity(&runtime, &policy, &tokens[2 * CONTEXT..], CONTEXT).unwrap();
     assert!(ppl[2] < 1.1 * fresh.perplexity, "past the context {ppl:?}, fresh {:.3}", fresh.perplexity);
-    eprintln!("streaming past a 1,024-token context: {ppl:?}; the last context afresh {:.3}", fresh.perplexity);
+    eprintln!("streaming past a {CONTEXT}-token context: {ppl:?}; the last context afresh {:.3}", fresh.perplexity);
 }

@@ -25,7 +25,10 @@ pub fn run() -> anyhow::Result<()> {
     // sieve-tch (the CLI with libtorch), which `sieve --backend tch` runs, and the parity
     // tool with libtorch; the tch tests must not be skipped here.
     super::libtorch::build()?;
-    super::cargo_with(&["test", "--workspace", "--locked", "--release"], &[("SIEVE_REQUIRE_TCH", "1")])?;
+    // `--tests`: every target with tests (libraries, integration tests), not the doc tests
+    // (there are none; rustdoc would still take half a minute to find that out) nor the
+    // examples (clippy checked them above).
+    super::cargo_with(&["test", "--workspace", "--locked", "--release", "--tests"], &[("SIEVE_REQUIRE_TCH", "1")])?;
     // The three backends against each other; the table goes to the log.
     super::parity::run_built(&[])?;
     // And with bf16 matrices, where libtorch's products run in bf16 (their own bounds): two
