@@ -21,6 +21,10 @@ pub struct Comparison {
     pub kept_jaccard: f64,
     /// Greedy tokens that agree before the first difference.
     pub generation_prefix: usize,
+    /// Where the greedy tokens first differ, how far apart each backend put the two tokens'
+    /// logits (its own choice's minus the other's), the larger of the two; infinite when
+    /// either token is not among the other backend's candidates. `None` when all agree.
+    pub generation_gap: Option<f64>,
     /// Relative difference of the perplexity, where measured.
     pub perplexity_rel: Option<f64>,
     pub kv_bytes: [usize; 2],
@@ -87,6 +91,14 @@ pub fn compare(names: [&str; 2], a: &[CaseRun], b: &[CaseRun]) -> Vec<Comparison
             let exact = x.kept.iter().zip(&y.kept).filter(|(p, q)| p == q).count();
             let jac: f64 = x.kept.iter().zip(&y.kept).map(|(p, q)| jaccard(p, q)).sum();
             let prefix = x.tokens.iter().zip(&y.tokens).take_while(|(p, q)| p == q).count();
+            let generation_gap = (prefix < x.tokens.len().min(y.tokens.len())).then(|| {
+                let (a, b) = (x.tokens[prefix], y.tokens[prefix]);
+                let gap = |run: &CaseRun, chosen: u32, other: u32| {
+                    let logit = |t: u32| run.candidates.get(prefix)?.iter().find(|c| c.0 == t).map(|c| f64::from(c.1));
+                    logit(chosen).zip(logit(other)).map_or(f64::INFINITY, |(p, q)| p - q)
+                };
+                gap(x, a, b).max(gap(y, b, a))
+            });
             let perplexity_rel = match (x.perplexity, y.perplexity) {
                 (Some(p), Some(q)) => Some((p - q).abs() / q.abs().max(f64::MIN_POSITIVE)),
                 _ => None,
@@ -100,6 +112,7 @@ pub fn compare(names: [&str; 2], a: &[CaseRun], b: &[CaseRun]) -> Vec<Comparison
                 kept_exact: if x.kept.len() == y.kept.len() { exact as f64 / layers as f64 } else { 0.0 },
                 kept_jaccard: jac / layers as f64,
                 generation_prefix: prefix,
+                generation_gap,
                 perplexity_rel,
                 kv_bytes: [x.kv_bytes_prefill, y.kv_bytes_prefill],
                 kv_bytes_end: [x.kv_bytes_end, y.kv_bytes_end],
@@ -158,11 +171,13 @@ pub fn violations(c: &Comparison, b: &tol::Bounds) -> Vec<Violation> {
         c.kept_jaccard,
         format!(">= {}", b.kept_jaccard_min),
     );
+    // Fewer agreeing tokens pass only where the two tokens tied within the logits' bound.
+    let tied = c.generation_gap.is_some_and(|gap| at_most(gap, tol::TIE_LOGITS * b.logits_max_abs));
     check(
-        c.generation_prefix < b.generation_prefix_min,
+        c.generation_prefix < b.generation_prefix_min && !tied,
         "greedy tokens agreeing",
         c.generation_prefix as f64,
-        format!(">= {}", b.generation_prefix_min),
+        format!(">= {}, or a tie within {:e}", b.generation_prefix_min, tol::TIE_LOGITS * b.logits_max_abs),
     );
     if let Some(r) = c.perplexity_rel {
         check(!at_most(r, b.perplexity_rel), "perplexity relative difference", r, format!("<= {:e}", b.perplexity_rel));
@@ -195,6 +210,7 @@ mod tests {
             policy: "q".into(),
             logits,
             kept,
+            candidates: tokens.iter().map(|&t| vec![(t, 1.0)]).collect(),
             tokens,
             kv_bytes_prefill: 10,
             kv_bytes_end: 12,
@@ -226,6 +242,32 @@ mod tests {
         );
         let line = violations(&c[0], &tol::Bounds::of(false, false))[0].to_string();
         assert!(line.starts_with("a vs b: logits max abs difference is 0.0"), "{line}");
+    }
+
+    #[test]
+    fn generations_may_part_only_at_a_tie() {
+        let a = run(vec![1.0, 2.0], vec![vec![0, 1, 2]], (0..32).collect());
+        let mut b = a.clone();
+        // From token 5 on, `b` continues with token 99 where `a` chose 5.
+        b.tokens[5..].fill(99);
+        let parted = |a_gap: f32, b_gap: f32| {
+            let (mut a, mut b) = (a.clone(), b.clone());
+            a.candidates[5] = vec![(5, 10.0), (99, 10.0 - a_gap)];
+            b.candidates[5] = vec![(99, 10.0), (5, 10.0 - b_gap)];
+            let c = compare(["a", "b"], &[a], &[b]);
+            (c[0].generation_gap, violations(&c[0], &tol::Bounds::of(true, false)).len())
+        };
+        // Within twice the packed bound (4e-3) on both sides: a tie, no violation.
+        let (gap, found) = parted(1e-3, 3e-3);
+        assert!((gap.unwrap() - 3e-3).abs() < 1e-6 && found == 0, "{gap:?} {found}");
+        // One side 1e-1 apart: a real difference.
+        assert_eq!(parted(1e-3, 1e-1).1, 1);
+        // The other token not among a backend's candidates: a real difference.
+        let mut far = b.clone();
+        far.candidates[5] = vec![(99, 10.0)];
+        let c = compare(["a", "b"], &[a], &[far]);
+        assert_eq!(c[0].generation_gap, Some(f64::INFINITY));
+        assert_eq!(violations(&c[0], &tol::Bounds::of(true, false)).len(), 1);
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub fn table(r: &Report) -> String {
     );
     for c in &r.comparisons {
         out.push_str(&format!(
-            "| {} | {} | {} | {:.2e} | {:.9} | {:.3} | {:.4} | {}/{} | {} | {} |\n",
+            "| {} | {} | {} | {:.2e} | {:.9} | {:.3} | {:.4} | {}/{}{} | {} | {} |\n",
             c.pair,
             c.prompt,
             c.policy,
@@ -24,6 +24,7 @@ pub fn table(r: &Report) -> String {
             c.kept_jaccard,
             c.generation_prefix,
             crate::suite::GENERATED,
+            c.generation_gap.map_or_else(String::new, |gap| format!(", then {gap:.1e} apart")),
             c.perplexity_rel.map_or_else(|| "-".into(), |v| format!("{v:.1e}")),
             yes(c.kv_bytes[0] == c.kv_bytes[1] && c.kv_bytes_end[0] == c.kv_bytes_end[1]),
         ));

@@ -21,6 +21,21 @@ pub const PASSAGE_TOKENS: usize = 1024;
 pub const PERPLEXITY_CONTEXT: usize = 768;
 /// Tokens of the passkey prompt.
 pub const PASSKEY_TOKENS: usize = 512;
+/// Candidates recorded per greedy token ([`CaseRun::candidates`]).
+pub const CANDIDATES: usize = 4;
+
+/// The [`CANDIDATES`] highest logits, highest first (the lower token id first among equals).
+fn top(logits: &[f32]) -> Vec<(u32, f32)> {
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(CANDIDATES + 1);
+    for (i, &v) in logits.iter().enumerate() {
+        if best.len() < CANDIDATES || best.last().is_some_and(|&(_, w)| v > w) {
+            let at = best.iter().position(|&(_, w)| v > w).unwrap_or(best.len());
+            best.insert(at, (i as u32, v));
+            best.truncate(CANDIDATES);
+        }
+    }
+    best
+}
 
 /// One prompt of the suite.
 #[derive(Debug, Clone)]
@@ -134,6 +149,11 @@ pub struct CaseRun {
     pub kept: Vec<Vec<usize>>,
     /// Greedy tokens after the prompt.
     pub tokens: Vec<u32>,
+    /// For each greedy token, the [`CANDIDATES`] highest logits it was chosen from (token,
+    /// logit), highest first: where two backends first choose differently, they show
+    /// whether the two tokens tied within the logits' tolerance.
+    #[serde(skip)]
+    pub candidates: Vec<Vec<(u32, f32)>>,
     /// KV bytes after prefill.
     pub kv_bytes_prefill: usize,
     /// KV bytes after the generated tokens.
@@ -155,10 +175,11 @@ fn record<B: Backend>(
     let heads = session.backend().config().n_kv_heads;
     let kept = session.caches().iter().flat_map(|c| (0..heads).map(move |h| c.head_positions(h).to_vec())).collect();
     let kv_bytes_prefill = session.kv_bytes();
-    let mut tokens = vec![argmax(first)];
+    let (mut tokens, mut candidates) = (vec![argmax(first)], vec![top(first)]);
     while tokens.len() < GENERATED {
         let next = session.step(tokens[tokens.len() - 1])?;
         tokens.push(argmax(&next));
+        candidates.push(top(&next));
     }
     Ok(CaseRun {
         prompt: prompt.name.to_string(),
@@ -166,6 +187,7 @@ fn record<B: Backend>(
         logits: first.to_vec(),
         kept,
         tokens,
+        candidates,
         kv_bytes_prefill,
         kv_bytes_end: session.kv_bytes(),
         perplexity: None,
