@@ -3,10 +3,11 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::DynValue;
-use sieve_backend::{Backend, LayerCache, LayerCall, LayerOutput, ModelConfig, Probe, Weights};
+use sieve_backend::{Backend, LayerCache, LayerCall, LayerOutput, LayerWeights, ModelConfig, Probe, Weights};
 
 use crate::embed::{Embed, Table, host_rows};
 use crate::error::{Error, Result};
@@ -110,6 +111,44 @@ fn release_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn release_freed_memory() {}
 
+/// One session per decoder layer, built on as many threads as the machine has cores (each
+/// layer's graph, its serialized bytes, ONNX Runtime parsing and optimizing them: about
+/// 70 ms a layer on one core here, most of the backend's start). Each layer's weights are
+/// freed once its session holds its copy of them.
+fn layer_sessions(config: &ModelConfig, layers: Vec<LayerWeights>, device: OrtDevice) -> Result<Vec<Mutex<Session>>> {
+    let count = layers.len();
+    let slots: Vec<Mutex<Option<LayerWeights>>> = layers.into_iter().map(|l| Mutex::new(Some(l))).collect();
+    let next = AtomicUsize::new(0);
+    let workers = crate::runtime::threads().min(count).max(1);
+    let mut done: Vec<(usize, Result<Session>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    // Layers are taken in order, and each one taken is built: when one fails,
+                    // every layer before it is done and no later one is started.
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(weights) = slots.get(i).and_then(|s| lock(s).take()) else { break };
+                        let name = format!("layer_{i:02}.onnx");
+                        let result = session(&decoder_layer(config, i, &weights).into_model_bytes(), device, &name);
+                        drop(weights);
+                        release_freed_memory();
+                        if result.is_err() {
+                            next.store(count, Ordering::Relaxed);
+                        }
+                        mine.push((i, result));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, result)| result.map(Mutex::new)).collect()
+}
+
 /// Every graph of a model, in the order the backend builds them, with file names.
 fn graphs(config: &ModelConfig, weights: &Weights) -> impl Iterator<Item = (String, Graph)> {
     let layers =
@@ -153,8 +192,9 @@ pub fn export_onnx(config: &ModelConfig, weights: &Weights, dir: &Path) -> std::
     Ok(written)
 }
 
-fn lock(s: &Mutex<Session>) -> std::sync::MutexGuard<'_, Session> {
-    // A session's state does not depend on a run that panicked halfway.
+fn lock<T>(s: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A session's state does not depend on a run that panicked halfway (nor a layer's
+    // weights waiting for their session).
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -195,13 +235,7 @@ impl OrtBackend {
             }
         };
         release_freed_memory();
-        let mut layers = Vec::with_capacity(weights.layers.len());
-        for (i, l) in std::mem::take(&mut weights.layers).into_iter().enumerate() {
-            let name = format!("layer_{i:02}.onnx");
-            layers.push(Mutex::new(session(&decoder_layer(config, i, &l).into_model_bytes(), device, &name)?));
-            drop(l);
-            release_freed_memory();
-        }
+        let layers = layer_sessions(config, std::mem::take(&mut weights.layers), device)?;
         drop(weights);
         let rope = rope_sets(config);
         release_freed_memory();

@@ -81,7 +81,7 @@ impl From<DeviceSpec> for OrtDevice {
 }
 
 /// Intra-op threads of the shared pool: the machine's cores (`SIEVE_THREADS` overrides).
-fn threads() -> usize {
+pub(crate) fn threads() -> usize {
     std::env::var("SIEVE_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
