@@ -112,9 +112,9 @@ fn release_freed_memory() {
 fn release_freed_memory() {}
 
 /// One session per decoder layer, built on as many threads as the machine has cores (each
-/// layer's graph, its serialized bytes, ONNX Runtime parsing and optimizing them: about
-/// 70 ms a layer on one core here, most of the backend's start). Each layer's weights are
-/// freed once its session holds its copy of them.
+/// layer's graph, its serialized bytes, ONNX Runtime parsing and optimizing them: most of
+/// the backend's start). Each layer's weights are freed once its session holds its copy
+/// of them.
 fn layer_sessions(config: &ModelConfig, layers: Vec<LayerWeights>, device: OrtDevice) -> Result<Vec<Mutex<Session>>> {
     let count = layers.len();
     let slots: Vec<Mutex<Option<LayerWeights>>> = layers.into_iter().map(|l| Mutex::new(Some(l))).collect();
