@@ -180,7 +180,8 @@ pub struct SamplingArgs {
 
 #[derive(Args, Clone)]
 pub struct PolicyArgs {
-    /// A pruning policy (TOML, see configs/). Default: no pruning.
+    /// A pruning policy: a TOML file, or `none`, a preset name of ./configs (`snapkv`), or
+    /// either as `NAME@K` (kept fraction K). Default: no pruning.
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// Override the kept fraction (`keep` in the policy file).

@@ -236,14 +236,38 @@ fn presets() -> Vec<std::path::PathBuf> {
 
 /// The greedy text and KV bytes of `sieve generate` on `backend` with `policy`.
 fn generated(backend: &str, policy: &std::path::Path) -> (String, u64) {
+    generated_with(std::path::Path::new("."), &["--backend", backend, "--policy", policy.to_str().unwrap()])
+}
+
+/// The greedy text and KV bytes of `sieve generate` on the France prompt with `args`, run in
+/// `dir`.
+fn generated_with(dir: &std::path::Path, args: &[&str]) -> (String, u64) {
     let out = sieve()
-        .args(["generate", "What is the capital of France?", "-n", "12", "--json", "--backend", backend, "--policy"])
-        .arg(policy)
+        .current_dir(dir)
+        .args(["generate", "What is the capital of France?", "-n", "12", "--json"])
+        .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{backend} {}: {}", policy.display(), stderr_of(&out));
+    assert!(out.status.success(), "{}: {}", args.join(" "), stderr_of(&out));
     let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     (record["text"].as_str().unwrap().to_string(), record["kv_bytes"].as_u64().unwrap())
+}
+
+/// `--policy` takes a preset's name (from `./configs`), and `NAME@K`, as grids do.
+#[test]
+fn a_policy_by_preset_name_is_the_presets_file() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let file = root.join("configs/lazy-prefill.toml");
+    let by_path = candle_runs().iter().find(|(p, _)| p.ends_with("lazy-prefill.toml")).unwrap().1.clone();
+    assert_eq!(generated_with(&root, &["--policy", "lazy-prefill"]), by_path);
+    // Its stages keep 80%, 60% and 40% of the prompt; all of them 50% here.
+    let half = generated_with(&root, &["--keep", "0.5", "--policy", file.to_str().unwrap()]);
+    assert_ne!(half.1, by_path.1, "keep 0.5 keeps another count than the preset's");
+    assert_eq!(generated_with(&root, &["--policy", "lazy-prefill@0.5"]), half);
+    let out = sieve().current_dir(&root).args(["generate", "hi", "--policy", "snapkvv"]).output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("policy `snapkvv`") && err.contains("a preset name in configs"), "{err}");
 }
 
 /// candle's runs of every preset, made once for the tests that compare another backend

@@ -38,6 +38,12 @@ const STUBS: [(&str, &str); 5] = [
 /// The GPU the kernels are compiled for (the lent machine's H200).
 const COMPUTE_CAP: &str = "90";
 
+/// The compute capability the kernels are built for: `$CUDA_COMPUTE_CAP` when set (another
+/// GPU), else [`COMPUTE_CAP`].
+fn compute_cap() -> String {
+    std::env::var("CUDA_COMPUTE_CAP").ok().filter(|v| !v.trim().is_empty()).unwrap_or_else(|| COMPUTE_CAP.into())
+}
+
 /// `<sieve cache>/cuda-13.0`.
 pub fn dir() -> PathBuf {
     sieve_fetch::cache_dir().join("cuda-13.0")
@@ -110,7 +116,7 @@ pub fn env(home: &Path) -> Vec<(String, String)> {
     vec![
         ("CUDA_HOME".into(), home.display().to_string()),
         ("PATH".into(), prepend("PATH", &[home.join("bin")])),
-        ("CUDA_COMPUTE_CAP".into(), COMPUTE_CAP.into()),
+        ("CUDA_COMPUTE_CAP".into(), compute_cap()),
         ("CUDAFORGE_THREADS".into(), cores().to_string()),
         ("LD_LIBRARY_PATH".into(), prepend("LD_LIBRARY_PATH", &[home.join("lib/stubs"), home.join("lib")])),
     ]
@@ -123,7 +129,7 @@ pub fn run() -> Result<()> {
     let (bin, lib) = (home.join("bin"), home.join("lib"));
     println!("export CUDA_HOME=\"{}\"", home.display());
     println!("export PATH=\"{}:$PATH\"", bin.display());
-    println!("export CUDA_COMPUTE_CAP={COMPUTE_CAP}");
+    println!("export CUDA_COMPUTE_CAP={}", compute_cap());
     println!("export CUDAFORGE_THREADS={}", cores());
     println!(
         "export LD_LIBRARY_PATH=\"{}:{}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}\"",

@@ -73,7 +73,8 @@ pub fn limit_context(args: &RuntimeArgs, model: &mut Model) -> Result<()> {
     Ok(())
 }
 
-/// The policy from `--policy`, with `--keep` and `--scorer` applied.
+/// The policy from `--policy` (a path to a TOML file, or what a grid takes: `none`, a
+/// preset name of `configs/`, `NAME@K`), with `--keep` and `--scorer` applied.
 pub fn load_policy(args: &PolicyArgs) -> Result<Policy> {
     let edit = |file: &mut sieve_core::policy::PolicyFile| {
         if let Some(keep) = args.keep {
@@ -85,8 +86,19 @@ pub fn load_policy(args: &PolicyArgs) -> Result<Policy> {
         Ok(())
     };
     match &args.policy {
-        Some(path) => {
+        Some(path) if path.is_file() => {
             sieve_core::preset::load_file_with(path, edit).with_context(|| format!("policy {}", path.display()))
+        }
+        Some(spec) => {
+            let policy = resolve_policy(&spec.to_string_lossy())?;
+            if args.keep.is_none() && args.scorer.is_none() {
+                return Ok(policy);
+            }
+            let mut file = policy.to_file();
+            edit(&mut file).context("invalid policy")?;
+            let mut out = file.validate().context("invalid policy")?;
+            out.name = policy.name;
+            Ok(out)
         }
         None => {
             let mut file = sieve_core::policy::PolicyFile { name: Some("none".into()), ..Default::default() };
