@@ -129,7 +129,7 @@ pub struct DeviceCheckArgs {
         value_parser = |s: &str| s.parse::<Dtype>().map_err(|e| e.to_string()))]
     pub dtypes: Vec<Dtype>,
     /// Policies whose logits and kept positions are compared with the CPU's. Default: `none`
-    /// and every preset in configs/.
+    /// and every built-in preset (those of configs/).
     #[arg(long, value_delimiter = ',')]
     pub check_policies: Vec<String>,
     /// Prompt tokens of each comparison (then 16 decode steps).
@@ -180,8 +180,9 @@ pub struct SamplingArgs {
 
 #[derive(Args, Clone)]
 pub struct PolicyArgs {
-    /// A pruning policy: a TOML file, or `none`, a preset name of ./configs (`snapkv`), or
-    /// either as `NAME@K` (kept fraction K). Default: no pruning.
+    /// A pruning policy: a TOML file, or `none`, a preset's name (`snapkv`: ./configs/snapkv.toml
+    /// if there, else the built-in preset), or either as `NAME@K` (kept fraction K). Default:
+    /// no pruning.
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// Override the kept fraction (`keep` in the policy file).
@@ -229,7 +230,8 @@ pub struct ServeArgs {
     /// its file's stem.
     #[arg(long)]
     pub model_id: Option<String>,
-    /// Folder of the presets a request may name in `"sieve": {"policy": NAME}`.
+    /// Folder of the presets a request may name in `"sieve": {"policy": NAME}`, beside the
+    /// built-in ones (a file here takes precedence).
     #[arg(long, default_value = "configs")]
     pub presets: PathBuf,
     /// Most sequences decoded together (each decode step runs once for all of them).
@@ -311,8 +313,8 @@ pub struct PasskeyArgs {
     /// Keys per length and depth (seeds 0..N).
     #[arg(long, default_value_t = 3)]
     pub seeds: u64,
-    /// Policies: names of `configs/<name>.toml` (relative to the current directory) or
-    /// paths to .toml files; `none` is built in, `NAME@K` overrides the kept fraction to K.
+    /// Policies: preset names (`configs/<name>.toml` relative to the current directory, else
+    /// the built-in preset) or paths to .toml files; `NAME@K` overrides the kept fraction to K.
     /// The unpruned model always runs too, as the baseline.
     #[arg(long, value_delimiter = ',', default_value = "none,snapkv")]
     pub policies: Vec<String>,
@@ -332,8 +334,9 @@ pub struct PasskeyArgs {
 
 #[derive(Args, Clone)]
 pub struct BenchArgs {
-    /// Policies: names of `configs/<name>.toml` (relative to the current directory) or
-    /// paths to .toml files. The unpruned model always runs, as the baseline of each length.
+    /// Policies: preset names (`configs/<name>.toml` relative to the current directory, else
+    /// the built-in preset) or paths to .toml files. The unpruned model always runs, as the
+    /// baseline of each length.
     #[arg(long, value_delimiter = ',', default_value = "snapkv,lazy-prefill,streaming")]
     pub policies: Vec<String>,
     /// Kept fractions, applied to each policy as `--keep` does.

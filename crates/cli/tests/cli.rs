@@ -253,13 +253,15 @@ fn generated_with(dir: &std::path::Path, args: &[&str]) -> (String, u64) {
     (record["text"].as_str().unwrap().to_string(), record["kv_bytes"].as_u64().unwrap())
 }
 
-/// `--policy` takes a preset's name (from `./configs`), and `NAME@K`, as grids do.
+/// `--policy` takes a preset's name and `NAME@K`, as grids do: from `./configs`, or built
+/// in where there is none.
 #[test]
 fn a_policy_by_preset_name_is_the_presets_file() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let file = root.join("configs/lazy-prefill.toml");
     let by_path = candle_runs().iter().find(|(p, _)| p.ends_with("lazy-prefill.toml")).unwrap().1.clone();
     assert_eq!(generated_with(&root, &["--policy", "lazy-prefill"]), by_path);
+    assert_eq!(generated_with(&std::env::temp_dir(), &["--policy", "lazy-prefill"]), by_path);
     // Its stages keep 80%, 60% and 40% of the prompt; all of them 50% here.
     let half = generated_with(&root, &["--keep", "0.5", "--policy", file.to_str().unwrap()]);
     assert_ne!(half.1, by_path.1, "keep 0.5 keeps another count than the preset's");

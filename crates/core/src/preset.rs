@@ -5,11 +5,43 @@
 //! a `.toml` file; `NAME@K` is that policy with its kept fraction overridden to `K` (as
 //! [`PolicyFile::override_keep`] does). The policy's name is the file's stem unless the
 //! file names itself, and `NAME@K` for an override.
+//!
+//! The presets of the repository's `configs/` are built in ([`BUILTIN`]), so a name works
+//! from any directory; a file of that name in the folder given takes precedence.
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::policy::{Policy, PolicyFile};
+
+/// The repository's presets (`configs/*.toml`), by name, as compiled into every binary.
+pub const BUILTIN: [(&str, &str); 16] = [
+    ("adaptive", include_str!("../../../configs/adaptive.toml")),
+    ("combined", include_str!("../../../configs/combined.toml")),
+    ("expected-attention", include_str!("../../../configs/expected-attention.toml")),
+    ("fastkv", include_str!("../../../configs/fastkv.toml")),
+    ("gemfilter", include_str!("../../../configs/gemfilter.toml")),
+    ("h2o", include_str!("../../../configs/h2o.toml")),
+    ("h2o-head", include_str!("../../../configs/h2o-head.toml")),
+    ("knorm", include_str!("../../../configs/knorm.toml")),
+    ("lazy-prefill", include_str!("../../../configs/lazy-prefill.toml")),
+    ("lazy-revive", include_str!("../../../configs/lazy-revive.toml")),
+    ("none", include_str!("../../../configs/none.toml")),
+    ("novelty", include_str!("../../../configs/novelty.toml")),
+    ("pyramid", include_str!("../../../configs/pyramid.toml")),
+    ("snapkv", include_str!("../../../configs/snapkv.toml")),
+    ("streaming", include_str!("../../../configs/streaming.toml")),
+    ("tova", include_str!("../../../configs/tova.toml")),
+];
+
+/// The built-in preset `name`, parsed and validated.
+fn builtin(name: &str) -> Option<Result<Policy>> {
+    let (_, text) = BUILTIN.iter().find(|(n, _)| *n == name)?;
+    Some(PolicyFile::from_toml(text).and_then(|mut file| {
+        file.name.get_or_insert_with(|| name.to_string());
+        file.validate()
+    }))
+}
 
 /// Reads and validates a policy file; a file without a `name` is named after its stem.
 pub fn load_file(path: &Path) -> Result<Policy> {
@@ -65,17 +97,23 @@ pub fn resolve(spec: &str, presets: &Path) -> Result<Policy> {
         return Err(Error::UnknownPolicy { spec: spec.into(), detail: "an empty name".into() });
     }
     let path = preset_path(spec, presets);
-    if !path.is_file() {
-        return Err(Error::UnknownPolicy {
-            spec: spec.into(),
-            detail: format!(
-                "{} does not exist (a policy is `none`, a preset name in {}, or a path to a .toml file)",
-                path.display(),
-                presets.display()
-            ),
-        });
+    if path.is_file() {
+        return load_file(&path);
     }
-    load_file(&path)
+    let is_name = path != Path::new(spec);
+    if let Some(policy) = builtin(spec).filter(|_| is_name) {
+        return policy;
+    }
+    let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+    Err(Error::UnknownPolicy {
+        spec: spec.into(),
+        detail: format!(
+            "{} does not exist (a policy is `none`, a preset name in {} or built in: {}; or a path to a .toml file)",
+            path.display(),
+            presets.display(),
+            names.join(", ")
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -96,6 +134,30 @@ mod tests {
         assert_ne!(quarter, snap);
         let by_path = resolve(&presets().join("snapkv.toml").display().to_string(), Path::new("/nowhere")).unwrap();
         assert_eq!(by_path, snap);
+    }
+
+    /// Every preset of `configs/` is built in, as its file reads.
+    #[test]
+    fn the_built_in_presets_are_the_configs_folder() {
+        let mut files: Vec<String> = std::fs::read_dir(presets())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, files, "BUILTIN lists configs/*.toml in order");
+        let nowhere = Path::new("/nowhere");
+        for name in names {
+            let built_in = resolve(name, nowhere).unwrap();
+            assert_eq!(built_in, resolve(name, &presets()).unwrap(), "{name}");
+            assert_eq!(built_in.name, name);
+        }
+        // A name is looked up in the folder first; a path is never a built-in preset.
+        let e = resolve("snapkv.toml", nowhere).unwrap_err().to_string();
+        assert!(e.contains("snapkv.toml does not exist"), "{e}");
+        assert_eq!(resolve("snapkv@0.5", nowhere).unwrap(), resolve("snapkv@0.5", &presets()).unwrap());
     }
 
     #[test]

@@ -24,18 +24,10 @@ fn in_dtype(weights: &Weights, dtype: Dtype) -> Weights {
     }
 }
 
-/// `none` and every preset in `configs/`, by name.
-fn every_preset() -> Result<Vec<String>> {
-    let dir = std::path::Path::new("configs");
-    let entries =
-        std::fs::read_dir(dir).context("listing configs/ (run from the repository, or pass --check-policies)")?;
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok()?.path().file_stem()?.to_str().map(String::from))
-        .filter(|n| n != "none")
-        .collect();
-    names.sort();
-    names.insert(0, "none".into());
-    Ok(names)
+/// `none` and every built-in preset (`configs/`), by name.
+fn every_preset() -> Vec<String> {
+    let names = sieve_core::preset::BUILTIN.iter().map(|(n, _)| *n).filter(|n| *n != "none");
+    std::iter::once("none").chain(names).map(String::from).collect()
 }
 
 fn policies(names: &[String], layers: usize) -> Result<Vec<Policy>> {
@@ -70,7 +62,7 @@ pub fn run(args: DeviceCheckArgs) -> Result<()> {
 
     let longest = args.lengths.iter().max().copied().unwrap_or(0).max(args.check_tokens);
     let (config, weights) = device::synthetic_model(longest + args.decode_tokens.max(CHECK_STEPS));
-    let check_names = if args.check_policies.is_empty() { every_preset()? } else { args.check_policies.clone() };
+    let check_names = if args.check_policies.is_empty() { every_preset() } else { args.check_policies.clone() };
     let check_policies = policies(&check_names, config.n_layers)?;
     let speed_policies = policies(&args.policies, config.n_layers)?;
     let tokens = device::tokens(config.vocab, longest);

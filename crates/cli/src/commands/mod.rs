@@ -74,7 +74,7 @@ pub fn limit_context(args: &RuntimeArgs, model: &mut Model) -> Result<()> {
 }
 
 /// The policy from `--policy` (a path to a TOML file, or what a grid takes: `none`, a
-/// preset name of `configs/`, `NAME@K`), with `--keep` and `--scorer` applied.
+/// preset's name, `NAME@K`), with `--keep` and `--scorer` applied.
 pub fn load_policy(args: &PolicyArgs) -> Result<Policy> {
     let edit = |file: &mut sieve_core::policy::PolicyFile| {
         if let Some(keep) = args.keep {
@@ -126,8 +126,9 @@ pub fn generate_options(a: &SamplingArgs) -> sieve_engine::GenerateOptions {
     }
 }
 
-/// A policy named on a grid's command line (`none`, a name of `configs/<name>.toml`
-/// relative to the current directory, a path, `NAME@K`; see [`sieve_core::preset`]).
+/// A policy named on a grid's command line (`none`, a preset's name: `configs/<name>.toml`
+/// relative to the current directory, else the built-in preset; a path; `NAME@K`; see
+/// [`sieve_core::preset`]).
 pub fn resolve_policy(spec: &str) -> Result<Policy> {
     Ok(sieve_core::preset::resolve(spec, Path::new("configs"))?)
 }
