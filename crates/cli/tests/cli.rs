@@ -266,6 +266,10 @@ fn a_policy_by_preset_name_is_the_presets_file() {
     let half = generated_with(&root, &["--keep", "0.5", "--policy", file.to_str().unwrap()]);
     assert_ne!(half.1, by_path.1, "keep 0.5 keeps another count than the preset's");
     assert_eq!(generated_with(&root, &["--policy", "lazy-prefill@0.5"]), half);
+    let out = sieve().args(["generate", "hi", "--policy", "snapkv@0.5", "--keep", "0.25"]).output().unwrap();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("both set the kept fraction"), "{err}");
     let out = sieve().current_dir(&root).args(["generate", "hi", "--policy", "snapkvv"]).output().unwrap();
     let err = stderr_of(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");

@@ -90,7 +90,13 @@ pub fn load_policy(args: &PolicyArgs) -> Result<Policy> {
             sieve_core::preset::load_file_with(path, edit).with_context(|| format!("policy {}", path.display()))
         }
         Some(spec) => {
-            let policy = resolve_policy(&spec.to_string_lossy())?;
+            let spec = spec.to_string_lossy();
+            if let (Some(keep), Some((_, at))) = (args.keep, spec.rsplit_once('@')) {
+                anyhow::bail!(
+                    "--policy {spec} and --keep {keep} both set the kept fraction: give one (`@{at}` or --keep)"
+                );
+            }
+            let policy = resolve_policy(&spec)?;
             if args.keep.is_none() && args.scorer.is_none() {
                 return Ok(policy);
             }
