@@ -231,9 +231,9 @@ pub struct ServeArgs {
     #[arg(long)]
     pub model_id: Option<String>,
     /// Folder of the presets a request may name in `"sieve": {"policy": NAME}`, beside the
-    /// built-in ones (a file here takes precedence).
-    #[arg(long, default_value = "configs")]
-    pub presets: PathBuf,
+    /// built-in ones (a file here takes precedence). Default: ./configs where there is one.
+    #[arg(long)]
+    pub presets: Option<PathBuf>,
     /// Most sequences decoded together (each decode step runs once for all of them).
     #[arg(long, default_value_t = 8)]
     pub max_batch: usize,

@@ -330,3 +330,16 @@ fn unsupported_or_wrong_configuration_values_name_the_file_and_key() {
         fails_with(&mut generate_with(&dir.0), &[&dir.0.join(file).display().to_string(), message]);
     }
 }
+
+/// `sieve serve`'s bad settings are refused before the model loads or a port opens.
+#[test]
+fn bad_server_settings_are_refused() {
+    let serve = |args: &[&str]| {
+        let mut cmd = sieve();
+        cmd.args(["serve", "--port", "0"]).args(args);
+        cmd
+    };
+    fails_with(&mut serve(&["--presets", "/nonexistent/presets"]), &["--presets /nonexistent/presets: no such folder"]);
+    fails_with(&mut serve(&["--max-batch", "0"]), &["--max-batch 0 is out of range"]);
+    fails_with(&mut serve(&["--max-queue", "0"]), &["--max-queue must be at least 1"]);
+}

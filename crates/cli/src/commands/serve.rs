@@ -31,6 +31,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.max_tokens == 0 {
         bail!("--max-tokens must be at least 1");
     }
+    let presets = match &args.presets {
+        Some(dir) if !dir.is_dir() => bail!("--presets {}: no such folder", dir.display()),
+        Some(dir) => dir.clone(),
+        None => std::path::PathBuf::from("configs"),
+    };
     let policy = super::load_policy(&args.policy)?;
     let mut model = super::load_model(&args.runtime.model)?;
     policy.check_model(model.config.n_layers).context("--policy")?;
@@ -42,7 +47,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         port: args.port,
         model_id: model_id(&args),
         policy,
-        presets: args.presets.clone(),
+        presets,
         default_max_tokens: args.max_tokens,
         max_queue: args.max_queue,
         engine: EngineConfig {
