@@ -37,10 +37,18 @@ pub const BUILTIN: [(&str, &str); 16] = [
 /// The built-in preset `name`, parsed and validated.
 fn builtin(name: &str) -> Option<Result<Policy>> {
     let (_, text) = BUILTIN.iter().find(|(n, _)| *n == name)?;
-    Some(PolicyFile::from_toml(text).and_then(|mut file| {
-        file.name.get_or_insert_with(|| name.to_string());
-        file.validate()
-    }))
+    Some(parse(text, Some(name.to_string()), |_| Ok(())))
+}
+
+/// A policy file's text parsed, named `default_name` unless it names itself, edited, then
+/// validated.
+fn parse(text: &str, default_name: Option<String>, edit: impl FnOnce(&mut PolicyFile) -> Result<()>) -> Result<Policy> {
+    let mut file = PolicyFile::from_toml(text)?;
+    if file.name.is_none() {
+        file.name = default_name;
+    }
+    edit(&mut file)?;
+    file.validate()
 }
 
 /// Reads and validates a policy file; a file without a `name` is named after its stem.
@@ -52,18 +60,21 @@ pub fn load_file(path: &Path) -> Result<Policy> {
 /// overrides such as `--keep` and `--scorer`).
 pub fn load_file_with(path: &Path, edit: impl FnOnce(&mut PolicyFile) -> Result<()>) -> Result<Policy> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    let mut file = PolicyFile::from_toml(&text)?;
-    if file.name.is_none() {
-        file.name = path.file_stem().map(|s| s.to_string_lossy().into_owned());
-    }
-    edit(&mut file)?;
-    file.validate()
+    parse(&text, path.file_stem().map(|s| s.to_string_lossy().into_owned()), edit)
 }
 
 /// `policy` with its kept fraction overridden to `keep`; the name is kept.
 pub fn with_keep(policy: &Policy, keep: f64) -> Result<Policy> {
+    edited(policy, |file| {
+        file.override_keep(keep);
+        Ok(())
+    })
+}
+
+/// `policy` with `edit` applied to its file form, validated again; the name is kept.
+pub fn edited(policy: &Policy, edit: impl FnOnce(&mut PolicyFile) -> Result<()>) -> Result<Policy> {
     let mut file = policy.to_file();
-    file.override_keep(keep);
+    edit(&mut file)?;
     let mut out = file.validate()?;
     out.name = policy.name.clone();
     Ok(out)

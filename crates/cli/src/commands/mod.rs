@@ -100,11 +100,7 @@ pub fn load_policy(args: &PolicyArgs) -> Result<Policy> {
             if args.keep.is_none() && args.scorer.is_none() {
                 return Ok(policy);
             }
-            let mut file = policy.to_file();
-            edit(&mut file).context("invalid policy")?;
-            let mut out = file.validate().context("invalid policy")?;
-            out.name = policy.name;
-            Ok(out)
+            sieve_core::preset::edited(&policy, edit).context("invalid policy")
         }
         None => {
             let mut file = sieve_core::policy::PolicyFile { name: Some("none".into()), ..Default::default() };
