@@ -3,6 +3,11 @@
 //! and every step decodes one token for all of them. Prints tokens per second for each
 //! batch size and the ratio to one sequence, measured in the same run.
 //!
+//! Each sequence's context is prefilled once; every round then forks the prefilled
+//! sessions and times `--steps` steps of each batch size in turn, so that the sizes see the
+//! same minutes of a noisy machine. The table gives each size's median over the rounds,
+//! and the ratio of medians.
+//!
 //! `cargo run --release -p sieve-benches --bin batch -- --sizes 1,2,4,8 --context 512`
 
 use std::time::Instant;
@@ -23,9 +28,12 @@ struct Args {
     /// Context tokens each sequence holds before decoding.
     #[arg(long, default_value_t = 512)]
     context: usize,
-    /// Decode steps timed per batch size.
+    /// Decode steps timed per batch size and round.
     #[arg(long, default_value_t = 32)]
     steps: usize,
+    /// Rounds over all the batch sizes (the table reports each size's median).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
     /// Weights: native, f32, f16, bf16.
     #[arg(long, default_value = "native")]
     dtype: String,
@@ -46,28 +54,46 @@ fn main() -> Result<()> {
     let policy: Policy = sieve_core::preset::resolve(&args.policy, &sieve_benches::workspace_dir().join("configs"))?;
     let weights = model.take_weights();
     let runtime = Runtime::load(BackendKind::Candle, DeviceSpec::Cpu, &model.config, weights)?;
-    println!("| sequences | tokens/s (all sequences) | vs one sequence |");
-    println!("|---:|---:|---:|");
-    let mut single = None;
-    for &n in &args.sizes {
-        let mut sessions = Vec::new();
-        let mut next = Vec::new();
-        for i in 0..n {
-            // Each sequence its own context: the passage shifted by `i` tokens.
-            let mut s = Session::new(&runtime, policy.clone())?;
-            next.push(argmax(s.prefill(&tokens[i..i + args.context], Logits::Last)?.last()));
-            sessions.push(s);
-        }
-        let mut refs: Vec<&mut Session<'_, Runtime>> = sessions.iter_mut().collect();
-        // One untimed step, then the timed ones.
-        next = Session::step_batch(&mut refs, &next)?.iter().map(|l| argmax(l)).collect();
-        let started = Instant::now();
-        for _ in 0..args.steps {
+    anyhow::ensure!(args.rounds > 0 && args.steps > 0, "--rounds and --steps must be at least 1");
+    anyhow::ensure!(!args.sizes.contains(&0), "a batch size must be at least 1");
+    // Each sequence its own context (the passage shifted by `i` tokens), prefilled once.
+    let most = *args.sizes.iter().max().unwrap_or(&1);
+    let mut prefilled = Vec::with_capacity(most);
+    for i in 0..most {
+        let mut s = Session::new(&runtime, policy.clone())?;
+        let first = argmax(s.prefill(&tokens[i..i + args.context], Logits::Last)?.last());
+        prefilled.push((s, first));
+    }
+    let mut rates = vec![Vec::with_capacity(args.rounds); args.sizes.len()];
+    for round in 0..args.rounds {
+        for (k, &n) in args.sizes.iter().enumerate() {
+            let mut sessions =
+                prefilled[..n].iter().map(|(s, _)| s.fork()).collect::<sieve_engine::Result<Vec<_>>>()?;
+            let mut next: Vec<u32> = prefilled[..n].iter().map(|&(_, t)| t).collect();
+            let mut refs: Vec<&mut Session<'_, Runtime>> = sessions.iter_mut().collect();
+            // One untimed step, then the timed ones.
             next = Session::step_batch(&mut refs, &next)?.iter().map(|l| argmax(l)).collect();
+            let started = Instant::now();
+            for _ in 0..args.steps {
+                next = Session::step_batch(&mut refs, &next)?.iter().map(|l| argmax(l)).collect();
+            }
+            let rate = (n * args.steps) as f64 / started.elapsed().as_secs_f64();
+            eprintln!("round {}: {n} sequences {rate:.1} tokens/s", round + 1);
+            rates[k].push(rate);
         }
-        let rate = (n * args.steps) as f64 / started.elapsed().as_secs_f64();
-        let base = *single.get_or_insert(rate);
-        println!("| {n} | {rate:.1} | {:.2}x |", rate / base);
+    }
+    let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
+    println!("| sequences | tokens/s (all sequences, median of {}) | vs one sequence |", args.rounds);
+    println!("|---:|---:|---:|");
+    for (&n, &rate) in args.sizes.iter().zip(&medians) {
+        println!("| {n} | {rate:.1} | {:.2}x |", rate / medians[0]);
     }
     Ok(())
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
 }
