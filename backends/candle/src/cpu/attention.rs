@@ -99,6 +99,10 @@ pub fn attention(
     let g = s.heads / s.kv_heads;
     assert!(q.len() == n * s.heads * hd && out.len() == q.len(), "attention: q and out must be [n, heads, head_dim]");
     assert!(keys.len() >= s.kv_heads * s.capacity * hd && values.len() == keys.len() && m <= s.capacity);
+    if n == 1 {
+        one_row(q, q_pos[0], keys, values, k_pos, s, out, probe);
+        return;
+    }
     let probe_rows = probe.rows.min(n);
     let first_probe = n - probe_rows;
     let want_sums = probe.sums.is_some();
@@ -231,6 +235,96 @@ pub fn attention(
     }
 }
 
+/// [`attention`] of one query row (a decode step): one task per query head, each writing
+/// its output row, probabilities and column sums in place, with no buffer but its scores
+/// (reused, [`zeroed`]). The heads of a group read the same keys and values, which the
+/// first of them brings into cache.
+#[allow(clippy::too_many_arguments)]
+fn one_row(
+    q: &[f32],
+    q_pos: usize,
+    keys: &[f32],
+    values: &[f32],
+    k_pos: &[usize],
+    s: Shape<'_>,
+    out: &mut [f32],
+    probe: ProbeOut<'_>,
+) {
+    let (m, hd, g) = (k_pos.len(), s.head_dim, s.heads / s.kv_heads);
+    // Keys this query sees: after its window's start, up to its position.
+    let visible = k_pos.partition_point(|&p| p <= q_pos);
+    let k0 = k_pos[..visible].partition_point(|&p| p.saturating_add(s.window) <= q_pos);
+    let ProbeOut { rows, probs, sums } = probe;
+    let probs = probs.filter(|_| rows > 0);
+    assert!(probs.as_ref().is_none_or(|p| p.len() == s.heads * m), "attention: probabilities must be [heads, 1, keys]");
+    assert!(sums.as_ref().is_none_or(|p| p.len() == s.heads * m), "attention: column sums must be [heads, keys]");
+    let (out_at, probs_at, sums_at) = (Rows::new(out), probs.map(Rows::new), sums.map(Rows::new));
+    let task = |h: usize| {
+        let kv = h / g;
+        // The head's padding rows, if any, are never read.
+        let lo = k0.max(s.padding.get(kv).copied().unwrap_or(0)).min(visible);
+        let base = kv * s.capacity * hd;
+        let qh = &q[h * hd..(h + 1) * hd];
+        let key = |j: usize| &keys[base + j * hd..base + (j + 1) * hd];
+        let mut p = zeroed(visible - lo);
+        let mut j = lo;
+        while j + 4 <= visible {
+            p[j - lo..j - lo + 4].copy_from_slice(&dot4([key(j), key(j + 1), key(j + 2), key(j + 3)], qh));
+            j += 4;
+        }
+        for j in j..visible {
+            p[j - lo] = dot(key(j), qh);
+        }
+        let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let inv = 1.0 / exp_shifted_sum(&mut p, max);
+        p.iter_mut().for_each(|v| *v *= inv);
+        // SAFETY: task `h` alone writes row `h` of each output (`hd` values of `out`, `m`
+        // of the probabilities and sums), which outlive the pool's run.
+        let o = unsafe { out_at.row(h, hd) };
+        o.fill(0.0);
+        weighted_sum(&p, &values[base + lo * hd..base + visible * hd], o);
+        for dst in [&probs_at, &sums_at].into_iter().flatten() {
+            // SAFETY: as above.
+            let row = unsafe { dst.row(h, m) };
+            row[..lo].fill(0.0);
+            row[lo..visible].copy_from_slice(&p);
+            row[visible..].fill(0.0);
+        }
+    };
+    if m * s.heads * hd < SPLIT_WORK {
+        (0..s.heads).for_each(task);
+    } else {
+        Pool::global().run(s.heads, &task);
+    }
+}
+
+/// Rows of an output that tasks write one each.
+#[derive(Clone, Copy)]
+struct Rows(*mut f32, usize);
+
+// SAFETY: each task writes only its own rows (see `Rows::row`), so sharing the pointer
+// across threads never makes two of them write the same value.
+unsafe impl Send for Rows {}
+// SAFETY: as above.
+unsafe impl Sync for Rows {}
+
+impl Rows {
+    fn new(v: &mut [f32]) -> Self {
+        Self(v.as_mut_ptr(), v.len())
+    }
+
+    /// Row `i` of `width` values.
+    ///
+    /// # Safety
+    /// No other live reference reaches row `i`.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, i: usize, width: usize) -> &mut [f32] {
+        assert!((i + 1) * width <= self.1, "row {i} of {width} is outside the output");
+        // SAFETY: inside the slice `new` was given (asserted); exclusive by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(i * width), width) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,7 +349,10 @@ mod tests {
                     let k = &keys[(kv * s.capacity + j) * hd..(kv * s.capacity + j + 1) * hd];
                     qi.iter().zip(k).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum()
                 };
-                let seen: Vec<usize> = (0..m).filter(|&j| k_pos[j] <= q_pos[t]).collect();
+                let pad = s.padding.get(kv).copied().unwrap_or(0);
+                let seen: Vec<usize> = (pad..m)
+                    .filter(|&j| k_pos[j] <= q_pos[t] && k_pos[j].saturating_add(s.window) > q_pos[t])
+                    .collect();
                 let max = seen.iter().map(|&j| score(j)).fold(f64::NEG_INFINITY, f64::max);
                 let total: f64 = seen.iter().map(|&j| (score(j) - max).exp()).sum();
                 for &j in &seen {
@@ -269,6 +366,36 @@ mod tests {
             }
         }
         (out, probs)
+    }
+
+    /// A decode step's row over a sliding window, with KV heads holding different numbers
+    /// of entries (padding rows first), on a cache short enough to run on the calling
+    /// thread and on one long enough for the pool: outputs, probabilities and column sums
+    /// against plain attention over the keys each head may see.
+    #[test]
+    fn one_row_respects_windows_and_padding() {
+        let (heads, kv_heads, hd) = (9, 3, 64);
+        let value = |i: usize, salt: usize| ((i * 37 + salt * 11) % 101) as f32 / 50.0 - 1.0;
+        for (m, window, padding) in
+            [(10, usize::MAX, vec![0, 3, 1]), (700, 300, vec![5, 0, 200]), (700, usize::MAX, vec![])]
+        {
+            let keys: Vec<f32> = (0..kv_heads * m * hd).map(|i| value(i, 1) * 0.3).collect();
+            let values: Vec<f32> = (0..kv_heads * m * hd).map(|i| value(i, 2)).collect();
+            let k_pos: Vec<usize> = (0..m).map(|j| 2 * j).collect();
+            let q_pos = [2 * m - 2];
+            let q: Vec<f32> = (0..heads * hd).map(|i| value(i, 3) * 0.3).collect();
+            let s = Shape { heads, kv_heads, head_dim: hd, capacity: m, window, padding: &padding };
+            let mut out = vec![0f32; q.len()];
+            let (mut probs, mut sums) = (vec![7f32; heads * m], vec![7f32; heads * m]);
+            let probe = ProbeOut { rows: 1, probs: Some(&mut probs), sums: Some(&mut sums) };
+            attention(&q, &q_pos, &keys, &values, &k_pos, s, &mut out, probe);
+            let (want_out, want_probs) = reference(&q, &q_pos, &keys, &values, &k_pos, s);
+            let worst =
+                |a: &[f32], b: &[f64]| a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - y).abs()).fold(0.0, f64::max);
+            assert!(worst(&out, &want_out) < 1e-5, "{m} keys: outputs off by {}", worst(&out, &want_out));
+            assert!(worst(&probs, &want_probs) < 1e-6, "{m} keys: probabilities off by {}", worst(&probs, &want_probs));
+            assert!(worst(&sums, &want_probs) < 1e-6, "{m} keys: column sums off by {}", worst(&sums, &want_probs));
+        }
     }
 
     /// A decode step (direct kernels, one task per query head) and a few rows (the GEMM)
