@@ -4,6 +4,11 @@
 //! 49,152 × 576 Q8_0 output, as a decode step reads them):
 //! `cargo run --release -p sieve-candle --example matvec [q4_0|q4_1|q8_0] [inputs]`.
 //! Set `SIEVE_THREADS` as for sieve.
+//!
+//! A last line times the integer kernel alone on the model's matrices: two threads, each
+//! taking half of every matrix's panels (the next panel but one requested ahead, as the
+//! products do), the inputs quantized once, no pool, no output buffers; what the products
+//! of a decode step cannot go below on this CPU.
 
 use std::time::Instant;
 
@@ -70,4 +75,62 @@ fn main() {
             s * 1e3 / reps as f64
         );
     }
+    kernel_alone(model(), &x, inputs);
+}
+
+/// The integer kernel on every panel of `ms` (the model's matrices) for `inputs` rows of
+/// `x`, two threads splitting each matrix's panels, four inputs per pass as the products
+/// run them.
+fn kernel_alone(ms: Vec<Matrix>, x: &[f32], inputs: usize) {
+    use sieve_candle::cpu::intdot::PANEL;
+    use sieve_candle::cpu::vnni;
+    let Some(dtype) = ms[0].dtype().filter(|&d| vnni::supported(d, PANEL, ms[0].cols())) else {
+        println!("the integer kernel alone: none for this format on this CPU");
+        return;
+    };
+    // Per matrix: its format, its panels and its inputs, quantized once.
+    let work: Vec<_> = ms
+        .iter()
+        .map(|m| {
+            let d = m.dtype().unwrap_or(dtype);
+            let xs: Vec<vnni::Quantized> =
+                x[..inputs * m.cols()].chunks_exact(m.cols()).map(vnni::Quantized::new).collect();
+            let panels: Vec<&[u8]> =
+                (0..m.rows()).step_by(PANEL).filter_map(|r| m.packed_rows(r, PANEL).map(|(_, b)| b)).collect();
+            (d, panels, xs)
+        })
+        .collect();
+    let half = |which: usize| {
+        let mut out = vec![[0f32; PANEL]; 4];
+        for (d, panels, xs) in &work {
+            let (from, to) = (panels.len() * which / 2, panels.len() * (which + 1) / 2);
+            for p in from..to {
+                let fetch = (p + 2 < to).then(|| panels[p + 2]);
+                for (i, xs) in xs.chunks(4).enumerate() {
+                    let out = &mut out[..xs.len()];
+                    vnni::panel_dots(*d, panels[p], fetch.filter(|_| i == 0), xs, out);
+                    std::hint::black_box(&out);
+                }
+            }
+        }
+    };
+    let pass = || {
+        std::thread::scope(|s| {
+            s.spawn(|| half(1));
+            half(0);
+        })
+    };
+    pass();
+    let reps = 20;
+    let start = Instant::now();
+    for _ in 0..reps {
+        pass();
+    }
+    let units: usize = ms.iter().map(|m| m.rows() * m.cols() / (PANEL * 32)).sum();
+    let s = start.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "{dtype:?} {inputs} input(s), the integer kernel alone on the model's matrices, two threads: {:.2} ms per pass, {:.2} ns per unit of 16 rows x 32 values and input",
+        s * 1e3,
+        s * 1e9 / (units * inputs) as f64
+    );
 }
