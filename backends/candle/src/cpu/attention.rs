@@ -140,18 +140,9 @@ pub fn attention(
             let base = (kv * s.capacity + k0) * hd;
             let k = View::transposed(&keys[base..base + visible.max(1) * hd], hd, visible);
             let mut scores = zeroed(g * rows * visible);
-            let keys_of = |j: usize| &keys[base + j * hd..base + (j + 1) * hd];
             if direct {
                 for (qi, srow) in a.chunks_exact(hd).zip(scores.chunks_exact_mut(visible.max(1))) {
-                    let mut j = 0;
-                    while j + 4 <= visible {
-                        srow[j..j + 4]
-                            .copy_from_slice(&dot4([keys_of(j), keys_of(j + 1), keys_of(j + 2), keys_of(j + 3)], qi));
-                        j += 4;
-                    }
-                    for (j, sv) in srow.iter_mut().enumerate().take(visible).skip(j) {
-                        *sv = dot(keys_of(j), qi);
-                    }
+                    dots(&keys[base..base + visible * hd], qi, &mut srow[..visible]);
                 }
             } else {
                 matmul(View::rows(&a, g * rows, hd), k, &mut scores, visible, false);
@@ -264,17 +255,8 @@ fn one_row(
         // The head's padding rows, if any, are never read.
         let lo = k0.max(s.padding.get(kv).copied().unwrap_or(0)).min(visible);
         let base = kv * s.capacity * hd;
-        let qh = &q[h * hd..(h + 1) * hd];
-        let key = |j: usize| &keys[base + j * hd..base + (j + 1) * hd];
         let mut p = zeroed(visible - lo);
-        let mut j = lo;
-        while j + 4 <= visible {
-            p[j - lo..j - lo + 4].copy_from_slice(&dot4([key(j), key(j + 1), key(j + 2), key(j + 3)], qh));
-            j += 4;
-        }
-        for j in j..visible {
-            p[j - lo] = dot(key(j), qh);
-        }
+        dots(&keys[base + lo * hd..base + visible * hd], &q[h * hd..(h + 1) * hd], &mut p);
         let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let inv = 1.0 / exp_shifted_sum(&mut p, max);
         p.iter_mut().for_each(|v| *v *= inv);
@@ -295,6 +277,21 @@ fn one_row(
         (0..s.heads).for_each(task);
     } else {
         Pool::global().run(s.heads, &task);
+    }
+}
+
+/// `out[j] = rows[j] · q` for consecutive rows of `q.len()` values, four rows at a time.
+fn dots(rows: &[f32], q: &[f32], out: &mut [f32]) {
+    let w = q.len();
+    assert_eq!(rows.len(), out.len() * w, "dots: {} values are not {} rows of {w}", rows.len(), out.len());
+    let row = |j: usize| &rows[j * w..(j + 1) * w];
+    let done = out.len() / 4 * 4;
+    let mut quads = out.chunks_exact_mut(4);
+    for (i, four) in quads.by_ref().enumerate() {
+        four.copy_from_slice(&dot4([row(4 * i), row(4 * i + 1), row(4 * i + 2), row(4 * i + 3)], q));
+    }
+    for (j, v) in quads.into_remainder().iter_mut().enumerate() {
+        *v = dot(row(done + j), q);
     }
 }
 
@@ -398,9 +395,9 @@ mod tests {
         }
     }
 
-    /// A decode step (direct kernels, one task per query head) and a few rows (the GEMM)
-    /// over a cache longer than any block, against plain attention: outputs, the last
-    /// rows' probabilities and their column sums.
+    /// A decode step (one row), two rows (direct kernels, one task per query head) and
+    /// three (the GEMM) over a cache longer than any block, against plain attention:
+    /// outputs, the last rows' probabilities and their column sums.
     #[test]
     fn direct_and_blocked_paths_match_plain_attention_on_a_long_cache() {
         let (heads, kv_heads, hd, m) = (9, 3, 64, 700);
@@ -408,7 +405,7 @@ mod tests {
         let keys: Vec<f32> = (0..kv_heads * m * hd).map(|i| value(i, 1) * 0.3).collect();
         let values: Vec<f32> = (0..kv_heads * m * hd).map(|i| value(i, 2)).collect();
         let k_pos: Vec<usize> = (0..m).map(|j| 2 * j).collect();
-        for n in [1, 3] {
+        for n in [1, 2, 3] {
             let q_pos: Vec<usize> = (0..n).map(|t| 2 * m - 2 * n + 2 * t + 1).collect();
             let q: Vec<f32> = (0..n * heads * hd).map(|i| value(i, 3) * 0.3).collect();
             let s = Shape { heads, kv_heads, head_dim: hd, capacity: m, window: usize::MAX, padding: &[] };
