@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use super::exp::exp_shifted_sum;
 use super::gemm::{View, matmul};
+use super::matvec::Out;
 use super::pool::Pool;
 use super::scratch::zeroed;
 use super::simd::{dot, dot4, weighted_sum};
@@ -249,7 +250,7 @@ fn one_row(
     let probs = probs.filter(|_| rows > 0);
     assert!(probs.as_ref().is_none_or(|p| p.len() == s.heads * m), "attention: probabilities must be [heads, 1, keys]");
     assert!(sums.as_ref().is_none_or(|p| p.len() == s.heads * m), "attention: column sums must be [heads, keys]");
-    let (out_at, probs_at, sums_at) = (Rows::new(out), probs.map(Rows::new), sums.map(Rows::new));
+    let (out_at, probs_at, sums_at) = (Out::new(out), probs.map(Out::new), sums.map(Out::new));
     let task = |h: usize| {
         let kv = h / g;
         // The head's padding rows, if any, are never read.
@@ -262,12 +263,12 @@ fn one_row(
         p.iter_mut().for_each(|v| *v *= inv);
         // SAFETY: task `h` alone writes row `h` of each output (`hd` values of `out`, `m`
         // of the probabilities and sums), which outlive the pool's run.
-        let o = unsafe { out_at.row(h, hd) };
+        let o = unsafe { out_at.part(h * hd, hd) };
         o.fill(0.0);
         weighted_sum(&p, &values[base + lo * hd..base + visible * hd], o);
         for dst in [&probs_at, &sums_at].into_iter().flatten() {
             // SAFETY: as above.
-            let row = unsafe { dst.row(h, m) };
+            let row = unsafe { dst.part(h * m, m) };
             row[..lo].fill(0.0);
             row[lo..visible].copy_from_slice(&p);
             row[visible..].fill(0.0);
@@ -292,33 +293,6 @@ fn dots(rows: &[f32], q: &[f32], out: &mut [f32]) {
     }
     for (j, v) in quads.into_remainder().iter_mut().enumerate() {
         *v = dot(row(done + j), q);
-    }
-}
-
-/// Rows of an output that tasks write one each.
-#[derive(Clone, Copy)]
-struct Rows(*mut f32, usize);
-
-// SAFETY: each task writes only its own rows (see `Rows::row`), so sharing the pointer
-// across threads never makes two of them write the same value.
-unsafe impl Send for Rows {}
-// SAFETY: as above.
-unsafe impl Sync for Rows {}
-
-impl Rows {
-    fn new(v: &mut [f32]) -> Self {
-        Self(v.as_mut_ptr(), v.len())
-    }
-
-    /// Row `i` of `width` values.
-    ///
-    /// # Safety
-    /// No other live reference reaches row `i`.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn row(&self, i: usize, width: usize) -> &mut [f32] {
-        assert!((i + 1) * width <= self.1, "row {i} of {width} is outside the output");
-        // SAFETY: inside the slice `new` was given (asserted); exclusive by the caller.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(i * width), width) }
     }
 }
 

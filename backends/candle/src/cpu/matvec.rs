@@ -47,17 +47,30 @@ pub(crate) fn par_rows(rows: usize, align: usize, f: impl Fn(usize, usize) + Syn
 
 /// A raw pointer to output rows that tasks write disjoint parts of.
 #[derive(Clone, Copy)]
-pub(crate) struct Out(*mut f32);
+pub(crate) struct Out(*mut f32, usize);
 
-// SAFETY: tasks write disjoint index ranges (see `par_rows`), so sharing the pointer
-// across threads never makes two of them write the same value.
+// SAFETY: tasks write disjoint index ranges (the rows `par_rows` hands out, or an
+// attention head's own row), so sharing the pointer across threads never makes two of
+// them write the same value.
 unsafe impl Send for Out {}
 // SAFETY: as above.
 unsafe impl Sync for Out {}
 
 impl Out {
     pub(crate) fn new(y: &mut [f32]) -> Self {
-        Self(y.as_mut_ptr())
+        Self(y.as_mut_ptr(), y.len())
+    }
+
+    /// Values `start..start + len` as a slice, for a task that writes them all.
+    ///
+    /// # Safety
+    /// No other task reaches these values while the slice lives, and the slice `new` was
+    /// given outlives it.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn part<'a>(self, start: usize, len: usize) -> &'a mut [f32] {
+        assert!(start + len <= self.1, "values {start}..{} are outside the output", start + len);
+        // SAFETY: inside the slice `new` was given (asserted); exclusive by the caller.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
 
     /// The pointer to value `i` (which the caller keeps inside the slice `new` was given).
