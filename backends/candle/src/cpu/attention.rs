@@ -14,7 +14,7 @@ use super::gemm::{View, matmul};
 use super::matvec::Out;
 use super::pool::Pool;
 use super::scratch::zeroed;
-use super::simd::{dot, dot4, weighted_sum};
+use super::simd::{row_dots, weighted_sum, weighted_sums};
 
 /// Query rows per task.
 const QUERY_BLOCK: usize = 64;
@@ -38,6 +38,13 @@ pub const INLINE_WORK: usize = 1 << 18;
 /// every decode step on a cache of up to about 450 entries: 13% of the samples of a
 /// 400-token generation.
 const SPLIT_WORK: usize = 1 << 13;
+
+/// Keys per task of a decode row's attention (one KV head's chunk, all its query heads).
+const ROW_CHUNK: usize = 512;
+
+/// Keys per block of a decode row's task: a block of keys or values (16 KiB at 64 keys of
+/// 64 `f32`) is read once and serves each query head of the group from L1.
+const ROW_BLOCK: usize = 64;
 
 /// The shapes of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -143,7 +150,7 @@ pub fn attention(
             let mut scores = zeroed(g * rows * visible);
             if direct {
                 for (qi, srow) in a.chunks_exact(hd).zip(scores.chunks_exact_mut(visible.max(1))) {
-                    dots(&keys[base..base + visible * hd], qi, &mut srow[..visible]);
+                    row_dots(&keys[base..base + visible * hd], qi, &mut srow[..visible]);
                 }
             } else {
                 matmul(View::rows(&a, g * rows, hd), k, &mut scores, visible, false);
@@ -227,10 +234,14 @@ pub fn attention(
     }
 }
 
-/// [`attention`] of one query row (a decode step): one task per query head, each writing
-/// its output row, probabilities and column sums in place, with no buffer but its scores
-/// (reused, [`zeroed`]). The heads of a group read the same keys and values, which the
-/// first of them brings into cache.
+/// [`attention`] of one query row (a decode step). A task takes one KV head's chunk of up
+/// to [`ROW_CHUNK`] keys for every query head of its group, block by block of
+/// [`ROW_BLOCK`] keys, so that each key and value is read from memory once per step and
+/// then serves the group's heads from the nearest cache; on a long cache the step reads
+/// the cache at the memory's pace. A chunk's scores are exponentiated against the chunk's
+/// own maximum and its values summed with those weights; the chunks of a head are then
+/// combined, each scaled by `exp(max_c - max) / total` (as in split-K "flash decoding"),
+/// which also gives the probabilities the probes asked for.
 #[allow(clippy::too_many_arguments)]
 fn one_row(
     q: &[f32],
@@ -246,53 +257,87 @@ fn one_row(
     // Keys this query sees: after its window's start, up to its position.
     let visible = k_pos.partition_point(|&p| p <= q_pos);
     let k0 = k_pos[..visible].partition_point(|&p| p.saturating_add(s.window) <= q_pos);
-    let ProbeOut { rows, probs, sums } = probe;
-    let probs = probs.filter(|_| rows > 0);
+    let ProbeOut { rows, probs, mut sums } = probe;
+    let mut probs = probs.filter(|_| rows > 0);
     assert!(probs.as_ref().is_none_or(|p| p.len() == s.heads * m), "attention: probabilities must be [heads, 1, keys]");
     assert!(sums.as_ref().is_none_or(|p| p.len() == s.heads * m), "attention: column sums must be [heads, keys]");
-    let (out_at, probs_at, sums_at) = (Out::new(out), probs.map(Out::new), sums.map(Out::new));
-    let task = |h: usize| {
-        let kv = h / g;
-        // The head's padding rows, if any, are never read.
-        let lo = k0.max(s.padding.get(kv).copied().unwrap_or(0)).min(visible);
+    // Each KV head's first key: the window's start, or after its padding rows (never read).
+    let first = |kv: usize| k0.max(s.padding.get(kv).copied().unwrap_or(0)).min(visible);
+    // (KV head, first key, end key) of each task.
+    let mut tasks = Vec::new();
+    for kv in 0..s.kv_heads {
+        let mut a = first(kv);
+        while a < visible {
+            let b = (a + ROW_CHUNK).min(visible);
+            tasks.push((kv, a, b));
+            a = b;
+        }
+    }
+    // Every head's scores over the visible keys, then its chunk's exponentials in place;
+    // per task and head of its group: the chunk's maximum and sum, and its weighted values.
+    let mut p = zeroed(s.heads * visible);
+    let mut stats = zeroed(2 * g * tasks.len());
+    let mut partial = zeroed(hd * g * tasks.len());
+    let (p_at, stats_at, partial_at) = (Out::new(&mut p), Out::new(&mut stats), Out::new(&mut partial));
+    let task = |t: usize| {
+        let (kv, a, b) = tasks[t];
         let base = kv * s.capacity * hd;
-        let mut p = zeroed(visible - lo);
-        dots(&keys[base + lo * hd..base + visible * hd], &q[h * hd..(h + 1) * hd], &mut p);
-        let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let inv = 1.0 / exp_shifted_sum(&mut p, max);
-        p.iter_mut().for_each(|v| *v *= inv);
-        // SAFETY: task `h` alone writes row `h` of each output (`hd` values of `out`, `m`
-        // of the probabilities and sums), which outlive the pool's run.
-        let o = unsafe { out_at.part(h * hd, hd) };
-        o.fill(0.0);
-        weighted_sum(&p, &values[base + lo * hd..base + visible * hd], o);
-        for dst in [&probs_at, &sums_at].into_iter().flatten() {
+        let heads = kv * g..(kv + 1) * g;
+        // SAFETY: task `t` alone writes keys `a..b` of its group's rows of `p`, and its own
+        // statistics and weighted values; all outlive the pool's run.
+        let scores = |h: usize| unsafe { p_at.part(h * visible + a, b - a) };
+        for j in (a..b).step_by(ROW_BLOCK) {
+            let e = (j + ROW_BLOCK).min(b);
+            let block = &keys[base + j * hd..base + e * hd];
+            for h in heads.clone() {
+                row_dots(block, &q[h * hd..(h + 1) * hd], &mut scores(h)[j - a..e - a]);
+            }
+        }
+        for (i, h) in heads.clone().enumerate() {
+            let row = scores(h);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let total = exp_shifted_sum(row, max);
             // SAFETY: as above.
-            let row = unsafe { dst.part(h * m, m) };
-            row[..lo].fill(0.0);
-            row[lo..visible].copy_from_slice(&p);
-            row[visible..].fill(0.0);
+            unsafe { stats_at.part(2 * (t * g + i), 2) }.copy_from_slice(&[max, total]);
+        }
+        for j in (a..b).step_by(ROW_BLOCK) {
+            let e = (j + ROW_BLOCK).min(b);
+            let block = &values[base + j * hd..base + e * hd];
+            let ps: Vec<&[f32]> = heads.clone().map(|h| &scores(h)[j - a..e - a]).collect();
+            // SAFETY: as above.
+            let mut outs: Vec<&mut [f32]> = (0..g).map(|i| unsafe { partial_at.part((t * g + i) * hd, hd) }).collect();
+            weighted_sums(&ps, block, &mut outs);
         }
     };
     if m * s.heads * hd < SPLIT_WORK {
-        (0..s.heads).for_each(task);
+        (0..tasks.len()).for_each(task);
     } else {
-        Pool::global().run(s.heads, &task);
+        Pool::global().run(tasks.len(), &task);
     }
-}
-
-/// `out[j] = rows[j] · q` for consecutive rows of `q.len()` values, four rows at a time.
-fn dots(rows: &[f32], q: &[f32], out: &mut [f32]) {
-    let w = q.len();
-    assert_eq!(rows.len(), out.len() * w, "dots: {} values are not {} rows of {w}", rows.len(), out.len());
-    let row = |j: usize| &rows[j * w..(j + 1) * w];
-    let done = out.len() / 4 * 4;
-    let mut quads = out.chunks_exact_mut(4);
-    for (i, four) in quads.by_ref().enumerate() {
-        four.copy_from_slice(&dot4([row(4 * i), row(4 * i + 1), row(4 * i + 2), row(4 * i + 3)], q));
-    }
-    for (j, v) in quads.into_remainder().iter_mut().enumerate() {
-        *v = dot(row(done + j), q);
+    // Each head's chunks combined: weights `exp(max_c - max) / total`.
+    for h in 0..s.heads {
+        let (kv, i) = (h / g, h % g);
+        let mine: Vec<usize> = (0..tasks.len()).filter(|&t| tasks[t].0 == kv).collect();
+        let stat = |t: usize| (stats[2 * (t * g + i)], stats[2 * (t * g + i) + 1]);
+        let max = mine.iter().map(|&t| stat(t).0).fold(f32::NEG_INFINITY, f32::max);
+        let total: f32 = mine.iter().map(|&t| stat(t).1 * (stat(t).0 - max).exp()).sum();
+        let o = &mut out[h * hd..(h + 1) * hd];
+        o.fill(0.0);
+        for &t in &mine {
+            let w = (stat(t).0 - max).exp() / total;
+            for (o, &v) in o.iter_mut().zip(&partial[(t * g + i) * hd..(t * g + i + 1) * hd]) {
+                *o += w * v;
+            }
+            let (a, b) = (tasks[t].1, tasks[t].2);
+            p[h * visible + a..h * visible + b].iter_mut().for_each(|v| *v *= w);
+        }
+        let lo = first(kv);
+        for dst in [probs.as_deref_mut(), sums.as_deref_mut()].into_iter().flatten() {
+            let row = &mut dst[h * m..(h + 1) * m];
+            row[..lo].fill(0.0);
+            row[lo..visible].copy_from_slice(&p[h * visible + lo..(h + 1) * visible]);
+            row[visible..].fill(0.0);
+        }
     }
 }
 

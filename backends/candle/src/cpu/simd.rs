@@ -99,6 +99,66 @@ pub fn weighted_sum(p: &[f32], rows: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `out[j] = rows[j] · x` for consecutive rows of `x.len()` values (a head's attention
+/// scores against a run of its cached keys). With AVX-512 and rows a whole number of
+/// 16-value registers, sixteen rows at a time: each row's products summed in a register,
+/// and the sixteen registers summed across their lanes together into one register of
+/// sixteen results (a transpose by shuffles), instead of one horizontal sum per row.
+pub fn row_dots(rows: &[f32], x: &[f32], out: &mut [f32]) {
+    let w = x.len();
+    assert_eq!(rows.len(), out.len() * w, "row_dots: {} values are not {} rows of {w}", rows.len(), out.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512 && w > 0 && w.is_multiple_of(16) {
+        done = out.len() / 16 * 16;
+        // SAFETY: avx512f was detected; `rows` holds `out.len()` rows of `w` (asserted),
+        // a whole number of registers each.
+        unsafe { x86::row_dots16_avx512(&rows[..done * w], x, &mut out[..done]) };
+    }
+    let row = |j: usize| &rows[j * w..(j + 1) * w];
+    let mut quads = out[done..].chunks_exact_mut(4);
+    let mut j = done;
+    for four in quads.by_ref() {
+        four.copy_from_slice(&dot4([row(j), row(j + 1), row(j + 2), row(j + 3)], x));
+        j += 4;
+    }
+    for v in quads.into_remainder() {
+        *v = dot(row(j), x);
+        j += 1;
+    }
+}
+
+/// [`weighted_sum`] for several heads over the same rows: `outs[h] += Σ_j ps[h][j] ·
+/// rows[j]`, each row read once for up to four heads. Each head gets the values
+/// [`weighted_sum`] would give it, bit for bit.
+pub fn weighted_sums(ps: &[&[f32]], rows: &[f32], outs: &mut [&mut [f32]]) {
+    assert_eq!(ps.len(), outs.len(), "weighted_sums: {} weights for {} outputs", ps.len(), outs.len());
+    let Some(w) = outs.first().map(|o| o.len()) else { return };
+    let n = ps[0].len();
+    assert!(ps.iter().all(|p| p.len() == n) && outs.iter().all(|o| o.len() == w), "weighted_sums: uneven heads");
+    assert_eq!(rows.len(), n * w, "weighted_sums: {} values are not {n} rows of {w}", rows.len());
+    for (ps, outs) in ps.chunks(4).zip(outs.chunks_mut(4)) {
+        match isa() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: avx512f was detected; `rows` holds `n` rows of `w` and every weight
+            // vector has `n` values and every output `w` (asserted).
+            Isa::Avx512 => unsafe {
+                match ps.len() {
+                    1 => x86::weighted_sums_avx512::<1>(ps, rows, outs),
+                    2 => x86::weighted_sums_avx512::<2>(ps, rows, outs),
+                    3 => x86::weighted_sums_avx512::<3>(ps, rows, outs),
+                    _ => x86::weighted_sums_avx512::<4>(ps, rows, outs),
+                }
+            },
+            _ => {
+                for (p, out) in ps.iter().zip(outs.iter_mut()) {
+                    weighted_sum(p, rows, out);
+                }
+            }
+        }
+    }
+}
+
 fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums, so that the compiler can keep them in one vector register.
     let mut acc = [0f32; 8];
@@ -197,6 +257,86 @@ mod x86 {
         }
     }
 
+    /// [`super::row_dots`] sixteen rows at a time.
+    ///
+    /// # Safety
+    /// The CPU has avx512f; `x.len()` is a multiple of 16, `out.len()` of 16, and `rows`
+    /// holds `out.len()` rows of `x.len()` values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn row_dots16_avx512(rows: &[f32], x: &[f32], out: &mut [f32]) {
+        let w = x.len();
+        for (r, o) in rows.chunks_exact(16 * w).zip(out.chunks_exact_mut(16)) {
+            let mut acc = [_mm512_setzero_ps(); 16];
+            for c in (0..w).step_by(16) {
+                // SAFETY: `c + 16 <= w`, inside `x` and inside each of the 16 rows of `r`.
+                let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(c)) };
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(r.as_ptr().add(j * w + c)) }, xv, *a);
+                }
+            }
+            // Pairs of rows: lanes summed in twos, interleaved.
+            let t: [__m512; 8] = std::array::from_fn(|k| {
+                let (a, b) = (acc[2 * k], acc[2 * k + 1]);
+                _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+            });
+            // Quads: each 128-bit lane holds four rows' partial sums, in row order.
+            let u: [__m512; 4] = std::array::from_fn(|k| {
+                let (a, b) = (_mm512_castps_pd(t[2 * k]), _mm512_castps_pd(t[2 * k + 1]));
+                _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)))
+            });
+            // The four 128-bit lanes of each quad summed: lane `m` of the result is quad `m`.
+            let halves = |a: __m512, b: __m512| {
+                _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xDD>(a, b))
+            };
+            let sums = halves(halves(u[0], u[1]), halves(u[2], u[3]));
+            // SAFETY: 16 values at `o`.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), sums) };
+        }
+    }
+
+    /// [`super::weighted_sums`] for `H` heads (up to four), 64 columns at a time.
+    ///
+    /// # Safety
+    /// The CPU has avx512f; `ps` and `outs` hold `H` heads, every `ps[h]` has `n` values
+    /// and every `outs[h]` has `w`, and `rows` holds `n` rows of `w`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn weighted_sums_avx512<const H: usize>(ps: &[&[f32]], rows: &[f32], outs: &mut [&mut [f32]]) {
+        let w = outs[0].len();
+        let rp = rows.as_ptr();
+        let pp: [*const f32; H] = std::array::from_fn(|h| ps[h].as_ptr());
+        let op: [*mut f32; H] = std::array::from_fn(|h| outs[h].as_mut_ptr());
+        let n = ps[0].len();
+        let mut c = 0;
+        while c < w {
+            let masks: [__mmask16; 4] = std::array::from_fn(|k| {
+                let left = w.saturating_sub(c + 16 * k).min(16);
+                ((1u32 << left) - 1) as u16
+            });
+            // SAFETY (all accesses): each mask covers only columns `c + 16 k ..` below `w`,
+            // in each output and in row `j < n` of `rows`; `j < n` in each weight vector.
+            let mut acc: [[__m512; 4]; H] = std::array::from_fn(|h| {
+                std::array::from_fn(|k| unsafe { _mm512_maskz_loadu_ps(masks[k], op[h].add(c + 16 * k)) })
+            });
+            for j in 0..n {
+                let row = unsafe { rp.add(j * w + c) };
+                let r: [__m512; 4] =
+                    std::array::from_fn(|k| unsafe { _mm512_maskz_loadu_ps(masks[k], row.add(16 * k)) });
+                for h in 0..H {
+                    let av = _mm512_set1_ps(unsafe { *pp[h].add(j) });
+                    for k in 0..4 {
+                        acc[h][k] = _mm512_fmadd_ps(av, r[k], acc[h][k]);
+                    }
+                }
+            }
+            for h in 0..H {
+                for k in 0..4 {
+                    unsafe { _mm512_mask_storeu_ps(op[h].add(c + 16 * k), masks[k], acc[h][k]) };
+                }
+            }
+            c += 64;
+        }
+    }
+
     /// # Safety
     /// The CPU has avx2 and fma; every row has `x.len()` values.
     #[target_feature(enable = "avx2,fma")]
@@ -232,6 +372,41 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows against a vector, sixteen at a time and the rest, and several heads' weighted
+    /// sums of the same rows, against plain sums and against one head at a time.
+    #[test]
+    fn row_dots_and_weighted_sums_match_plain_sums() {
+        for (n, w) in [(0, 64), (5, 64), (16, 64), (37, 64), (64, 256), (19, 48), (21, 20)] {
+            let x: Vec<f32> = (0..w).map(|i| (i as f32 * 0.37).sin()).collect();
+            let rows: Vec<f32> = (0..n * w).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut got = vec![0f32; n];
+            row_dots(&rows, &x, &mut got);
+            for (j, &g) in got.iter().enumerate() {
+                let want: f64 =
+                    rows[j * w..(j + 1) * w].iter().zip(&x).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                assert!((f64::from(g) - want).abs() < 1e-4, "{n} rows of {w}: row {j} {g} vs {want}");
+            }
+            for heads in [1, 3, 4, 6] {
+                let ps: Vec<Vec<f32>> =
+                    (0..heads).map(|h| (0..n).map(|j| ((j * 7 + h) % 5) as f32 * 0.3 - 0.5).collect()).collect();
+                let start: Vec<Vec<f32>> =
+                    (0..heads).map(|h| (0..w).map(|i| (i + h) as f32 * 0.01).collect()).collect();
+                let mut outs = start.clone();
+                {
+                    let pr: Vec<&[f32]> = ps.iter().map(Vec::as_slice).collect();
+                    let mut or: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+                    weighted_sums(&pr, &rows, &mut or);
+                }
+                for h in 0..heads {
+                    let mut one = start[h].clone();
+                    weighted_sum(&ps[h], &rows, &mut one);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&outs[h]), bits(&one), "{heads} heads over {n} rows of {w}: head {h}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn dots_agree_with_plain_sums_at_every_length() {
